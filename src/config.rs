@@ -1,0 +1,426 @@
+//! The dagfs configuration: one TOML file, overridable key by key.
+//!
+//! Layers, later ones winning: built-in defaults, the file (`/etc/dagfs/dagfs.toml` unless
+//! `--config` names another), `DAGFS_<SECTION>_<KEY>` environment variables
+//! (`DAGFS_STORE_TIMEOUT=10s`), then `--set section.key=value` flags and the dedicated flags of
+//! each command. `packaging/dagfs.toml.example` documents every key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::store::HdfsOptions;
+
+/// Where the configuration file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dagfs/dagfs.toml";
+
+/// A configuration that could not be loaded: one line naming the key, the value and what was
+/// expected, or the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file given with `--config` does not exist or cannot be read.
+    #[error("config file {}: {reason}; fix the path given with --config (or DAGFS_CONFIG), or create the file from packaging/dagfs.toml.example", .path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// A key has a value of the wrong type, an unknown key, or bad TOML syntax.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// A `--set` flag is not of the form `section.key=value`.
+    #[error("invalid --set '{0}': expected section.key=value, e.g. --set store.timeout=10s")]
+    BadOverride(String),
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the generations live and how to reach them.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The `[store]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Store URL: `hdfs://…`, `viewfs://…`, `file:///…` or a plain path.
+    pub url: Option<String>,
+    /// Upper bound on every HDFS call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// HDFS user (simple authentication); unset follows `HADOOP_USER_NAME`.
+    pub user: Option<String>,
+    /// Directory with `core-site.xml`/`hdfs-site.xml`; unset follows `HADOOP_CONF_DIR`.
+    pub hadoop_conf_dir: Option<PathBuf>,
+    /// Kerberos principal; unset uses the ticket cache's default principal.
+    pub kerberos_principal: Option<String>,
+    /// Kerberos keytab; unset uses the ticket cache.
+    pub kerberos_keytab: Option<PathBuf>,
+    /// Hadoop properties overriding the configuration files, e.g.
+    /// `"dfs.client.failover.max.attempts" = "3"`.
+    pub hadoop: HashMap<String, String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let hdfs = HdfsOptions::default();
+        StoreConfig {
+            url: None,
+            timeout: hdfs.timeout,
+            user: None,
+            hadoop_conf_dir: None,
+            kerberos_principal: None,
+            kerberos_keytab: None,
+            hadoop: HashMap::new(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The HDFS client options this section describes.
+    pub fn hdfs_options(&self) -> HdfsOptions {
+        HdfsOptions {
+            timeout: self.timeout,
+            user: self.user.clone(),
+            config_dir: self.hadoop_conf_dir.clone(),
+            properties: self.hadoop.clone(),
+            kerberos_principal: self.kerberos_principal.clone(),
+            kerberos_keytab: self.kerberos_keytab.clone(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The `[log]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// Level or `tracing` filter directives, e.g. `info` or `info,hdfs_native=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Sections that `DAGFS_<SECTION>_<KEY>` variables map into. Other `DAGFS_*` variables (like
+/// `DAGFS_CONFIG`) are not configuration keys.
+const SECTIONS: &[&str] = &["store", "log"];
+
+/// Which file to read and what to lay over it.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    /// `--config`: a file that must exist. `None` reads [`DEFAULT_CONFIG_PATH`] if present.
+    pub file: Option<PathBuf>,
+    /// `--set section.key=value` overrides, in order.
+    pub overrides: Vec<String>,
+    /// Overrides from dedicated flags (`--log-format`...), as `(key, TOML value)`.
+    pub flags: Vec<(&'static str, toml::Value)>,
+}
+
+impl Config {
+    /// Loads the configuration from all layers; see the module documentation.
+    pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+        Self::load_with_env(source, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        source: &ConfigSource,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let file = match &source.file {
+            Some(path) => Some(path.as_path()),
+            None => Some(Path::new(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        if let Some(path) = file {
+            check_readable(path)?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Layer {
+            name: "DAGFS_* environment variables",
+            table: env_table(env),
+        });
+        let mut flags = toml::Table::new();
+        for assignment in &source.overrides {
+            let (key, value) = parse_override(assignment)?;
+            insert_dotted(&mut flags, &key, value);
+        }
+        for (key, value) in &source.flags {
+            insert_dotted(&mut flags, key, value.clone());
+        }
+        figment = figment.merge(Layer {
+            name: "command-line flags",
+            table: flags,
+        });
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(one_line(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.store.timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "store.timeout = \"0s\": expected a duration greater than zero, e.g. \"30s\""
+                    .into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::Invalid(format!(
+                "log.level = {:?}: {e}; expected a level (error, warn, info, debug, trace) or filter directives like \"info,hdfs_native=warn\"",
+                self.log.level
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_readable(path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// One named layer of overrides, so errors can say where a bad value came from.
+struct Layer {
+    name: &'static str,
+    table: toml::Table,
+}
+
+impl figment::Provider for Layer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(&self.table).data()
+    }
+}
+
+/// Sets `a.b.c = value` in `table`, creating the intermediate tables.
+fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            unreachable!("just made a table");
+        };
+        current = next;
+    }
+    current.insert(last.to_string(), value);
+}
+
+/// `DAGFS_STORE_HADOOP_CONF_DIR=x` -> `store.hadoop_conf_dir = x`.
+fn env_table(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
+    let mut table = toml::Table::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("DAGFS_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        match rest.split_once('_') {
+            Some((section, key)) if SECTIONS.contains(&section) => {
+                insert_dotted(&mut table, &format!("{section}.{key}"), parse_value(&value));
+            }
+            _ => {}
+        }
+    }
+    table
+}
+
+/// Environment variables and `--set` values are TOML when they parse as such (`30`,
+/// `true`, `"x"`), plain strings otherwise (`30s`, `/etc/hadoop/conf`).
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn parse_override(assignment: &str) -> Result<(String, toml::Value), ConfigError> {
+    let bad = || ConfigError::BadOverride(assignment.to_string());
+    let (key, value) = assignment.split_once('=').ok_or_else(bad)?;
+    let key = key.trim();
+    if !key.contains('.') || key.split('.').any(str::is_empty) {
+        return Err(bad());
+    }
+    Ok((key.to_string(), parse_value(value.trim())))
+}
+
+/// figment's first error on one line: the key, what was wrong with its value, and the file
+/// or variable it came from.
+fn one_line(err: figment::Error) -> String {
+    let Some(first) = err.into_iter().next() else {
+        return "unknown configuration error".to_string();
+    };
+    let mut line = first.kind.to_string();
+    if line.ends_with("expected a duration") {
+        line.push_str(" like \"30s\" or \"500ms\"");
+    }
+    if !first.path.is_empty() {
+        line = format!("key '{}': {line}", first.path.join("."));
+    }
+    if let Some(metadata) = &first.metadata {
+        match &metadata.source {
+            Some(source) => line.push_str(&format!(" (from {source})")),
+            None => line.push_str(&format!(" (from {})", metadata.name)),
+        }
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
+        let f = file(text);
+        let source = ConfigSource {
+            file: Some(f.path().to_path_buf()),
+            overrides: sets.iter().map(|s| s.to_string()).collect(),
+            flags: vec![],
+        };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(&source, env)
+    }
+
+    #[test]
+    fn defaults_when_file_is_empty() {
+        let config = load("", &[], &[]).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.store.timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let text =
+            "[store]\nurl = \"hdfs://ns/a\"\ntimeout = \"5s\"\n[store.hadoop]\n\"dfs.x\" = \"1\"\n";
+        let config = load(
+            text,
+            &[("DAGFS_STORE_TIMEOUT", "7s"), ("DAGFS_CONFIG", "/x")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.store.url.as_deref(), Some("hdfs://ns/a"));
+        assert_eq!(config.store.timeout, Duration::from_secs(7));
+        assert_eq!(config.store.hadoop["dfs.x"], "1");
+        let config = load(
+            text,
+            &[("DAGFS_STORE_TIMEOUT", "7s")],
+            &["store.timeout=9s", "log.format=json"],
+        )
+        .unwrap();
+        assert_eq!(config.store.timeout, Duration::from_secs(9));
+        assert_eq!(config.log.format, LogFormat::Json);
+        let config = load(
+            text,
+            &[("DAGFS_STORE_HADOOP_CONF_DIR", "/etc/hadoop/conf")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.store.hadoop_conf_dir,
+            Some(PathBuf::from("/etc/hadoop/conf"))
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key_value_and_expectation() {
+        let err = load("[store]\ntimeout = 30\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.timeout"), "{err}");
+        assert!(err.contains("30"), "{err}");
+        assert!(err.contains("expected"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let err = load("[store]\ntimout = \"1s\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timout"), "{err}");
+        let err = load("", &[("DAGFS_LOG_FORMAT", "xml")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.format") && err.contains("xml"), "{err}");
+        let err = load("[store]\ntimeout = \"0s\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.timeout"), "{err}");
+        let err = load("[log]\nlevel = \"loud[\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level"), "{err}");
+        assert!(matches!(
+            load("", &[], &["timeout"]),
+            Err(ConfigError::BadOverride(_))
+        ));
+        assert!(matches!(
+            load("[store", &[], &[]),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let source = ConfigSource {
+            file: Some("/nonexistent/dagfs.toml".into()),
+            ..Default::default()
+        };
+        let err = Config::load_with_env(&source, []).unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/dagfs.toml") && err.contains("--config"),
+            "{err}"
+        );
+    }
+}

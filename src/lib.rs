@@ -1,0 +1,13 @@
+//! dagfs keeps Apache Airflow DAG folders highly available on HDFS.
+//!
+//! The library holds everything the `dagfs` binary does, one module per concern:
+//!
+//! - [`store`]: the storage layer, a [`store::Store`] trait over HDFS and local directories;
+//! - [`config`]: the TOML configuration and its layering;
+//! - [`cli`]: the command line.
+//!
+//! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
+
+pub mod cli;
+pub mod config;
+pub mod store;

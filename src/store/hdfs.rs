@@ -1,0 +1,409 @@
+//! [`HdfsStore`]: a store on HDFS through the hdfs-native client.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use hdfs_native::client::FileStatus;
+use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
+
+use super::key::{check_key, parent};
+use super::{
+    EntryInfo, EntryKind, ErrorKind, Overwrite, Store, StoreError, StoreLocation, StoreResult,
+    STAGING_DIR,
+};
+
+/// Bytes moved per bounded step of a read or write: a call on a large file is bounded per
+/// chunk, so a slow-but-alive cluster finishes while a dead one fails within the timeout.
+const CHUNK: usize = 4 << 20;
+
+/// How to reach HDFS; everything the Hadoop configuration does not already say.
+#[derive(Clone, Debug)]
+pub struct HdfsOptions {
+    /// Upper bound on every NameNode/DataNode call (and on every [`CHUNK`] of data).
+    pub timeout: Duration,
+    /// Effective user; `None` follows `HADOOP_USER_NAME`, then the OS user.
+    pub user: Option<String>,
+    /// Directory with `core-site.xml`/`hdfs-site.xml`; `None` follows `HADOOP_CONF_DIR`,
+    /// then `$HADOOP_HOME/etc/hadoop`.
+    pub config_dir: Option<PathBuf>,
+    /// Hadoop properties that override the configuration files.
+    pub properties: HashMap<String, String>,
+    /// Kerberos principal; `None` uses the default principal of the ticket cache.
+    pub kerberos_principal: Option<String>,
+    /// Kerberos keytab to log in from instead of the ticket cache.
+    pub kerberos_keytab: Option<PathBuf>,
+}
+
+impl Default for HdfsOptions {
+    fn default() -> Self {
+        HdfsOptions {
+            timeout: Duration::from_secs(30),
+            user: None,
+            config_dir: None,
+            properties: HashMap::new(),
+            kerberos_principal: None,
+            kerberos_keytab: None,
+        }
+    }
+}
+
+/// A store rooted at a directory of an HDFS (or viewfs) namespace.
+///
+/// Atomic steps are the NameNode's: `create(overwrite=false)` for exclusive creation and
+/// `rename2` (with or without `OVERWRITE`) for publishing staged files. Every call is bounded
+/// by [`HdfsOptions::timeout`]; a dead or partitioned NameNode yields `Timeout` or
+/// `Unavailable`, never a hang.
+#[derive(Debug)]
+pub struct HdfsStore {
+    client: Client,
+    url: String,
+    root: String,
+    timeout: Duration,
+}
+
+impl HdfsStore {
+    /// Builds a client for `location`. No RPC is made: an unreachable cluster shows up on
+    /// the first operation, as a typed error.
+    pub async fn open(location: &StoreLocation, options: HdfsOptions) -> StoreResult<HdfsStore> {
+        let StoreLocation::Hdfs {
+            scheme,
+            authority,
+            root,
+        } = location
+        else {
+            return Err(StoreError::new(
+                ErrorKind::Invalid,
+                "open",
+                &format!("{location:?}"),
+                "not an hdfs:// or viewfs:// location",
+            ));
+        };
+        let url = format!(
+            "{scheme}://{authority}{}",
+            if root == "/" { "" } else { root }
+        );
+        let mut builder = ClientBuilder::new()
+            .with_url(format!("{scheme}://{authority}/"))
+            .with_config(options.properties.clone());
+        if let Some(dir) = &options.config_dir {
+            builder = builder.with_config_dir(dir.display().to_string());
+        }
+        if let Some(user) = &options.user {
+            builder = builder.with_user(user);
+        }
+        if let Some(principal) = &options.kerberos_principal {
+            builder = builder.with_kerberos_principal(principal);
+        }
+        if let Some(keytab) = &options.kerberos_keytab {
+            builder = builder.with_kerberos_keytab(keytab.display().to_string());
+        }
+        let client = builder.build().map_err(|e| {
+            let hint = "check the URL, HADOOP_CONF_DIR (core-site.xml/hdfs-site.xml) and Kerberos settings";
+            StoreError::new(ErrorKind::Invalid, "open", &url, format!("{e}; {hint}"))
+        })?;
+        Ok(HdfsStore {
+            client,
+            url,
+            root: root.clone(),
+            timeout: options.timeout,
+        })
+    }
+
+    /// Absolute HDFS path of `key`.
+    fn path(&self, op: &'static str, key: &str) -> StoreResult<String> {
+        check_key(op, key)?;
+        Ok(match (self.root.as_str(), key) {
+            (root, "") => root.to_string(),
+            ("/", key) => format!("/{key}"),
+            (root, key) => format!("{root}/{key}"),
+        })
+    }
+
+    /// Runs one HDFS call under the timeout and types its error.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        call: impl Future<Output = Result<T, HdfsError>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|e| hdfs_error(op, key, e)),
+            Err(_) => Err(StoreError::timeout(op, key, self.timeout)),
+        }
+    }
+
+    /// Creates `path` (no overwrite, parents created) and writes `data` in bounded chunks,
+    /// closing the writer on success. On failure the partial file is deleted.
+    async fn write_new(
+        &self,
+        op: &'static str,
+        key: &str,
+        path: &str,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let options = WriteOptions::default().overwrite(false).create_parent(true);
+        let mut writer = self
+            .bounded(op, key, self.client.create(path, options))
+            .await?;
+        let mut written = 0;
+        let result = async {
+            while written < data.len() {
+                let end = (written + CHUNK).min(data.len());
+                self.bounded(op, key, writer.write_bytes(data.slice(written..end)))
+                    .await?;
+                written = end;
+            }
+            self.bounded(op, key, writer.close()).await
+        }
+        .await;
+        if result.is_err() {
+            self.discard(path).await;
+        }
+        result
+    }
+
+    /// Best-effort removal of a file this store created and could not finish.
+    async fn discard(&self, path: &str) {
+        if let Err(e) = self
+            .bounded("cleanup", path, self.client.delete(path, false))
+            .await
+        {
+            tracing::warn!(path, error = %e, "could not remove an unfinished file; it is garbage and safe to delete");
+        }
+    }
+
+    async fn rename_path(
+        &self,
+        key: &str,
+        from: &str,
+        to: &str,
+        overwrite: Overwrite,
+    ) -> StoreResult<()> {
+        let allow = overwrite == Overwrite::Allow;
+        self.bounded("rename", key, self.client.rename(from, to, allow))
+            .await
+    }
+
+    fn entry_info(&self, key: String, status: &FileStatus) -> EntryInfo {
+        let kind = if status.isdir {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        };
+        EntryInfo {
+            key,
+            kind,
+            len: status.length as u64,
+            modified: UNIX_EPOCH + Duration::from_millis(status.modification_time),
+        }
+    }
+}
+
+/// Maps hdfs-native's errors (and the Java exception class names the NameNode sends) onto
+/// the store's error kinds.
+fn hdfs_error(op: &'static str, key: &str, err: HdfsError) -> StoreError {
+    use std::io::ErrorKind as Io;
+    let kind = match &err {
+        HdfsError::FileNotFound(_) => ErrorKind::NotFound,
+        HdfsError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+        HdfsError::ChecksumError => ErrorKind::Corrupt,
+        HdfsError::InvalidPath(_)
+        | HdfsError::InvalidArgument(_)
+        | HdfsError::IsADirectoryError(_)
+        | HdfsError::UrlParseError(_) => ErrorKind::Invalid,
+        HdfsError::BlocksNotFound(_) | HdfsError::DataTransferError(_) => ErrorKind::Unavailable,
+        HdfsError::SASLError(_) | HdfsError::GSSAPIError(..) | HdfsError::NoSASLMechanism => {
+            ErrorKind::PermissionDenied
+        }
+        HdfsError::IOError(io) => match io.kind() {
+            Io::TimedOut => ErrorKind::Timeout,
+            Io::NotFound => ErrorKind::NotFound,
+            Io::PermissionDenied => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Unavailable,
+        },
+        HdfsError::RPCError(class, _) | HdfsError::FatalRPCError(class, _) => rpc_kind(class),
+        _ => ErrorKind::Other,
+    };
+    let detail = match &err {
+        // Java messages can carry whole stack traces: keep the exception's name and first line.
+        HdfsError::RPCError(class, msg) | HdfsError::FatalRPCError(class, msg) => {
+            let short = class.rsplit('.').next().unwrap_or(class);
+            format!("{short}: {}", msg.lines().next().unwrap_or_default())
+        }
+        other => other.to_string(),
+    };
+    StoreError::new(kind, op, key, detail)
+}
+
+fn rpc_kind(class: &str) -> ErrorKind {
+    match class.rsplit('.').next().unwrap_or(class) {
+        "FileNotFoundException" => ErrorKind::NotFound,
+        "FileAlreadyExistsException" | "AlreadyBeingCreatedException" => ErrorKind::AlreadyExists,
+        "AccessControlException"
+        | "AuthorizationException"
+        | "InvalidToken"
+        | "SecretManager$InvalidToken" => ErrorKind::PermissionDenied,
+        "StandbyException"
+        | "SafeModeException"
+        | "RetriableException"
+        | "ObserverRetryOnActiveException"
+        | "NotReplicatedYetException" => ErrorKind::Unavailable,
+        "PathIsNotEmptyDirectoryException"
+        | "ParentNotDirectoryException"
+        | "InvalidPathException"
+        | "PathIsNotDirectoryException"
+        | "HadoopIllegalArgumentException" => ErrorKind::Invalid,
+        _ => ErrorKind::Other,
+    }
+}
+
+#[async_trait]
+impl Store for HdfsStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn put(&self, key: &str, data: Bytes, overwrite: Overwrite) -> StoreResult<()> {
+        let dest = self.path("put", key)?;
+        if key.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Invalid,
+                "put",
+                key,
+                "the root is a directory",
+            ));
+        }
+        let staged = self.path("put", &format!("{STAGING_DIR}/{}", uuid::Uuid::new_v4()))?;
+        self.write_new("put", key, &staged, data).await?;
+        let mut renamed = self.rename_path(key, &staged, &dest, overwrite).await;
+        if matches!(&renamed, Err(e) if e.kind() == ErrorKind::NotFound) {
+            // rename2 needs the destination's parent: create it once and try again.
+            let parent_path = self.path("put", parent(key))?;
+            renamed = match self
+                .bounded("put", key, self.client.mkdirs(&parent_path, 0o755, true))
+                .await
+            {
+                Ok(()) => self.rename_path(key, &staged, &dest, overwrite).await,
+                Err(e) => Err(e),
+            };
+        }
+        if renamed.is_err() {
+            self.discard(&staged).await;
+        }
+        renamed
+    }
+
+    async fn create_exclusive(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        let path = self.path("create_exclusive", key)?;
+        self.write_new("create_exclusive", key, &path, data).await
+    }
+
+    async fn read(&self, key: &str) -> StoreResult<Bytes> {
+        self.read_range(key, 0, u64::MAX).await
+    }
+
+    async fn read_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Bytes> {
+        let path = self.path("read", key)?;
+        let reader = self.bounded("read", key, self.client.read(&path)).await?;
+        let size = reader.file_length() as u64;
+        // hdfs-native panics on ranges past EOF: clamp before asking.
+        let start = offset.min(size) as usize;
+        let end = offset.saturating_add(len).min(size) as usize;
+        let mut buf = BytesMut::with_capacity(end - start);
+        let mut pos = start;
+        while pos < end {
+            let step = CHUNK.min(end - pos);
+            let chunk = self
+                .bounded("read", key, reader.read_range(pos, step))
+                .await?;
+            if chunk.len() != step {
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    "read",
+                    key,
+                    format!(
+                        "short read: {} of {step} bytes at offset {pos}",
+                        chunk.len()
+                    ),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+            pos += step;
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<EntryInfo> {
+        let path = self.path("stat", key)?;
+        let status = self
+            .bounded("stat", key, self.client.get_file_info(&path))
+            .await?;
+        Ok(self.entry_info(key.to_string(), &status))
+    }
+
+    async fn list(&self, key: &str) -> StoreResult<Vec<EntryInfo>> {
+        let path = self.path("list", key)?;
+        let statuses = self
+            .bounded("list", key, self.client.list_status(&path, false))
+            .await?;
+        let prefix = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}/")
+        };
+        let mut entries = Vec::with_capacity(statuses.len());
+        for status in &statuses {
+            let name = status.path.rsplit('/').next().unwrap_or_default();
+            if status.path.trim_end_matches('/') == path.trim_end_matches('/') || name.is_empty() {
+                // HDFS lists a file as itself; the contract says list takes a directory.
+                return Err(StoreError::new(
+                    ErrorKind::Invalid,
+                    "list",
+                    key,
+                    "not a directory",
+                ));
+            }
+            entries.push(self.entry_info(format!("{prefix}{name}"), status));
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    async fn rename(&self, from: &str, to: &str, overwrite: Overwrite) -> StoreResult<()> {
+        let src = self.path("rename", from)?;
+        let dst = self.path("rename", to)?;
+        if from.is_empty() || to.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Invalid,
+                "rename",
+                from,
+                "cannot rename the root",
+            ));
+        }
+        self.rename_path(from, &src, &dst, overwrite).await
+    }
+
+    async fn delete(&self, key: &str, recursive: bool) -> StoreResult<bool> {
+        let path = self.path("delete", key)?;
+        if key.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Invalid,
+                "delete",
+                key,
+                "refusing to delete the store root",
+            ));
+        }
+        self.bounded("delete", key, self.client.delete(&path, recursive))
+            .await
+    }
+
+    async fn mkdirs(&self, key: &str) -> StoreResult<()> {
+        let path = self.path("mkdirs", key)?;
+        self.bounded("mkdirs", key, self.client.mkdirs(&path, 0o755, true))
+            .await
+    }
+}
