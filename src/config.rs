@@ -225,7 +225,9 @@ impl figment::Provider for Layer {
         figment::Metadata::named(self.name)
     }
 
-    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         Serialized::defaults(&self.table).data()
     }
 }

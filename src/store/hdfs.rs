@@ -225,7 +225,9 @@ fn hdfs_error(op: &'static str, key: &str, err: HdfsError) -> StoreError {
             Io::PermissionDenied => ErrorKind::PermissionDenied,
             _ => ErrorKind::Unavailable,
         },
-        HdfsError::RPCError(class, _) | HdfsError::FatalRPCError(class, _) => rpc_kind(class),
+        HdfsError::RPCError(class, msg) | HdfsError::FatalRPCError(class, msg) => {
+            rpc_kind(class, msg)
+        }
         _ => ErrorKind::Other,
     };
     let detail = match &err {
@@ -239,8 +241,10 @@ fn hdfs_error(op: &'static str, key: &str, err: HdfsError) -> StoreError {
     StoreError::new(kind, op, key, detail)
 }
 
-fn rpc_kind(class: &str) -> ErrorKind {
+fn rpc_kind(class: &str, msg: &str) -> ErrorKind {
     match class.rsplit('.').next().unwrap_or(class) {
+        // The NameNode answers a read of a directory with "Path is not a file".
+        "FileNotFoundException" if msg.contains("is not a file") => ErrorKind::Invalid,
         "FileNotFoundException" => ErrorKind::NotFound,
         "FileAlreadyExistsException" | "AlreadyBeingCreatedException" => ErrorKind::AlreadyExists,
         "AccessControlException"

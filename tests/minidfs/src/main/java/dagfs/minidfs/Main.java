@@ -117,6 +117,8 @@ public final class Main {
     client.set("fs.defaultFS", defaultFs);
     // A viewfs mount table whose /airflow link points into this cluster, for viewfs:// tests.
     client.set("fs.viewfs.mounttable." + VIEWFS_CLUSTER + ".link./airflow", defaultFs + "/airflow");
+    // hdfs-native requires a fallback link in every viewfs mount table.
+    client.set("fs.viewfs.mounttable." + VIEWFS_CLUSTER + ".linkFallback", defaultFs + "/");
     client.set("dfs.replication", Integer.toString(Math.min(3, cluster.getDataNodes().size())));
 
     for (String name : new String[] {"core-site.xml", "hdfs-site.xml"}) {

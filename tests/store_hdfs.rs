@@ -1,0 +1,278 @@
+//! HDFS-only behaviour of the store: bounded calls when the NameNode dies or hangs, recovery
+//! when it comes back, HA nameservice and viewfs URLs, and `fs.defaultFS` resolution.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dagfs::store::{ErrorKind, HdfsOptions, Overwrite, Store};
+
+use support::minidfs::{MiniDfs, MiniDfsOptions};
+
+/// Slack allowed on top of the store timeout for scheduling and connection teardown.
+const SLACK: Duration = Duration::from_secs(2);
+
+async fn start(options: MiniDfsOptions) -> MiniDfs {
+    tokio::task::spawn_blocking(move || MiniDfs::start(options))
+        .await
+        .unwrap()
+}
+
+/// Runs `call` until it succeeds or `deadline` passes; returns the last result.
+async fn until_ok<T>(
+    deadline: Duration,
+    mut call: impl AsyncFnMut() -> dagfs::store::StoreResult<T>,
+) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() < end => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("still failing after {deadline:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namenode_stop_is_bounded_and_restart_recovers() {
+    let cluster = start(MiniDfsOptions::default()).await;
+    let timeout = Duration::from_secs(3);
+    let url = format!("{}/dags", cluster.url());
+    let store = dagfs::store::open(&url, &cluster.options(None, timeout))
+        .await
+        .unwrap();
+    store
+        .put("a.py", Bytes::from_static(b"a"), Overwrite::Deny)
+        .await
+        .unwrap();
+
+    // Calls in flight while the NameNode goes away: each must end within the bound, as a
+    // success (before the stop) or as Unavailable/Timeout (after it).
+    let store = std::sync::Arc::<dyn Store>::from(store);
+    let worker = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut outcomes = Vec::new();
+            for i in 0..12 {
+                let started = Instant::now();
+                let result = if i % 2 == 0 {
+                    store.read("a.py").await.map(drop)
+                } else {
+                    store
+                        .put(&format!("p{i}"), Bytes::from_static(b"p"), Overwrite::Allow)
+                        .await
+                };
+                outcomes.push((started.elapsed(), result.map_err(|e| e.kind())));
+            }
+            outcomes
+        }
+    });
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_namenode(0);
+        cluster
+    })
+    .await
+    .unwrap();
+    let outcomes = worker.await.unwrap();
+    let mut failures = 0;
+    for (elapsed, outcome) in &outcomes {
+        assert!(
+            *elapsed <= timeout + SLACK,
+            "a call took {elapsed:?}: {outcome:?}"
+        );
+        if let Err(kind) = outcome {
+            assert!(
+                matches!(kind, ErrorKind::Unavailable | ErrorKind::Timeout),
+                "{kind:?}"
+            );
+            failures += 1;
+        }
+    }
+    assert!(
+        failures > 0,
+        "the NameNode stop was not observed: {outcomes:?}"
+    );
+
+    // Stopped: a fresh call fails within the bound.
+    let started = Instant::now();
+    let err = store.stat("a.py").await.unwrap_err();
+    assert!(err.kind().is_transient(), "{err}");
+    assert!(
+        started.elapsed() <= timeout + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Restarted on the same port: the same store object works again.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart_namenode(0);
+        cluster
+    })
+    .await
+    .unwrap();
+    let data = until_ok(Duration::from_secs(60), async || store.read("a.py").await).await;
+    assert_eq!(data, "a");
+    store
+        .put("after.py", Bytes::from_static(b"b"), Overwrite::Deny)
+        .await
+        .unwrap();
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unresponsive_namenode_times_out() {
+    // A socket that accepts connections and never answers: a hung NameNode or a black-holed
+    // network path. The accepted connections are kept open until the test ends.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let timeout = Duration::from_secs(1);
+    let options = HdfsOptions {
+        timeout,
+        user: Some("dagfs".into()),
+        ..HdfsOptions::default()
+    };
+    let store = dagfs::store::open(&format!("hdfs://127.0.0.1:{port}/dags"), &options)
+        .await
+        .unwrap();
+    for (op, result) in [
+        ("stat", store.stat("x").await.map(drop)),
+        ("list", store.list("").await.map(drop)),
+        (
+            "put",
+            store
+                .put("x", Bytes::from_static(b"x"), Overwrite::Allow)
+                .await,
+        ),
+    ] {
+        let err = result.expect_err(op);
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{op}: {err}");
+    }
+    let started = Instant::now();
+    let _ = store.read("x").await.unwrap_err();
+    assert!(
+        started.elapsed() <= timeout + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_connection_is_unavailable_or_timeout() {
+    // Nothing listens on this port once the listener is dropped.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = HdfsOptions {
+        timeout: Duration::from_secs(2),
+        user: Some("dagfs".into()),
+        properties: [(
+            "dfs.client.failover.max.attempts".to_string(),
+            "0".to_string(),
+        )]
+        .into(),
+        ..HdfsOptions::default()
+    };
+    let store = dagfs::store::open(&format!("hdfs://127.0.0.1:{port}/dags"), &options)
+        .await
+        .unwrap();
+    let err = store.stat("x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ha_nameservice_follows_a_namenode_failover() {
+    let cluster = start(MiniDfsOptions {
+        datanodes: 1,
+        ha: true,
+    })
+    .await;
+    assert_eq!(cluster.url(), "hdfs://dagfs-ha");
+    let options = HdfsOptions {
+        properties: [
+            (
+                "dfs.client.failover.sleep.base.millis".to_string(),
+                "50".to_string(),
+            ),
+            (
+                "dfs.client.failover.sleep.max.millis".to_string(),
+                "500".to_string(),
+            ),
+        ]
+        .into(),
+        ..cluster.options(None, Duration::from_secs(20))
+    };
+    let store = dagfs::store::open("hdfs://dagfs-ha/airflow/dags", &options)
+        .await
+        .unwrap();
+    store
+        .put("one.py", Bytes::from_static(b"1"), Overwrite::Deny)
+        .await
+        .unwrap();
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.transition_to_standby(0);
+        cluster.transition_to_active(1);
+        cluster
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.read("one.py").await.unwrap(), "1");
+    store
+        .put("two.py", Bytes::from_static(b"2"), Overwrite::Deny)
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(
+        names.contains(&"one.py".into()) && names.contains(&"two.py".into()),
+        "{names:?}"
+    );
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewfs_and_default_fs_urls_reach_the_same_files() {
+    let cluster = tokio::task::spawn_blocking(MiniDfs::shared).await.unwrap();
+    let options = cluster.options(None, Duration::from_secs(20));
+    let direct = dagfs::store::open(&format!("{}/airflow/viewfs-test", cluster.url()), &options)
+        .await
+        .unwrap();
+    direct
+        .put("dag.py", Bytes::from_static(b"v"), Overwrite::Allow)
+        .await
+        .unwrap();
+
+    // The launcher's core-site.xml links viewfs://dagfs-view/airflow to hdfs://.../airflow.
+    let view = dagfs::store::open("viewfs://dagfs-view/airflow/viewfs-test", &options)
+        .await
+        .unwrap();
+    assert_eq!(view.read("dag.py").await.unwrap(), "v");
+    view.put("via-view.py", Bytes::from_static(b"w"), Overwrite::Deny)
+        .await
+        .unwrap();
+    assert_eq!(direct.read("via-view.py").await.unwrap(), "w");
+
+    // hdfs:///path resolves the NameNode from fs.defaultFS.
+    let default = dagfs::store::open("hdfs:///airflow/viewfs-test", &options)
+        .await
+        .unwrap();
+    assert_eq!(default.read("dag.py").await.unwrap(), "v");
+}

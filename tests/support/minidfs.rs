@@ -1,0 +1,252 @@
+//! Rust side of the MiniDFS test bed: starts the launcher in `tests/minidfs/`, waits until the
+//! cluster is active, sends it fault commands, and shuts it down with the test.
+//!
+//! The JVM exits when its stdin closes, so a test process that dies (even by SIGKILL) takes
+//! its cluster with it: no JVM outlives the test.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use dagfs::store::HdfsOptions;
+
+/// How long a cluster may take to come up (the first start on a machine also compiles).
+const START_DEADLINE: Duration = Duration::from_secs(300);
+/// How long one command (a NameNode restart, say) may take.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(180);
+
+/// What kind of cluster to start.
+#[derive(Clone, Copy, Debug)]
+pub struct MiniDfsOptions {
+    /// Number of DataNodes.
+    pub datanodes: usize,
+    /// Two NameNodes behind a nameservice (`hdfs://dagfs-ha`), NameNode 0 active.
+    pub ha: bool,
+}
+
+impl Default for MiniDfsOptions {
+    fn default() -> Self {
+        MiniDfsOptions {
+            datanodes: 1,
+            ha: false,
+        }
+    }
+}
+
+struct Control {
+    stdin: ChildStdin,
+    replies: Receiver<String>,
+}
+
+/// A running MiniDFSCluster.
+pub struct MiniDfs {
+    child: Mutex<Child>,
+    control: Mutex<Control>,
+    url: String,
+    conf_dir: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The launcher's classpath, built once per test process by `scripts/minidfs classpath`.
+fn classpath() -> &'static str {
+    static CLASSPATH: OnceLock<String> = OnceLock::new();
+    CLASSPATH.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/minidfs"))
+            .arg("classpath")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/minidfs classpath");
+        assert!(out.status.success(), "scripts/minidfs classpath failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
+impl MiniDfs {
+    /// Starts a new cluster, blocking until it is active.
+    pub fn start(options: MiniDfsOptions) -> MiniDfs {
+        let dir = tempfile::Builder::new()
+            .prefix("dagfs-minidfs-")
+            .tempdir()
+            .unwrap();
+        let conf_dir = dir.path().join("conf");
+        let log_dir = repo_root().join("target/minidfs-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = log_dir.join(format!(
+            "{}-{}.log",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        let mut command = Command::new("java");
+        command
+            .arg("-Xmx768m")
+            .arg("-cp")
+            .arg(classpath())
+            .arg("dagfs.minidfs.Main")
+            .arg("--conf-dir")
+            .arg(&conf_dir)
+            .arg("--base-dir")
+            .arg(dir.path().join("data"))
+            .arg("--datanodes")
+            .arg(options.datanodes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if options.ha {
+            command.arg("--ha");
+        }
+        let mut child = command.spawn().expect("start java (is a JDK installed?)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = match replies.recv_timeout(START_DEADLINE) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                panic!(
+                    "MiniDFS did not start ({e:?}); log: {}\n{}",
+                    log.display(),
+                    tail(&log)
+                );
+            }
+        };
+        let url = ready
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("unexpected launcher line {ready:?}; log: {}", log.display()))
+            .to_string();
+        MiniDfs {
+            child: Mutex::new(child),
+            control: Mutex::new(Control { stdin, replies }),
+            url,
+            conf_dir,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// One cluster shared by every test of this test binary that needs no faults; tests
+    /// isolate themselves by path ([`MiniDfs::unique_root`]).
+    pub fn shared() -> &'static MiniDfs {
+        static SHARED: OnceLock<MiniDfs> = OnceLock::new();
+        SHARED.get_or_init(|| MiniDfs::start(MiniDfsOptions::default()))
+    }
+
+    /// The default file system URL (`hdfs://127.0.0.1:PORT`, or `hdfs://dagfs-ha` with HA).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Directory holding the client `core-site.xml` and `hdfs-site.xml`.
+    pub fn conf_dir(&self) -> &Path {
+        &self.conf_dir
+    }
+
+    /// A fresh store URL under this cluster, named after `test`.
+    pub fn unique_root(&self, test: &str) -> String {
+        format!("{}/t/{test}-{}", self.url, uuid::Uuid::new_v4().simple())
+    }
+
+    /// Client options for this cluster, acting as `user` (the superuser when `None`).
+    pub fn options(&self, user: Option<&str>, timeout: Duration) -> HdfsOptions {
+        HdfsOptions {
+            timeout,
+            user: Some(user.map_or_else(superuser, str::to_string)),
+            config_dir: Some(self.conf_dir.clone()),
+            ..HdfsOptions::default()
+        }
+    }
+
+    /// Sends a launcher command (`stop-namenode 0`...) and waits for its `OK`.
+    pub fn command(&self, command: &str) {
+        let mut control = self.control.lock().unwrap();
+        writeln!(control.stdin, "{command}").expect("write to launcher");
+        control.stdin.flush().unwrap();
+        match control.replies.recv_timeout(COMMAND_DEADLINE) {
+            Ok(reply) if reply == "OK" => {}
+            Ok(reply) => panic!(
+                "launcher: '{command}' -> {reply}; log: {}",
+                self.log.display()
+            ),
+            Err(RecvTimeoutError::Timeout) => panic!("launcher: no answer to '{command}'"),
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "launcher died; log: {}\n{}",
+                    self.log.display(),
+                    tail(&self.log)
+                )
+            }
+        }
+    }
+
+    /// Stops NameNode `index`.
+    pub fn stop_namenode(&self, index: usize) {
+        self.command(&format!("stop-namenode {index}"));
+    }
+
+    /// Restarts NameNode `index` on its old port and waits until it serves.
+    pub fn restart_namenode(&self, index: usize) {
+        self.command(&format!("restart-namenode {index}"));
+    }
+
+    /// Makes NameNode `index` the active one (HA clusters).
+    pub fn transition_to_active(&self, index: usize) {
+        self.command(&format!("transition-to-active {index}"));
+    }
+
+    /// Makes NameNode `index` a standby (HA clusters).
+    pub fn transition_to_standby(&self, index: usize) {
+        self.command(&format!("transition-to-standby {index}"));
+    }
+}
+
+impl Drop for MiniDfs {
+    fn drop(&mut self) {
+        if let Ok(mut control) = self.control.lock() {
+            let _ = writeln!(control.stdin, "shutdown");
+            let _ = control.stdin.flush();
+        }
+        let mut child = self.child.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The user the JVM runs as, which HDFS treats as its superuser.
+pub fn superuser() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let out = Command::new("id").arg("-un").output().expect("id -un");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        })
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
