@@ -66,6 +66,8 @@ enum Command {
     Log,
     /// Show what sync, mount and failover are doing on this host.
     Status,
+    /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
+    Run,
 }
 
 impl Command {
@@ -78,6 +80,7 @@ impl Command {
             Command::Failover => "failover",
             Command::Log => "log",
             Command::Status => "status",
+            Command::Run => "run",
         }
     }
 }

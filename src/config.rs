@@ -425,4 +425,58 @@ mod tests {
             "{err}"
         );
     }
+
+    /// `packaging/dagfs.toml.example` loads once its example lines are uncommented, and
+    /// mentions every key the configuration has.
+    #[test]
+    fn example_file_documents_every_key() {
+        let example = include_str!("../packaging/dagfs.toml.example");
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = load(&uncommented, &[], &[]).unwrap();
+        assert_eq!(
+            config.store.url.as_deref(),
+            Some("hdfs://prod-ns/airflow/dagfs")
+        );
+        assert_eq!(config.store.hadoop.len(), 2);
+
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &defaults {
+            assert!(
+                example.contains(&format!("[{section}]")),
+                "[{section}] undocumented"
+            );
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    example.contains(&format!("# {key} = "))
+                        || example.contains(&format!("[{section}.{key}]")),
+                    "{section}.{key} undocumented"
+                );
+            }
+        }
+        for key in [
+            "url",
+            "user",
+            "hadoop_conf_dir",
+            "kerberos_principal",
+            "kerberos_keytab",
+        ] {
+            assert!(
+                example.contains(&format!("# {key} = ")),
+                "store.{key} undocumented"
+            );
+        }
+    }
 }
