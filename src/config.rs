@@ -304,10 +304,13 @@ fn one_line(err: figment::Error) -> String {
         line = format!("key '{}': {line}", first.path.join("."));
     }
     if let Some(metadata) = &first.metadata {
-        match &metadata.source {
-            Some(source) => line.push_str(&format!(" (from {source})")),
-            None => line.push_str(&format!(" (from {})", metadata.name)),
-        }
+        let from = match &metadata.source {
+            // figment shortens paths relative to the working directory; say what was given.
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            Some(source) => source.to_string(),
+            None => metadata.name.to_string(),
+        };
+        line.push_str(&format!(" (from {from})"));
     }
     line.replace('\n', " ")
 }
