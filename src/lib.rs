@@ -4,10 +4,12 @@
 //!
 //! - [`store`]: the storage layer, a [`store::Store`] trait over HDFS and local directories;
 //! - [`config`]: the TOML configuration and its layering;
+//! - [`format`]: the on-store format: generation manifests, digests, keys;
 //! - [`cli`]: the command line.
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
 
 pub mod cli;
 pub mod config;
+pub mod format;
 pub mod store;
