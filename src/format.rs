@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::store::relative_path_problem;
+
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -298,29 +300,18 @@ pub fn tree_id(entries: &[Entry]) -> TreeId {
 
 /// Checks one path: relative, `/`-separated, no empty, `.` or `..` component, no NUL.
 pub fn check_path(path: &str) -> Result<(), FormatError> {
-    let bad = |reason| {
-        Err(FormatError::InvalidPath {
+    let problem = if path.is_empty() {
+        Some("empty")
+    } else {
+        relative_path_problem(path)
+    };
+    match problem {
+        None => Ok(()),
+        Some(reason) => Err(FormatError::InvalidPath {
             path: path.to_string(),
             reason,
-        })
-    };
-    if path.is_empty() {
-        return bad("empty");
+        }),
     }
-    if path.starts_with('/') {
-        return bad("absolute");
-    }
-    if path.contains('\0') {
-        return bad("contains NUL");
-    }
-    for component in path.split('/') {
-        match component {
-            "" => return bad("empty component ('//' or trailing '/')"),
-            "." | ".." => return bad("'.' or '..' component"),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Checks sorted entries: every path valid, none repeated, no file that is also a directory.

@@ -47,29 +47,27 @@ async fn hdfs_fixture(test: &str) -> Fixture {
     }
 }
 
-/// Generates `local::NAME` and `hdfs::NAME` for every `check_NAME`.
+/// Generates module `$backend` with one test per check, each on a fresh `$fixture` store.
+macro_rules! backend_tests {
+    ($backend:ident, $fixture:path, $($name:ident => $check:ident),*) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let fixture = $fixture(stringify!($name)).await;
+                    super::$check(fixture.store.clone()).await;
+                    super::assert_no_staged_files(&*fixture.store).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Generates `local::NAME` and `hdfs::NAME` for every `NAME => check_function`.
 macro_rules! conformance {
     ($($name:ident => $check:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let fixture = super::local_fixture(stringify!($name)).await;
-                    super::$check(fixture.store.clone()).await;
-                    super::assert_no_staged_files(&*fixture.store).await;
-                }
-            )*
-        }
-        mod hdfs {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let fixture = super::hdfs_fixture(stringify!($name)).await;
-                    super::$check(fixture.store.clone()).await;
-                    super::assert_no_staged_files(&*fixture.store).await;
-                }
-            )*
-        }
+        backend_tests!(local, super::local_fixture, $($name => $check),*);
+        backend_tests!(hdfs, super::hdfs_fixture, $($name => $check),*);
     };
 }
 
@@ -344,13 +342,7 @@ async fn check_metadata_ops(store: DynStore) {
             ("x/y".into(), EntryKind::Dir, 0),
         ]
     );
-    let root: Vec<String> = store
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let root = support::list_keys(&*store, "").await;
     assert!(root.contains(&"x".to_string()), "{root:?}");
     assert_eq!(kind(store.list("missing").await), ErrorKind::NotFound);
     assert_eq!(
@@ -394,13 +386,7 @@ async fn check_list_10k(store: DynStore) {
     }))
     .await
     .unwrap();
-    let listed: Vec<String> = store
-        .list("many")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let listed = support::list_keys(&*store, "many").await;
     assert_eq!(listed, keys, "all {N} entries, sorted");
 }
 

@@ -72,12 +72,9 @@ async fn namenode_stop_is_bounded_and_restart_recovers() {
             outcomes
         }
     });
-    let cluster = tokio::task::spawn_blocking(move || {
+    tokio::task::block_in_place(|| {
         cluster.stop_namenode(0);
-        cluster
-    })
-    .await
-    .unwrap();
+    });
     let outcomes = worker.await.unwrap();
     let mut failures = 0;
     for (elapsed, outcome) in &outcomes {
@@ -109,19 +106,15 @@ async fn namenode_stop_is_bounded_and_restart_recovers() {
     );
 
     // Restarted on the same port: the same store object works again.
-    let cluster = tokio::task::spawn_blocking(move || {
+    tokio::task::block_in_place(|| {
         cluster.restart_namenode(0);
-        cluster
-    })
-    .await
-    .unwrap();
+    });
     let data = until_ok(Duration::from_secs(60), async || store.read("a.py").await).await;
     assert_eq!(data, "a");
     store
         .put("after.py", Bytes::from_static(b"b"), Overwrite::Deny)
         .await
         .unwrap();
-    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,30 +215,20 @@ async fn ha_nameservice_follows_a_namenode_failover() {
         .await
         .unwrap();
 
-    let cluster = tokio::task::spawn_blocking(move || {
+    tokio::task::block_in_place(|| {
         cluster.transition_to_standby(0);
         cluster.transition_to_active(1);
-        cluster
-    })
-    .await
-    .unwrap();
+    });
     assert_eq!(store.read("one.py").await.unwrap(), "1");
     store
         .put("two.py", Bytes::from_static(b"2"), Overwrite::Deny)
         .await
         .unwrap();
-    let names: Vec<String> = store
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let names = support::list_keys(&*store, "").await;
     assert!(
         names.contains(&"one.py".into()) && names.contains(&"two.py".into()),
         "{names:?}"
     );
-    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]

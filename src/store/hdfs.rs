@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use hdfs_native::client::FileStatus;
 use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
 
-use super::key::{check_key, parent};
+use super::key::{check_entry_key, check_key, child, parent};
 use super::{
     EntryInfo, EntryKind, ErrorKind, Overwrite, Store, StoreError, StoreLocation, StoreResult,
     STAGING_DIR,
@@ -273,14 +273,7 @@ impl Store for HdfsStore {
 
     async fn put(&self, key: &str, data: Bytes, overwrite: Overwrite) -> StoreResult<()> {
         let dest = self.path("put", key)?;
-        if key.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Invalid,
-                "put",
-                key,
-                "the root is a directory",
-            ));
-        }
+        check_entry_key("put", key)?;
         let staged = self.path("put", &format!("{STAGING_DIR}/{}", uuid::Uuid::new_v4()))?;
         self.write_new("put", key, &staged, data).await?;
         let mut renamed = self.rename_path(key, &staged, &dest, overwrite).await;
@@ -354,11 +347,6 @@ impl Store for HdfsStore {
         let statuses = self
             .bounded("list", key, self.client.list_status(&path, false))
             .await?;
-        let prefix = if key.is_empty() {
-            String::new()
-        } else {
-            format!("{key}/")
-        };
         let mut entries = Vec::with_capacity(statuses.len());
         for status in &statuses {
             let name = status.path.rsplit('/').next().unwrap_or_default();
@@ -371,7 +359,7 @@ impl Store for HdfsStore {
                     "not a directory",
                 ));
             }
-            entries.push(self.entry_info(format!("{prefix}{name}"), status));
+            entries.push(self.entry_info(child(key, name), status));
         }
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(entries)
@@ -380,27 +368,14 @@ impl Store for HdfsStore {
     async fn rename(&self, from: &str, to: &str, overwrite: Overwrite) -> StoreResult<()> {
         let src = self.path("rename", from)?;
         let dst = self.path("rename", to)?;
-        if from.is_empty() || to.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Invalid,
-                "rename",
-                from,
-                "cannot rename the root",
-            ));
-        }
+        check_entry_key("rename", from)?;
+        check_entry_key("rename", to)?;
         self.rename_path(from, &src, &dst, overwrite).await
     }
 
     async fn delete(&self, key: &str, recursive: bool) -> StoreResult<bool> {
         let path = self.path("delete", key)?;
-        if key.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Invalid,
-                "delete",
-                key,
-                "refusing to delete the store root",
-            ));
-        }
+        check_entry_key("delete", key)?;
         self.bounded("delete", key, self.client.delete(&path, recursive))
             .await
     }

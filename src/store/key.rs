@@ -2,28 +2,58 @@
 
 use super::{ErrorKind, StoreError, StoreResult};
 
-/// Checks that `key` is a normalised relative key: `/`-separated non-empty components, none
-/// of them `.` or `..`, no leading or trailing `/`, no NUL. The empty key (the root) is
-/// accepted; `op` names the caller in the error.
+/// Why `path` is not a normalised relative path (`/`-separated non-empty components, none of
+/// them `.` or `..`, no leading or trailing `/`, no NUL), or `None` if it is one. The empty
+/// path passes; callers that need a name check for it. Shared by store keys and the paths
+/// in manifests, which follow the same rules.
+pub fn relative_path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return None;
+    }
+    if path.starts_with('/') {
+        return Some("absolute; paths are relative and must not start with '/'");
+    }
+    if path.contains('\0') {
+        return Some("contains NUL");
+    }
+    path.split('/').find_map(|component| match component {
+        "" => Some("empty component ('//' or a trailing '/')"),
+        "." | ".." => Some("'.' or '..' component"),
+        _ => None,
+    })
+}
+
+/// Checks that `key` is a valid store key (see [`relative_path_problem`]); the empty key
+/// names the root. `op` names the caller in the error.
 pub fn check_key(op: &'static str, key: &str) -> StoreResult<()> {
+    match relative_path_problem(key) {
+        None => Ok(()),
+        Some(why) => Err(StoreError::new(ErrorKind::Invalid, op, key, why)),
+    }
+}
+
+/// As [`check_key`], for operations that cannot target the root itself (put, rename,
+/// delete...).
+pub(crate) fn check_entry_key(op: &'static str, key: &str) -> StoreResult<()> {
+    check_key(op, key)?;
     if key.is_empty() {
-        return Ok(());
-    }
-    let bad = |why: &str| Err(StoreError::new(ErrorKind::Invalid, op, key, why));
-    if key.starts_with('/') {
-        return bad("keys are relative to the store root and must not start with '/'");
-    }
-    if key.contains('\0') {
-        return bad("keys must not contain NUL");
-    }
-    for component in key.split('/') {
-        match component {
-            "" => return bad("keys must not contain empty components ('//' or a trailing '/')"),
-            "." | ".." => return bad("keys must not contain '.' or '..' components"),
-            _ => {}
-        }
+        return Err(StoreError::new(
+            ErrorKind::Invalid,
+            op,
+            key,
+            "the store root itself cannot be the target",
+        ));
     }
     Ok(())
+}
+
+/// The key of entry `name` inside directory `dir` (`""` for the root).
+pub(crate) fn child(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// The parent key of `key` (`""` for a top-level key).

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 
-use super::key::check_key;
+use super::key::{check_entry_key, check_key, child};
 use super::{
     EntryInfo, EntryKind, ErrorKind, Overwrite, Store, StoreError, StoreResult, STAGING_DIR,
 };
@@ -117,14 +117,7 @@ impl Store for LocalStore {
 
     async fn put(&self, key: &str, data: Bytes, overwrite: Overwrite) -> StoreResult<()> {
         let dest = self.path("put", key)?;
-        if key.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Invalid,
-                "put",
-                key,
-                "the root is a directory",
-            ));
-        }
+        check_entry_key("put", key)?;
         let staging_dir = self.root.join(STAGING_DIR);
         blocking("put", key, move || {
             fs::create_dir_all(&staging_dir)?;
@@ -191,11 +184,7 @@ impl Store for LocalStore {
 
     async fn list(&self, key: &str) -> StoreResult<Vec<EntryInfo>> {
         let path = self.path("list", key)?;
-        let prefix = if key.is_empty() {
-            String::new()
-        } else {
-            format!("{key}/")
-        };
+        let dir = key.to_string();
         blocking("list", key, move || {
             let mut entries = Vec::new();
             for dirent in fs::read_dir(path)? {
@@ -204,7 +193,7 @@ impl Store for LocalStore {
                     // Keys are UTF-8; dagfs never writes other names into a store.
                     continue;
                 };
-                entries.push(entry_info(format!("{prefix}{name}"), &dirent.metadata()?)?);
+                entries.push(entry_info(child(&dir, &name), &dirent.metadata()?)?);
             }
             entries.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(entries)
@@ -215,28 +204,15 @@ impl Store for LocalStore {
     async fn rename(&self, from: &str, to: &str, overwrite: Overwrite) -> StoreResult<()> {
         let src = self.path("rename", from)?;
         let dst = self.path("rename", to)?;
-        if from.is_empty() || to.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Invalid,
-                "rename",
-                from,
-                "cannot rename the root",
-            ));
-        }
+        check_entry_key("rename", from)?;
+        check_entry_key("rename", to)?;
         // rename(2) itself fails with ENOENT when the destination's parent is missing.
         blocking("rename", from, move || rename_file(&src, &dst, overwrite)).await
     }
 
     async fn delete(&self, key: &str, recursive: bool) -> StoreResult<bool> {
         let path = self.path("delete", key)?;
-        if key.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Invalid,
-                "delete",
-                key,
-                "refusing to delete the store root",
-            ));
-        }
+        check_entry_key("delete", key)?;
         blocking("delete", key, move || {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(meta) => meta,

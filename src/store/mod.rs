@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 pub use error::{ErrorKind, StoreError};
 pub use hdfs::{HdfsOptions, HdfsStore};
-pub use key::check_key;
+pub use key::{check_key, relative_path_problem};
 pub use local::LocalStore;
 pub use location::StoreLocation;
 
