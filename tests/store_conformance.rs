@@ -206,23 +206,27 @@ async fn check_create_exclusive_race(store: DynStore) {
 }
 
 async fn check_put_atomic_for_readers(store: DynStore) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     // Two versions of a multi-block object; a reader must only ever see one of them whole.
+    // The writer keeps replacing the object until the reader has read it 20 times.
     let size = 3 * 1024 * 1024 + 5;
     let versions: Vec<Bytes> = (0..2u8)
         .map(|v| Bytes::from(vec![b'a' + v; size]))
         .collect();
+    let enough = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
-        let (store, versions) = (store.clone(), versions.clone());
+        let (store, versions, enough) = (store.clone(), versions.clone(), enough.clone());
         async move {
-            for i in 0..8 {
-                store
-                    .put("obj", versions[i % 2].clone(), Overwrite::Allow)
-                    .await
-                    .unwrap();
+            let mut writes = 0;
+            while writes < 4 || !enough.load(Ordering::SeqCst) {
+                let version = versions[writes % 2].clone();
+                store.put("obj", version, Overwrite::Allow).await.unwrap();
+                writes += 1;
             }
+            writes
         }
     });
-    let mut seen = 0;
+    let (mut seen, mut interrupted) = (0, 0);
     while !writer.is_finished() {
         match store.read("obj").await {
             Ok(bytes) => {
@@ -233,16 +237,23 @@ async fn check_put_atomic_for_readers(store: DynStore) {
                     bytes.len()
                 );
                 seen += 1;
+                enough.store(seen >= 20, Ordering::SeqCst);
             }
             // Only before the first put lands: once the name exists, replacing it is one
             // atomic rename and the name never disappears.
             Err(e) if seen == 0 && e.kind() == ErrorKind::NotFound => {}
+            // On HDFS a read that opened the old file can lose its blocks when the file is
+            // replaced mid-read: an error, never wrong bytes.
+            Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Corrupt) => {
+                interrupted += 1
+            }
             Err(e) => panic!("read during replacement failed: {e}"),
         }
     }
-    writer.await.unwrap();
+    let writes = writer.await.unwrap();
+    assert!(seen >= 20, "only {seen} reads completed");
     assert!(versions.contains(&store.read("obj").await.unwrap()));
-    eprintln!("reader observed {seen} complete versions while the writer replaced the object");
+    eprintln!("{seen} whole reads, {interrupted} interrupted, during {writes} replacements");
 }
 
 async fn check_rename(store: DynStore) {

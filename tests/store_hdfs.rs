@@ -52,13 +52,19 @@ async fn namenode_stop_is_bounded_and_restart_recovers() {
         .unwrap();
 
     // Calls in flight while the NameNode goes away: each must end within the bound, as a
-    // success (before the stop) or as Unavailable/Timeout (after it).
+    // success (before the stop) or as Unavailable/Timeout (after it). The worker keeps
+    // calling until it has seen the outage three times (or a generous deadline passes).
     let store = std::sync::Arc::<dyn Store>::from(store);
     let worker = tokio::spawn({
         let store = store.clone();
         async move {
             let mut outcomes = Vec::new();
-            for i in 0..12 {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut failures = 0;
+            for i in 0.. {
+                if failures >= 3 || Instant::now() > deadline {
+                    break;
+                }
                 let started = Instant::now();
                 let result = if i % 2 == 0 {
                     store.read("a.py").await.map(drop)
@@ -67,6 +73,7 @@ async fn namenode_stop_is_bounded_and_restart_recovers() {
                         .put(&format!("p{i}"), Bytes::from_static(b"p"), Overwrite::Allow)
                         .await
                 };
+                failures += usize::from(result.is_err());
                 outcomes.push((started.elapsed(), result.map_err(|e| e.kind())));
             }
             outcomes
