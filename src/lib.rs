@@ -5,6 +5,7 @@
 //! - [`store`]: the storage layer, a [`store::Store`] trait over HDFS and local directories;
 //! - [`config`]: the TOML configuration and its layering;
 //! - [`format`]: the on-store format: generation manifests, digests, keys;
+//! - [`scan`]: which files of a DAG folder are published, and their digests;
 //! - [`cli`]: the command line.
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
@@ -12,4 +13,5 @@
 pub mod cli;
 pub mod config;
 pub mod format;
+pub mod scan;
 pub mod store;

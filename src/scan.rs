@@ -1,0 +1,664 @@
+//! Scanning a DAG folder: which files belong to a generation, and their blake3 digests.
+//!
+//! The walk (walkdir) follows symlinks, as Airflow's DAG discovery does, publishing the target's
+//! content under the link's name; symlink loops and dangling links are errors naming the path.
+//! What is left out:
+//!
+//! - build and VCS debris: `__pycache__/`, `*.pyc`, `*.pyo`, `.git/`, `.hg/`, `.svn/`;
+//! - editor temporaries: vim (`*.swp`, `*.swo`, `*.swx`, `4913`, `*~`), emacs (`.#*`, `#*#`),
+//!   JetBrains (`*___jb_tmp___`, `*___jb_old___`), `.DS_Store`;
+//! - whatever `.airflowignore` files exclude, in Airflow's `glob` (gitignore-style, Airflow 3's
+//!   default) or `regexp` syntax; each file applies to its directory and everything below.
+//!
+//! Digests come from a [`HashCache`] when a file's size, mtime, ctime and inode are unchanged,
+//! and are computed on all cores otherwise.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::format::{check_path, Digest, Entry};
+
+/// Name of Airflow's per-directory ignore file.
+pub const AIRFLOWIGNORE: &str = ".airflowignore";
+
+/// Directories never published.
+const IGNORED_DIRS: &[&str] = &["__pycache__", ".git", ".hg", ".svn"];
+
+/// File name patterns never published (compiled, non-VCS debris and editor temporaries).
+const IGNORED_FILES: &[&str] = &[
+    "*.pyc",
+    "*.pyo",
+    "*.swp",
+    "*.swo",
+    "*.swx",
+    "4913",
+    "*~",
+    ".#*",
+    "#*#",
+    "*___jb_tmp___",
+    "*___jb_old___",
+    ".DS_Store",
+];
+
+/// Which syntax `.airflowignore` files use (Airflow's `[core] dag_ignore_file_syntax`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IgnoreSyntax {
+    /// gitignore-style patterns, Airflow 3's default.
+    #[default]
+    Glob,
+    /// Python regular expressions searched in the path relative to the ignore file.
+    Regexp,
+}
+
+/// How to scan.
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    /// Honour `.airflowignore` files (they are published either way).
+    pub airflowignore: bool,
+    /// Their syntax.
+    pub syntax: IgnoreSyntax,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            airflowignore: true,
+            syntax: IgnoreSyntax::Glob,
+        }
+    }
+}
+
+/// A folder that cannot be scanned as a whole; nothing is published from a failed scan.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The folder or a file in it cannot be read.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file name is not UTF-8; manifests, HDFS and Python module names need UTF-8.
+    #[error("{}: file name is not valid UTF-8; rename it (or add it to .airflowignore)", .0.display())]
+    NonUtf8(PathBuf),
+    /// A symlink that points nowhere, or into a loop.
+    #[error("{}: {reason}; fix or remove the link", .path.display())]
+    BadSymlink {
+        /// The link.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A path the format does not accept.
+    #[error("{0}")]
+    Format(#[from] crate::format::FormatError),
+}
+
+/// One file found by a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedFile {
+    /// Its manifest entry (path relative to the folder, mode, size, mtime, digest).
+    pub entry: Entry,
+    /// Where it is on disk.
+    pub local: PathBuf,
+}
+
+/// Scans `root` and returns its files sorted by path, hashing what `cache` does not know.
+pub fn scan(
+    root: &Path,
+    options: &ScanOptions,
+    cache: &mut HashCache,
+) -> Result<Vec<ScannedFile>, ScanError> {
+    let started = SystemTime::now();
+    let found = walk(root, options)?;
+    let mut files = Vec::with_capacity(found.len());
+    let mut to_hash = Vec::new();
+    for (index, (rel, local, meta)) in found.into_iter().enumerate() {
+        let stamp = FileStamp::of(&meta);
+        if let Some(digest) = cache.lookup(&rel, &stamp) {
+            files.push((rel, local, meta, Some(digest)));
+        } else {
+            to_hash.push(index);
+            files.push((rel, local, meta, None));
+        }
+    }
+    let hashed = hash_all(to_hash.iter().map(|&i| files[i].1.as_path()).collect())?;
+    for (index, digest) in to_hash.into_iter().zip(hashed) {
+        files[index].3 = Some(digest);
+    }
+    let mut scanned = Vec::with_capacity(files.len());
+    for (rel, local, meta, digest) in files {
+        let digest = digest.expect("every file was looked up or hashed");
+        let stamp = FileStamp::of(&meta);
+        cache.remember(&rel, stamp, digest, started);
+        scanned.push(ScannedFile {
+            entry: Entry {
+                path: rel,
+                mode: meta.mode() & 0o777,
+                size: meta.len(),
+                mtime_ns: stamp.mtime_ns,
+                blake3: digest,
+            },
+            local,
+        });
+    }
+    cache.retain_only(scanned.iter().map(|f| f.entry.path.as_str()));
+    Ok(scanned)
+}
+
+/// Walks `root`, applying the ignore rules; returns (relative path, local path, metadata).
+fn walk(
+    root: &Path,
+    options: &ScanOptions,
+) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ScanError> {
+    let builtin = builtin_file_patterns();
+    let io_err = |path: &Path, source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let root_meta = fs::metadata(root).map_err(|e| io_err(root, e))?;
+    if !root_meta.is_dir() {
+        return Err(io_err(
+            root,
+            io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let mut found = Vec::new();
+    // Ignore rules in force: (depth of the directory holding the file, its rules).
+    let mut rules: Vec<(usize, IgnoreRules)> = Vec::new();
+    let mut walker = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(item) = walker.next() {
+        let dirent = item.map_err(|e| walk_error(root, e))?;
+        let depth = dirent.depth();
+        while rules.last().is_some_and(|(d, _)| *d >= depth) {
+            rules.pop();
+        }
+        let is_dir = dirent.file_type().is_dir();
+        let name = dirent.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(ScanError::NonUtf8(dirent.path().to_path_buf()));
+        };
+        if depth > 0 {
+            let ignored_by_name = if is_dir {
+                IGNORED_DIRS.contains(&name)
+            } else {
+                builtin.is_match(name)
+            };
+            if ignored_by_name || rules.iter().any(|(_, r)| r.ignores(dirent.path(), is_dir)) {
+                if is_dir {
+                    walker.skip_current_dir();
+                }
+                continue;
+            }
+        }
+        if is_dir {
+            let ignore_file = dirent.path().join(AIRFLOWIGNORE);
+            if options.airflowignore && ignore_file.is_file() {
+                let text = fs::read_to_string(&ignore_file).map_err(|e| io_err(&ignore_file, e))?;
+                rules.push((
+                    depth,
+                    IgnoreRules::parse(dirent.path(), &text, options.syntax),
+                ));
+            }
+            continue;
+        }
+        let rel = dirent
+            .path()
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root")
+            .to_str()
+            .ok_or_else(|| ScanError::NonUtf8(dirent.path().to_path_buf()))?
+            .to_string();
+        check_path(&rel)?;
+        let meta = dirent.metadata().map_err(|e| walk_error(root, e))?;
+        if meta.is_file() {
+            found.push((rel, dirent.path().to_path_buf(), meta));
+        }
+    }
+    Ok(found)
+}
+
+fn walk_error(root: &Path, err: walkdir::Error) -> ScanError {
+    let path = err.path().unwrap_or(root).to_path_buf();
+    if let Some(ancestor) = err.loop_ancestor() {
+        return ScanError::BadSymlink {
+            path,
+            reason: format!("symlink loop back to {}", ancestor.display()),
+        };
+    }
+    let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    match err.into_io_error() {
+        Some(e) if is_link && e.kind() == io::ErrorKind::NotFound => ScanError::BadSymlink {
+            path,
+            reason: "dangling symlink (its target does not exist)".into(),
+        },
+        Some(source) => ScanError::Io { path, source },
+        None => ScanError::Io {
+            path,
+            source: io::Error::other("walk failed"),
+        },
+    }
+}
+
+fn builtin_file_patterns() -> GlobSet {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in IGNORED_FILES {
+        builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
+    }
+    builder.build().expect("built-in patterns are valid")
+}
+
+/// The rules of one `.airflowignore` file.
+enum IgnoreRules {
+    Glob(ignore::gitignore::Gitignore),
+    Regexp {
+        base: PathBuf,
+        patterns: Vec<regex::Regex>,
+    },
+}
+
+impl IgnoreRules {
+    /// Parses the file in directory `base`. As in Airflow, `#` starts a comment, blank lines
+    /// are skipped, and an invalid pattern is skipped with a warning.
+    fn parse(base: &Path, text: &str, syntax: IgnoreSyntax) -> IgnoreRules {
+        let lines = text
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or_default().trim_end())
+            .filter(|line| !line.trim().is_empty());
+        match syntax {
+            IgnoreSyntax::Glob => {
+                let mut builder = ignore::gitignore::GitignoreBuilder::new(base);
+                for line in lines {
+                    if let Err(e) = builder.add_line(None, line) {
+                        tracing::warn!(dir = %base.display(), pattern = line, error = %e, "skipping invalid .airflowignore pattern");
+                    }
+                }
+                IgnoreRules::Glob(
+                    builder
+                        .build()
+                        .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty()),
+                )
+            }
+            IgnoreSyntax::Regexp => {
+                let patterns = lines
+                    .filter_map(|line| match regex::Regex::new(line.trim()) {
+                        Ok(re) => Some(re),
+                        Err(e) => {
+                            tracing::warn!(dir = %base.display(), pattern = line, error = %e, "skipping invalid .airflowignore pattern");
+                            None
+                        }
+                    })
+                    .collect();
+                IgnoreRules::Regexp {
+                    base: base.to_path_buf(),
+                    patterns,
+                }
+            }
+        }
+    }
+
+    fn ignores(&self, path: &Path, is_dir: bool) -> bool {
+        match self {
+            IgnoreRules::Glob(gitignore) => gitignore.matched(path, is_dir).is_ignore(),
+            IgnoreRules::Regexp { base, patterns } => {
+                let rel = path.strip_prefix(base).unwrap_or(path).to_string_lossy();
+                patterns.iter().any(|re| re.is_match(&rel))
+            }
+        }
+    }
+}
+
+/// Hashes `paths` on all cores; results in input order.
+fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
+    let results: Vec<Mutex<Option<Result<Digest, ScanError>>>> =
+        paths.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(paths.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = paths.get(i) else { break };
+                let result = hash_file(path).map_err(|source| ScanError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                *results[i].lock().expect("no worker panics holding it") = Some(result);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .expect("no worker panics holding it")
+                .expect("every index was hashed")
+        })
+        .collect()
+}
+
+/// blake3 of a file's content, streamed.
+pub fn hash_file(path: &Path) -> io::Result<Digest> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(fs::File::open(path)?)?;
+    Ok(hasher.finalize().into())
+}
+
+/// What identifies an unchanged file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `meta`.
+    pub fn of(meta: &fs::Metadata) -> FileStamp {
+        FileStamp {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            inode: meta.ino(),
+        }
+    }
+}
+
+/// A persistent map from relative path and [`FileStamp`] to digest, so an unchanged tree is
+/// re-scanned with `stat` calls only. An entry is used only if every field of the stamp
+/// matches, and a file modified less than [`HashCache::RACY_WINDOW`] before the scan began is
+/// never cached (its mtime could still change within the clock's granularity).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    #[serde(skip)]
+    file: Option<PathBuf>,
+    entries: HashMap<String, (FileStamp, Digest)>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl HashCache {
+    /// Files modified this recently before a scan are hashed every time.
+    pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+    /// A cache that lives only in memory.
+    pub fn in_memory() -> HashCache {
+        HashCache::default()
+    }
+
+    /// Loads the cache kept at `file`; a missing or unreadable cache starts empty (it is only
+    /// ever an optimisation).
+    pub fn load(file: PathBuf) -> HashCache {
+        let mut cache: HashCache = fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        cache.file = Some(file);
+        cache
+    }
+
+    /// Where the cache for DAG folder `dir` lives: `$XDG_CACHE_HOME/dagfs` (or
+    /// `~/.cache/dagfs`), one file per folder.
+    pub fn default_location(dir: &Path) -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let id = Digest::of(canonical.as_os_str().as_encoded_bytes());
+        Some(
+            base.join("dagfs")
+                .join(format!("hashes-{}.json", &id.to_string()[..16])),
+        )
+    }
+
+    fn lookup(&self, path: &str, stamp: &FileStamp) -> Option<Digest> {
+        self.entries
+            .get(path)
+            .filter(|(cached, _)| cached == stamp)
+            .map(|(_, digest)| *digest)
+    }
+
+    fn remember(&mut self, path: &str, stamp: FileStamp, digest: Digest, scan_started: SystemTime) {
+        let settled =
+            UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns.max(0) as u64) + Self::RACY_WINDOW;
+        if settled > scan_started {
+            self.dirty |= self.entries.remove(path).is_some();
+            return;
+        }
+        if self.entries.get(path) != Some(&(stamp, digest)) {
+            self.entries.insert(path.to_string(), (stamp, digest));
+            self.dirty = true;
+        }
+    }
+
+    fn retain_only<'a>(&mut self, paths: impl Iterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = paths.collect();
+        let before = self.entries.len();
+        self.entries.retain(|path, _| keep.contains(path.as_str()));
+        self.dirty |= self.entries.len() != before;
+    }
+
+    /// Writes the cache back if it changed (atomically: temp file + rename). Failing to save
+    /// is logged, never fatal.
+    pub fn save(&mut self) {
+        let Some(file) = self.file.clone().filter(|_| self.dirty) else {
+            return;
+        };
+        let result = (|| -> io::Result<()> {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(dir)?;
+            let tmp = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer(&tmp, self)?;
+            tmp.persist(&file).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(cache = %file.display(), error = %e, "could not save the hash cache")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn paths(root: &Path, options: &ScanOptions) -> Vec<String> {
+        scan(root, options, &mut HashCache::in_memory())
+            .unwrap()
+            .into_iter()
+            .map(|f| f.entry.path)
+            .collect()
+    }
+
+    #[test]
+    fn skips_debris_and_editor_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in [
+            "etl.py",
+            "sub/load.py",
+            "__pycache__/etl.cpython-311.pyc",
+            "sub/x.pyc",
+            ".git/HEAD",
+            ".etl.py.swp",
+            "4913",
+            "etl.py~",
+            ".#etl.py",
+            "#etl.py#",
+            "etl.py___jb_tmp___",
+            "sql/q.sql",
+        ] {
+            write(dir.path(), rel, "x");
+        }
+        assert_eq!(
+            paths(dir.path(), &ScanOptions::default()),
+            ["etl.py", "sql/q.sql", "sub/load.py"]
+        );
+    }
+
+    #[test]
+    fn airflowignore_glob_and_regexp() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in [
+            "a.py",
+            "project_a_dag.py",
+            "tenant_1/d.py",
+            "helpers/h.py",
+            "sub/keep.py",
+            "sub/skip_me.py",
+        ] {
+            write(dir.path(), rel, "x");
+        }
+        write(
+            dir.path(),
+            ".airflowignore",
+            "helpers/   # shared code\n*project_a*\n",
+        );
+        write(dir.path(), "sub/.airflowignore", "skip_*\n");
+        assert_eq!(
+            paths(dir.path(), &ScanOptions::default()),
+            [
+                ".airflowignore",
+                "a.py",
+                "sub/.airflowignore",
+                "sub/keep.py",
+                "tenant_1/d.py"
+            ]
+        );
+        write(dir.path(), ".airflowignore", "project_a\ntenant_[\\d]\n");
+        fs::remove_file(dir.path().join("sub/.airflowignore")).unwrap();
+        let regexp = ScanOptions {
+            airflowignore: true,
+            syntax: IgnoreSyntax::Regexp,
+        };
+        assert_eq!(
+            paths(dir.path(), &regexp),
+            [
+                ".airflowignore",
+                "a.py",
+                "helpers/h.py",
+                "sub/keep.py",
+                "sub/skip_me.py"
+            ]
+        );
+        let off = ScanOptions {
+            airflowignore: false,
+            ..regexp
+        };
+        assert_eq!(paths(dir.path(), &off).len(), 7);
+    }
+
+    #[test]
+    fn digests_modes_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "real/a.py", "print(1)\n");
+        std::os::unix::fs::symlink(dir.path().join("real/a.py"), dir.path().join("link.py"))
+            .unwrap();
+        let files = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].entry.path, "link.py");
+        assert_eq!(files[0].entry.blake3, Digest::of(b"print(1)\n"));
+        assert_eq!(files[0].entry.blake3, files[1].entry.blake3);
+        assert_eq!(files[1].entry.size, 9);
+
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling.py"))
+            .unwrap();
+        let err = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ScanError::BadSymlink { .. }), "{err}");
+        fs::remove_file(dir.path().join("dangling.py")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("real/loop")).unwrap();
+        let err = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("loop"), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_names_are_refused_with_the_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"bad\xffname.py");
+        fs::write(dir.path().join(name), "x").unwrap();
+        let err = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ScanError::NonUtf8(_)), "{err}");
+        assert!(err.to_string().contains("rename it"), "{err}");
+    }
+
+    #[test]
+    fn cache_is_used_only_for_unchanged_settled_files() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.py", "one");
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(dir.path().join("a.py"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let cache_file = dir.path().join("../cache.json");
+        let mut cache = HashCache::load(cache_file.clone());
+        scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
+        cache.save();
+        let mut cache = HashCache::load(cache_file);
+        assert_eq!(cache.entries.len(), 1, "settled file cached and persisted");
+
+        // Same size, same mtime, new content: the ctime (and so the stamp) moves on.
+        fs::write(dir.path().join("a.py"), "two").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(dir.path().join("a.py"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let files = scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
+        assert_eq!(files[0].entry.blake3, Digest::of(b"two"));
+
+        // A freshly modified file is not cached.
+        write(dir.path(), "b.py", "fresh");
+        scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
+        assert!(!cache.entries.contains_key("b.py"));
+    }
+}
