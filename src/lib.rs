@@ -13,5 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod format;
+pub mod generations;
+pub mod publish;
 pub mod scan;
 pub mod store;

@@ -1,0 +1,676 @@
+//! The publish protocol: upload missing objects, then commit the next generation with one
+//! atomic compare-and-swap on its name (docs/DESIGN.md, "Publish protocol").
+//!
+//! 1. Read the head generation `H` and compute the change set: the desired tree (a scanned
+//!    folder, optionally under a prefix) against `H` (the prefix's subtree of it).
+//! 2. Upload every object the change set needs that the store lacks: staged and renamed into
+//!    place (`put` without overwrite), in parallel; bytes are re-hashed on the way, so a file
+//!    edited after the scan fails the push instead of publishing a digest that lies.
+//! 3. Commit generation `H+1` by `put(generations/<H+1>, overwrite=Deny)`: staged, then a
+//!    `rename2` without overwrite, the NameNode's atomic compare-and-swap. Readers never see
+//!    a manifest being written.
+//! 4. Lost the race (`AlreadyExists`)? Re-read the new head, re-apply the change set path by
+//!    path on top of it (a path the other publisher changed too is a conflict unless
+//!    `force`), and commit again. An ambiguous failure (timeout, connection lost) is resolved
+//!    by reading the manifest back and comparing manifest ids.
+//! 5. Update the plain mirror (see [`crate::mirror`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::format::{
+    check_path, manifest_key, object_key, Digest, Entry, FormatError, Header, Manifest, TreeId,
+};
+use crate::generations::{self, apply, diff, Change, GenerationError};
+use crate::scan::ScannedFile;
+use crate::store::{ErrorKind, Overwrite, Store, StoreError};
+
+/// How many commit races a publish survives before giving up.
+const MAX_COMMIT_ROUNDS: usize = 20;
+/// How often an ambiguous commit is retried before giving up.
+const MAX_AMBIGUOUS_RETRIES: u32 = 5;
+
+/// A publish that did not happen; nothing half-published is ever visible.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A generation could not be read.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// The tree breaks the format (a path, a file/directory clash).
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    /// Another publisher changed the same paths since this change set was computed.
+    #[error("conflict: generation {theirs} (by {author}) also changed {}; pull their change, then push again, or push with --force to overwrite it", list(.paths))]
+    Conflict {
+        /// The other publisher's generation.
+        theirs: u64,
+        /// Its author.
+        author: String,
+        /// Paths both changed.
+        paths: Vec<String>,
+    },
+    /// A file changed or vanished between scan and upload.
+    #[error("{}: changed while being published ({reason}); nothing was committed, push again", .path.display())]
+    ChangedDuringPush {
+        /// The local file.
+        path: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+    /// An object a generation needs is not in the store and there is no local copy.
+    #[error("object {digest} (for {path}) is missing from the store; run `dagfs verify --store` and push the folder again")]
+    MissingObject {
+        /// The object.
+        digest: Digest,
+        /// A path that uses it.
+        path: String,
+    },
+    /// Too many publishers raced for the next generation.
+    #[error("gave up after losing the commit race {0} times in a row; push again")]
+    TooManyRaces(usize),
+}
+
+fn list(paths: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = paths
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > SHOWN {
+        text.push_str(&format!(" and {} more", paths.len() - SHOWN));
+    }
+    text
+}
+
+/// The tree a publisher wants, and where the bytes of its files can be read.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    /// Entries relative to the prefix (or the root).
+    pub entries: Vec<Entry>,
+    /// Local files holding the content of each digest; digests without one must already be
+    /// in the store (a rollback's).
+    pub sources: BTreeMap<Digest, PathBuf>,
+}
+
+impl Desired {
+    /// The desired tree of a scanned folder.
+    pub fn from_scan(files: &[ScannedFile]) -> Desired {
+        Desired {
+            entries: files.iter().map(|f| f.entry.clone()).collect(),
+            sources: files
+                .iter()
+                .map(|f| (f.entry.blake3, f.local.clone()))
+                .collect(),
+        }
+    }
+
+    /// The desired tree of an existing generation: its entries, whose objects are in the store.
+    pub fn from_manifest(manifest: &Manifest) -> Desired {
+        Desired {
+            entries: manifest.entries.clone(),
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+/// How to publish.
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    /// Generation message.
+    pub message: String,
+    /// `user@host` recorded as the author.
+    pub author: String,
+    /// Publish into this subtree only; other paths of the head are kept as they are.
+    pub prefix: Option<String>,
+    /// On a conflict, overwrite the other publisher's change instead of failing.
+    pub force: bool,
+    /// Objects uploaded at once.
+    pub concurrency: usize,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            message: String::new(),
+            author: default_author(),
+            prefix: None,
+            force: false,
+            concurrency: 16,
+        }
+    }
+}
+
+/// `user@host` of this process.
+pub fn default_author() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", rustix::process::getuid().as_raw()));
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("{user}@{host}")
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    /// The generation now at the head (new, or the unchanged head); `None` for an empty store
+    /// and an empty tree.
+    pub generation: Option<u64>,
+    /// Tree id of that generation (of the empty tree for an empty store).
+    pub tree_id: TreeId,
+    /// Whether a new generation was committed.
+    pub published: bool,
+    /// Paths added.
+    pub added: usize,
+    /// Paths whose content or metadata changed.
+    pub changed: usize,
+    /// Paths removed.
+    pub removed: usize,
+    /// Objects uploaded (others were already in the store).
+    pub objects_uploaded: usize,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+}
+
+/// Publishes `desired` as the next generation if it differs from the head.
+pub async fn publish(
+    store: &dyn Store,
+    desired: &Desired,
+    options: &PublishOptions,
+) -> Result<Outcome, PublishError> {
+    let prefix = match &options.prefix {
+        Some(prefix) => {
+            let prefix = prefix.trim_matches('/');
+            check_path(prefix)?;
+            Some(prefix.to_string())
+        }
+        None => None,
+    };
+    let wanted: Vec<Entry> = desired
+        .entries
+        .iter()
+        .map(|e| Entry {
+            path: match &prefix {
+                Some(p) => format!("{p}/{}", e.path),
+                None => e.path.clone(),
+            },
+            ..e.clone()
+        })
+        .collect();
+
+    let mut base = generations::load_head(store).await?;
+    let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
+    let changes = diff(&subtree(base_tree, prefix.as_deref()), &wanted);
+    if changes.is_empty() {
+        return Ok(unchanged(base.as_ref()));
+    }
+    let (added, changed, removed) = count(&changes);
+    let (objects_uploaded, bytes_uploaded) =
+        upload_objects(store, &changes, desired, options.concurrency).await?;
+
+    for _ in 0..MAX_COMMIT_ROUNDS {
+        let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
+        let tree = apply(base_tree, &changes);
+        if base.as_ref().is_some_and(|m| m.entries == tree) {
+            // Someone else published exactly this change already.
+            return Ok(unchanged(base.as_ref()));
+        }
+        let generation = base.as_ref().map_or(1, |m| m.generation + 1);
+        let manifest = Manifest::new(
+            Header {
+                generation,
+                parent: base.as_ref().map(|m| m.generation),
+                created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                author: options.author.clone(),
+                message: options.message.clone(),
+            },
+            tree,
+        )?;
+        if commit(store, &manifest).await? {
+            tracing::info!(generation, tree_id = %manifest.tree_id, added, changed, removed, objects_uploaded, bytes_uploaded, "published");
+            return Ok(Outcome {
+                generation: Some(generation),
+                tree_id: manifest.tree_id,
+                published: true,
+                added,
+                changed,
+                removed,
+                objects_uploaded,
+                bytes_uploaded,
+            });
+        }
+        // Lost the race: rebase onto the new head.
+        let theirs = generations::load_head(store)
+            .await?
+            .expect("a generation exists after losing a race for one");
+        let conflicts: Vec<String> = changes
+            .iter()
+            .map(Change::path)
+            .filter(|path| find(base_tree, path) != find(&theirs.entries, path))
+            .map(str::to_string)
+            .collect();
+        tracing::info!(
+            lost_to = theirs.generation,
+            conflicts = conflicts.len(),
+            "lost the commit race; rebasing"
+        );
+        if !conflicts.is_empty() && !options.force {
+            return Err(PublishError::Conflict {
+                theirs: theirs.generation,
+                author: theirs.author.clone(),
+                paths: conflicts,
+            });
+        }
+        base = Some(theirs);
+    }
+    Err(PublishError::TooManyRaces(MAX_COMMIT_ROUNDS))
+}
+
+fn unchanged(head: Option<&Manifest>) -> Outcome {
+    Outcome {
+        generation: head.map(|m| m.generation),
+        tree_id: head.map_or_else(|| crate::format::tree_id(&[]), |m| m.tree_id),
+        published: false,
+        added: 0,
+        changed: 0,
+        removed: 0,
+        objects_uploaded: 0,
+        bytes_uploaded: 0,
+    }
+}
+
+fn count(changes: &[Change]) -> (usize, usize, usize) {
+    changes
+        .iter()
+        .fold((0, 0, 0), |(a, c, r), change| match change {
+            Change::Added(_) => (a + 1, c, r),
+            Change::Changed(..) => (a, c + 1, r),
+            Change::Removed(_) => (a, c, r + 1),
+        })
+}
+
+/// The entries of `tree` under `prefix` (all of them without one).
+fn subtree(tree: &[Entry], prefix: Option<&str>) -> Vec<Entry> {
+    match prefix {
+        None => tree.to_vec(),
+        Some(prefix) => tree
+            .iter()
+            .filter(|e| {
+                e.path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .cloned()
+            .collect(),
+    }
+}
+
+fn find<'a>(tree: &'a [Entry], path: &str) -> Option<&'a Entry> {
+    tree.binary_search_by(|e| e.path.as_str().cmp(path))
+        .ok()
+        .map(|i| &tree[i])
+}
+
+/// Uploads the objects `changes` need that the store lacks; returns (count, bytes).
+async fn upload_objects(
+    store: &dyn Store,
+    changes: &[Change],
+    desired: &Desired,
+    concurrency: usize,
+) -> Result<(usize, u64), PublishError> {
+    let mut seen = HashSet::new();
+    let needed: Vec<(Entry, Option<PathBuf>)> = changes
+        .iter()
+        .filter_map(Change::new_entry)
+        .filter(|e| seen.insert(e.blake3))
+        .map(|e| (e.clone(), desired.sources.get(&e.blake3).cloned()))
+        .collect();
+    stream::iter(needed)
+        .map(|(entry, source)| upload_object(store, entry, source))
+        .buffer_unordered(concurrency.max(1))
+        .try_fold((0, 0), |(n, bytes), uploaded| async move {
+            Ok(match uploaded {
+                Some(len) => (n + 1, bytes + len),
+                None => (n, bytes),
+            })
+        })
+        .await
+}
+
+/// Uploads one object unless the store has it; returns the bytes uploaded, if any.
+async fn upload_object(
+    store: &dyn Store,
+    entry: Entry,
+    source: Option<PathBuf>,
+) -> Result<Option<u64>, PublishError> {
+    let key = object_key(&entry.blake3);
+    match store.stat(&key).await {
+        Ok(info) if info.len == entry.size => return Ok(None),
+        Ok(info) => tracing::warn!(
+            key,
+            found = info.len,
+            expected = entry.size,
+            "replacing a damaged object"
+        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let Some(source) = source else {
+        return Err(PublishError::MissingObject {
+            digest: entry.blake3,
+            path: entry.path.clone(),
+        });
+    };
+    let bytes = read_verified(source, entry.blake3).await?;
+    let len = bytes.len() as u64;
+    match store.put(&key, bytes, Overwrite::Allow).await {
+        Ok(()) => Ok(Some(len)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a local file and checks it still has the digest the scan found.
+async fn read_verified(path: PathBuf, digest: Digest) -> Result<Bytes, PublishError> {
+    let read_path = path.clone();
+    let read = tokio::task::spawn_blocking(move || std::fs::read(read_path)).await;
+    let changed = |reason: String| PublishError::ChangedDuringPush {
+        path: path.clone(),
+        reason,
+    };
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Err(changed(e.to_string())),
+        Err(e) => return Err(changed(e.to_string())),
+    };
+    if Digest::of(&bytes) != digest {
+        return Err(changed("its content no longer matches the scan".into()));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Tries to commit `manifest` under its generation number. `Ok(true)`: it is committed (maybe
+/// by an earlier attempt whose answer was lost); `Ok(false)`: another manifest holds the number.
+async fn commit(store: &dyn Store, manifest: &Manifest) -> Result<bool, PublishError> {
+    let key = manifest_key(manifest.generation);
+    let bytes = Bytes::from(manifest.to_bytes());
+    let mut attempt = 0;
+    loop {
+        let error = match store.put(&key, bytes.clone(), Overwrite::Deny).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists || e.kind().is_transient() => e,
+            Err(e) => return Err(e.into()),
+        };
+        // Whose manifest holds the name, if any? Read it back and compare ids.
+        match generations::load(store, manifest.generation).await {
+            Ok(found) => return Ok(found.manifest_id == manifest.manifest_id),
+            Err(GenerationError::Missing { .. }) if error.kind() != ErrorKind::AlreadyExists => {}
+            Err(GenerationError::Store(e)) if e.kind().is_transient() => {}
+            Err(e) => return Err(e.into()),
+        }
+        attempt += 1;
+        if attempt > MAX_AMBIGUOUS_RETRIES {
+            return Err(error.into());
+        }
+        tracing::warn!(key, attempt, error = %error, "commit outcome unknown; retrying");
+        tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    fn entry(path: &str, content: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o644,
+            size: content.len() as u64,
+            mtime_ns: 1,
+            blake3: Digest::of(content.as_bytes()),
+        }
+    }
+
+    /// A desired tree backed by real files in `dir`.
+    fn desired(dir: &std::path::Path, files: &[(&str, &str)]) -> Desired {
+        let mut d = Desired::default();
+        let dir = dir.join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir(&dir).unwrap();
+        for (path, content) in files {
+            let local = dir.join(path.replace('/', "_"));
+            std::fs::write(&local, content).unwrap();
+            let e = entry(path, content);
+            d.sources.insert(e.blake3, local);
+            d.entries.push(e);
+        }
+        d
+    }
+
+    #[tokio::test]
+    async fn publishes_changes_only_and_rebases_disjoint_races() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let opts = PublishOptions::default();
+        let one = desired(dir.path(), &[("a.py", "1"), ("b.py", "2")]);
+        let first = publish(&store, &one, &opts).await.unwrap();
+        assert_eq!(
+            (
+                first.generation,
+                first.published,
+                first.added,
+                first.objects_uploaded
+            ),
+            (Some(1), true, 2, 2)
+        );
+        let again = publish(&store, &one, &opts).await.unwrap();
+        assert_eq!((again.generation, again.published), (Some(1), false));
+
+        // Team x owns prefix x/, team y owns y/: both land, nothing of the other is lost.
+        let x = PublishOptions {
+            prefix: Some("x".into()),
+            ..opts.clone()
+        };
+        let y = PublishOptions {
+            prefix: Some("y".into()),
+            ..opts.clone()
+        };
+        let dx = desired(dir.path(), &[("dag.py", "x")]);
+        let dy = desired(dir.path(), &[("dag.py", "y")]);
+        let (rx, ry) = tokio::join!(publish(&store, &dx, &x), publish(&store, &dy, &y));
+        let (rx, ry) = (rx.unwrap(), ry.unwrap());
+        let mut gens = vec![rx.generation.unwrap(), ry.generation.unwrap()];
+        gens.sort();
+        assert_eq!(gens, [2, 3]);
+        let head = generations::load_head(&store).await.unwrap().unwrap();
+        let paths: Vec<&str> = head.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a.py", "b.py", "x/dag.py", "y/dag.py"]);
+    }
+
+    /// A store that, just before the first manifest commit it sees, lets a competing
+    /// publisher commit `rival` first: a deterministic lost race.
+    #[derive(Debug)]
+    struct RacingStore {
+        inner: LocalStore,
+        rival: std::sync::Mutex<Option<Desired>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for RacingStore {
+        fn url(&self) -> &str {
+            self.inner.url()
+        }
+        async fn put(
+            &self,
+            key: &str,
+            data: Bytes,
+            overwrite: Overwrite,
+        ) -> crate::store::StoreResult<()> {
+            if key.starts_with("generations/") {
+                let rival = self.rival.lock().unwrap().take();
+                if let Some(rival) = rival {
+                    publish(
+                        &self.inner,
+                        &rival,
+                        &PublishOptions {
+                            author: "bob@other".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            self.inner.put(key, data, overwrite).await
+        }
+        async fn create_exclusive(&self, key: &str, data: Bytes) -> crate::store::StoreResult<()> {
+            self.inner.create_exclusive(key, data).await
+        }
+        async fn read(&self, key: &str) -> crate::store::StoreResult<Bytes> {
+            self.inner.read(key).await
+        }
+        async fn read_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> crate::store::StoreResult<Bytes> {
+            self.inner.read_range(key, offset, len).await
+        }
+        async fn stat(&self, key: &str) -> crate::store::StoreResult<crate::store::EntryInfo> {
+            self.inner.stat(key).await
+        }
+        async fn list(&self, key: &str) -> crate::store::StoreResult<Vec<crate::store::EntryInfo>> {
+            self.inner.list(key).await
+        }
+        async fn rename(
+            &self,
+            from: &str,
+            to: &str,
+            overwrite: Overwrite,
+        ) -> crate::store::StoreResult<()> {
+            self.inner.rename(from, to, overwrite).await
+        }
+        async fn delete(&self, key: &str, recursive: bool) -> crate::store::StoreResult<bool> {
+            self.inner.delete(key, recursive).await
+        }
+        async fn mkdirs(&self, key: &str) -> crate::store::StoreResult<()> {
+            self.inner.mkdirs(key).await
+        }
+    }
+
+    async fn racing(dir: &std::path::Path, rival: Desired) -> RacingStore {
+        let inner = LocalStore::open(dir.join("store")).await.unwrap();
+        RacingStore {
+            inner,
+            rival: std::sync::Mutex::new(Some(rival)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_rebases_disjoint_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = desired(dir.path(), &[("a.py", "0"), ("b.py", "0")]);
+        let store = racing(
+            dir.path(),
+            desired(dir.path(), &[("a.py", "theirs"), ("b.py", "0")]),
+        )
+        .await;
+        publish(&store.inner, &base, &PublishOptions::default())
+            .await
+            .unwrap();
+        let ours = desired(dir.path(), &[("a.py", "0"), ("b.py", "ours")]);
+        let outcome = publish(&store, &ours, &PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.generation,
+            Some(3),
+            "rival took 2, we rebased onto it"
+        );
+        let head = generations::load_head(&store.inner).await.unwrap().unwrap();
+        assert_eq!(head.parent, Some(2));
+        let contents: Vec<(String, Digest)> = head
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), e.blake3))
+            .collect();
+        assert_eq!(
+            contents,
+            [
+                ("a.py".into(), Digest::of(b"theirs")),
+                ("b.py".into(), Digest::of(b"ours"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn overlapping_changes_conflict_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = desired(dir.path(), &[("a.py", "0")]);
+        let rival = desired(dir.path(), &[("a.py", "theirs")]);
+        let ours = desired(dir.path(), &[("a.py", "ours")]);
+
+        let store = racing(dir.path(), rival.clone()).await;
+        publish(&store.inner, &base, &PublishOptions::default())
+            .await
+            .unwrap();
+        let err = publish(&store, &ours, &PublishOptions::default())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, PublishError::Conflict { theirs: 2, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("a.py") && text.contains("bob@other") && text.contains("--force"),
+            "{text}"
+        );
+        assert_eq!(
+            generations::head(&store.inner).await.unwrap(),
+            Some(2),
+            "nothing of ours committed"
+        );
+
+        *store.rival.lock().unwrap() = Some(desired(dir.path(), &[("a.py", "again")]));
+        let forced = PublishOptions {
+            force: true,
+            ..PublishOptions::default()
+        };
+        let outcome = publish(&store, &ours, &forced).await.unwrap();
+        assert_eq!(outcome.generation, Some(4));
+        let head = generations::load_head(&store.inner).await.unwrap().unwrap();
+        assert_eq!(head.entries[0].blake3, Digest::of(b"ours"));
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_after_the_scan_fails_the_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let d = desired(dir.path(), &[("a.py", "scanned")]);
+        std::fs::write(d.sources.values().next().unwrap(), "edited").unwrap();
+        let err = publish(&store, &d, &PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::ChangedDuringPush { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            generations::head(&store).await.unwrap(),
+            None,
+            "nothing committed"
+        );
+    }
+}
