@@ -13,7 +13,9 @@
 pub mod cli;
 pub mod config;
 pub mod format;
+pub mod gc;
 pub mod generations;
+pub mod mirror;
 pub mod publish;
 pub mod scan;
 pub mod store;

@@ -216,8 +216,8 @@ pub async fn publish(
         return Ok(unchanged(base.as_ref()));
     }
     let (added, changed, removed) = count(&changes);
-    let (objects_uploaded, bytes_uploaded) =
-        upload_objects(store, &changes, desired, options.concurrency).await?;
+    let uploaded = upload_objects(store, &changes, desired, options.concurrency).await?;
+    let (objects_uploaded, bytes_uploaded) = (uploaded.count, uploaded.bytes);
 
     for _ in 0..MAX_COMMIT_ROUNDS {
         let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
@@ -238,6 +238,7 @@ pub async fn publish(
             tree,
         )?;
         if commit(store, &manifest).await? {
+            restore_reused(store, &uploaded.reused, desired).await?;
             tracing::info!(generation, tree_id = %manifest.tree_id, added, changed, removed, objects_uploaded, bytes_uploaded, "published");
             return Ok(Outcome {
                 generation: Some(generation),
@@ -322,13 +323,23 @@ fn find<'a>(tree: &'a [Entry], path: &str) -> Option<&'a Entry> {
         .map(|i| &tree[i])
 }
 
-/// Uploads the objects `changes` need that the store lacks; returns (count, bytes).
+/// What the upload step did.
+struct Uploaded {
+    /// Objects uploaded.
+    count: usize,
+    /// Their bytes.
+    bytes: u64,
+    /// Objects found in the store and reused (a concurrent gc might remove them).
+    reused: Vec<Entry>,
+}
+
+/// Uploads the objects `changes` need that the store lacks.
 async fn upload_objects(
     store: &dyn Store,
     changes: &[Change],
     desired: &Desired,
     concurrency: usize,
-) -> Result<(usize, u64), PublishError> {
+) -> Result<Uploaded, PublishError> {
     let mut seen = HashSet::new();
     let needed: Vec<(Entry, Option<PathBuf>)> = changes
         .iter()
@@ -337,15 +348,54 @@ async fn upload_objects(
         .map(|e| (e.clone(), desired.sources.get(&e.blake3).cloned()))
         .collect();
     stream::iter(needed)
-        .map(|(entry, source)| upload_object(store, entry, source))
-        .buffer_unordered(concurrency.max(1))
-        .try_fold((0, 0), |(n, bytes), uploaded| async move {
-            Ok(match uploaded {
-                Some(len) => (n + 1, bytes + len),
-                None => (n, bytes),
-            })
+        .map(|(entry, source)| async move {
+            let uploaded = upload_object(store, entry.clone(), source).await?;
+            Ok::<_, PublishError>((entry, uploaded))
         })
+        .buffer_unordered(concurrency.max(1))
+        .try_fold(
+            Uploaded {
+                count: 0,
+                bytes: 0,
+                reused: Vec::new(),
+            },
+            |mut acc, (entry, uploaded)| async move {
+                match uploaded {
+                    Some(len) => {
+                        acc.count += 1;
+                        acc.bytes += len;
+                    }
+                    None => acc.reused.push(entry),
+                }
+                Ok(acc)
+            },
+        )
         .await
+}
+
+/// After a commit: objects that were reused rather than uploaded may have been removed by a
+/// concurrent `gc` (they were unreferenced and old); put back any that are gone.
+async fn restore_reused(
+    store: &dyn Store,
+    reused: &[Entry],
+    desired: &Desired,
+) -> Result<(), PublishError> {
+    for entry in reused {
+        match store.stat(&object_key(&entry.blake3)).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                tracing::warn!(digest = %entry.blake3, path = entry.path, "object removed by a concurrent gc; uploading it again");
+                upload_object(
+                    store,
+                    entry.clone(),
+                    desired.sources.get(&entry.blake3).cloned(),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Uploads one object unless the store has it; returns the bytes uploaded, if any.

@@ -1,0 +1,415 @@
+//! The plain mirror: the head generation as ordinary files under `mirror/` of the store root,
+//! so `hadoop fs -ls/-cat` and HDFS NFS gateway readers keep working during a migration.
+//!
+//! The mirror is a convenience for legacy readers, not the source of truth: schedulers read
+//! generations. It is updated after each commit, file by file (so it is briefly a mix of two
+//! generations while it changes), by one updater at a time, and it always converges:
+//!
+//! - an updater holds `mirror.lock` (exclusive create); one that finds it held leaves the
+//!   work to the holder, which re-reads the head before it lets go; a lock older than
+//!   [`STALE_LOCK_AFTER`] by the store's clock is from a crashed updater and is broken;
+//! - `mirror.state` records the generation the mirror shows and, while an update runs, the
+//!   paths it may have touched, so an update interrupted by a crash is finished by the next.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::format::{object_key, Entry};
+use crate::generations::{self, diff, GenerationError};
+use crate::store::{EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
+
+/// Directory of the mirror under the store root.
+pub const MIRROR_DIR: &str = "mirror";
+/// Which generation the mirror shows, and what an unfinished update may have touched.
+const STATE_KEY: &str = "mirror.state";
+/// Held by the one updater at work.
+const LOCK_KEY: &str = "mirror.lock";
+/// A lock this old (by the store's clock) belongs to a crashed updater.
+pub const STALE_LOCK_AFTER: Duration = Duration::from_secs(600);
+/// Files written or deleted at once.
+const CONCURRENCY: usize = 16;
+
+/// A mirror update that could not finish; the next one will.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The store failed.
+    #[error("mirror update: {0}")]
+    Store(#[from] StoreError),
+    /// A generation could not be read.
+    #[error("mirror update: {0}")]
+    Generation(#[from] GenerationError),
+    /// `mirror.state` is not readable JSON.
+    #[error("mirror update: {STATE_KEY} is damaged ({0}); delete it and the next update rebuilds the mirror")]
+    State(String),
+}
+
+/// What an update did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "mirror", rename_all = "snake_case")]
+pub enum MirrorOutcome {
+    /// The mirror now shows `generation`.
+    Updated {
+        /// The generation shown.
+        generation: Option<u64>,
+        /// Files written.
+        written: usize,
+        /// Files deleted.
+        deleted: usize,
+    },
+    /// Another updater holds the lock and will bring the mirror to the head.
+    Busy,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MirrorState {
+    generation: Option<u64>,
+    pending: BTreeSet<String>,
+}
+
+/// Brings the mirror to the head generation.
+pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+    if !acquire(store).await? {
+        return Ok(MirrorOutcome::Busy);
+    }
+    let result = update_locked(store).await;
+    if let Err(e) = store.delete(LOCK_KEY, false).await {
+        tracing::warn!(error = %e, "could not release {LOCK_KEY}; it will be broken after {}", humantime::format_duration(STALE_LOCK_AFTER));
+    }
+    result
+}
+
+async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+    let (mut written, mut deleted) = (0, 0);
+    loop {
+        let state = read_state(store).await?;
+        let head = generations::load_head(store).await?;
+        let head_generation = head.as_ref().map(|m| m.generation);
+        if state.generation == head_generation && state.pending.is_empty() {
+            return Ok(MirrorOutcome::Updated {
+                generation: head_generation,
+                written,
+                deleted,
+            });
+        }
+        let head_entries = head.map(|m| m.entries).unwrap_or_default();
+        let shown = match state.generation {
+            Some(g) => match generations::load(store, g).await {
+                Ok(m) => Some(m.entries),
+                Err(GenerationError::Missing { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let mut paths: BTreeSet<String> = state.pending.clone();
+        match shown {
+            Some(shown) => paths.extend(
+                diff(&shown, &head_entries)
+                    .iter()
+                    .map(|c| c.path().to_string()),
+            ),
+            // Unknown content: reconcile everything that is there with everything wanted.
+            None => {
+                paths.extend(files_under(store, MIRROR_DIR).await?);
+                paths.extend(head_entries.iter().map(|e| e.path.clone()));
+            }
+        }
+        write_state(
+            store,
+            &MirrorState {
+                generation: state.generation,
+                pending: paths.clone(),
+            },
+        )
+        .await?;
+        let (w, d) = apply(store, &head_entries, &paths).await?;
+        written += w;
+        deleted += d;
+        write_state(
+            store,
+            &MirrorState {
+                generation: head_generation,
+                pending: BTreeSet::new(),
+            },
+        )
+        .await?;
+        tracing::info!(
+            generation = head_generation,
+            written = w,
+            deleted = d,
+            "mirror updated"
+        );
+    }
+}
+
+/// Makes `mirror/<path>` match `head` for each path: deletions first (a file may replace a
+/// directory), then writes.
+async fn apply(
+    store: &dyn Store,
+    head: &[Entry],
+    paths: &BTreeSet<String>,
+) -> Result<(usize, usize), MirrorError> {
+    let wanted = |path: &str| {
+        head.binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| head[i].clone())
+    };
+    let removals: Vec<String> = paths
+        .iter()
+        .filter(|p| wanted(p).is_none())
+        .cloned()
+        .collect();
+    let deleted = stream::iter(removals)
+        .map(|path| async move {
+            let key = format!("{MIRROR_DIR}/{path}");
+            let existed = store.delete(&key, true).await?;
+            prune_empty_parents(store, &key).await;
+            Ok::<_, StoreError>(usize::from(existed))
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_fold(0, |n, d| async move { Ok(n + d) })
+        .await?;
+    let writes: Vec<Entry> = paths.iter().filter_map(|p| wanted(p)).collect();
+    let written = writes.len();
+    stream::iter(writes)
+        .map(|entry| async move {
+            let bytes = store.read(&object_key(&entry.blake3)).await?;
+            let key = format!("{MIRROR_DIR}/{}", entry.path);
+            // A directory left where a file now goes (an earlier generation had `a/b`).
+            if store
+                .stat(&key)
+                .await
+                .is_ok_and(|i| i.kind == EntryKind::Dir)
+            {
+                store.delete(&key, true).await?;
+            }
+            store.put(&key, bytes, Overwrite::Allow).await
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok((written, deleted))
+}
+
+/// Removes the now-empty directories above a deleted mirror file, up to the mirror root.
+async fn prune_empty_parents(store: &dyn Store, key: &str) {
+    let mut dir = key;
+    while let Some((parent, _)) = dir.rsplit_once('/') {
+        if parent == MIRROR_DIR || store.delete(parent, false).await.is_err() {
+            break;
+        }
+        dir = parent;
+    }
+}
+
+/// Every file under `dir`, as paths relative to it.
+async fn files_under(store: &dyn Store, dir: &str) -> Result<Vec<String>, StoreError> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_string()];
+    while let Some(current) = pending.pop() {
+        let entries = match store.list(&current).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            match entry.kind {
+                EntryKind::Dir => pending.push(entry.key),
+                EntryKind::File => files.push(entry.key[dir.len() + 1..].to_string()),
+            }
+        }
+    }
+    Ok(files)
+}
+
+async fn read_state(store: &dyn Store) -> Result<MirrorState, MirrorError> {
+    match store.read(STATE_KEY).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MirrorError::State(e.to_string())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(MirrorState::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_state(store: &dyn Store, state: &MirrorState) -> Result<(), MirrorError> {
+    let bytes = serde_json::to_vec(state).expect("the state always serialises");
+    Ok(store
+        .put(STATE_KEY, Bytes::from(bytes), Overwrite::Allow)
+        .await?)
+}
+
+/// Takes the updater lock; breaks it if it is stale. `Ok(false)`: someone else holds it.
+async fn acquire(store: &dyn Store) -> Result<bool, MirrorError> {
+    let owner = Bytes::from(crate::publish::default_author());
+    for _ in 0..2 {
+        match store.create_exclusive(LOCK_KEY, owner.clone()).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let held_since = match store.stat(LOCK_KEY).await {
+            Ok(info) => info.modified,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // released meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let age = store_now(store)
+            .await?
+            .duration_since(held_since)
+            .unwrap_or_default();
+        if age < STALE_LOCK_AFTER {
+            return Ok(false);
+        }
+        tracing::warn!(age = %humantime::format_duration(age), "breaking a stale {LOCK_KEY}");
+        let aside = format!("{STAGING_DIR}/broken-lock-{}", uuid::Uuid::new_v4());
+        store.mkdirs(STAGING_DIR).await?;
+        match store.rename(LOCK_KEY, &aside, Overwrite::Deny).await {
+            Ok(()) => {
+                store.delete(&aside, false).await?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+/// The store's own idea of "now" (the NameNode's clock on HDFS), read from a file it just
+/// created: ages of store files are measured against it, never against this host's clock.
+pub async fn store_now(store: &dyn Store) -> Result<SystemTime, StoreError> {
+    let probe = format!("{STAGING_DIR}/clock-{}", uuid::Uuid::new_v4());
+    store.create_exclusive(&probe, Bytes::new()).await?;
+    let stat = store.stat(&probe).await;
+    store.delete(&probe, false).await?;
+    Ok(stat?.modified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::{publish, Desired, PublishOptions};
+    use crate::store::LocalStore;
+
+    async fn publish_files(store: &LocalStore, dir: &std::path::Path, files: &[(&str, &str)]) {
+        let src = dir.join(uuid::Uuid::new_v4().to_string());
+        for (path, content) in files {
+            let local = src.join(path);
+            std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+            std::fs::write(&local, content).unwrap();
+        }
+        let files = crate::scan::scan(
+            &src,
+            &Default::default(),
+            &mut crate::scan::HashCache::in_memory(),
+        )
+        .unwrap();
+        publish(
+            store,
+            &Desired::from_scan(&files),
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn mirror_files(store: &LocalStore) -> Vec<(String, String)> {
+        let mut files = files_under(store, MIRROR_DIR).await.unwrap();
+        files.sort();
+        let mut out = Vec::new();
+        for f in files {
+            let bytes = store.read(&format!("{MIRROR_DIR}/{f}")).await.unwrap();
+            out.push((f, String::from_utf8(bytes.to_vec()).unwrap()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn follows_the_head_including_file_dir_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish_files(&store, dir.path(), &[("a.py", "1"), ("x/y.py", "2")]).await;
+        assert!(matches!(
+            update(&store).await.unwrap(),
+            MirrorOutcome::Updated {
+                generation: Some(1),
+                written: 2,
+                deleted: 0
+            }
+        ));
+        publish_files(&store, dir.path(), &[("a.py", "1"), ("x", "now a file")]).await;
+        update(&store).await.unwrap();
+        assert_eq!(
+            mirror_files(&store).await,
+            [
+                ("a.py".into(), "1".into()),
+                ("x".into(), "now a file".into())
+            ]
+        );
+        assert!(matches!(
+            update(&store).await.unwrap(),
+            MirrorOutcome::Updated {
+                written: 0,
+                deleted: 0,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn finishes_an_interrupted_update_and_respects_a_live_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish_files(&store, dir.path(), &[("a.py", "1"), ("b.py", "1")]).await;
+        update(&store).await.unwrap();
+        publish_files(&store, dir.path(), &[("a.py", "2")]).await;
+        // A crashed updater: it recorded its pending paths, changed a.py, and died.
+        write_state(
+            &store,
+            &MirrorState {
+                generation: Some(1),
+                pending: ["a.py".into(), "b.py".into()].into(),
+            },
+        )
+        .await
+        .unwrap();
+        store
+            .put("mirror/a.py", Bytes::from_static(b"2"), Overwrite::Allow)
+            .await
+            .unwrap();
+        // A lock held by a live updater: this one leaves the work to it.
+        store
+            .create_exclusive(LOCK_KEY, Bytes::from_static(b"someone"))
+            .await
+            .unwrap();
+        assert_eq!(update(&store).await.unwrap(), MirrorOutcome::Busy);
+        store.delete(LOCK_KEY, false).await.unwrap();
+        update(&store).await.unwrap();
+        assert_eq!(mirror_files(&store).await, [("a.py".into(), "2".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_stale_lock_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish_files(&store, dir.path(), &[("a.py", "1")]).await;
+        store
+            .create_exclusive(LOCK_KEY, Bytes::from_static(b"crashed"))
+            .await
+            .unwrap();
+        let old = SystemTime::now() - STALE_LOCK_AFTER - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(store.root().join(LOCK_KEY))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(matches!(
+            update(&store).await.unwrap(),
+            MirrorOutcome::Updated {
+                generation: Some(1),
+                ..
+            }
+        ));
+    }
+}
