@@ -13,6 +13,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::scan::{IgnoreSyntax, ScanOptions};
 use crate::store::HdfsOptions;
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -44,8 +45,61 @@ pub enum ConfigError {
 pub struct Config {
     /// Where the generations live and how to reach them.
     pub store: StoreConfig,
+    /// What a scan of a DAG folder publishes.
+    pub scan: ScanConfig,
+    /// How generations are published.
+    pub publish: PublishConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[scan]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    /// Leave out what `.airflowignore` files exclude.
+    pub airflowignore: bool,
+    /// Their syntax, as Airflow's `[core] dag_ignore_file_syntax`.
+    pub ignore_syntax: IgnoreSyntax,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        let options = ScanOptions::default();
+        ScanConfig {
+            airflowignore: options.airflowignore,
+            ignore_syntax: options.syntax,
+        }
+    }
+}
+
+impl ScanConfig {
+    /// The scan options this section describes.
+    pub fn options(&self) -> ScanOptions {
+        ScanOptions {
+            airflowignore: self.airflowignore,
+            syntax: self.ignore_syntax,
+        }
+    }
+}
+
+/// The `[publish]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Keep the plain mirror of the head generation under `mirror/`.
+    pub mirror: bool,
+    /// Objects uploaded at once.
+    pub concurrency: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            mirror: true,
+            concurrency: 16,
+        }
+    }
 }
 
 /// The `[store]` section.
@@ -131,7 +185,7 @@ impl Default for LogConfig {
 
 /// Sections that `DAGFS_<SECTION>_<KEY>` variables map into. Other `DAGFS_*` variables (like
 /// `DAGFS_CONFIG`) are not configuration keys.
-const SECTIONS: &[&str] = &["store", "log"];
+const SECTIONS: &[&str] = &["store", "scan", "publish", "log"];
 
 /// Which file to read and what to lay over it.
 #[derive(Clone, Debug, Default)]
@@ -189,6 +243,11 @@ impl Config {
 
     /// Checks what types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.publish.concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "publish.concurrency = 0: expected at least 1".into(),
+            ));
+        }
         if self.store.timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "store.timeout = \"0s\": expected a duration greater than zero, e.g. \"30s\""

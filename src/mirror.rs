@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::format::{object_key, Entry};
+use crate::format::{object_key, Digest, Entry};
 use crate::generations::{self, diff, GenerationError};
 use crate::store::{EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
@@ -49,7 +49,7 @@ pub enum MirrorError {
 
 /// What an update did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "mirror", rename_all = "snake_case")]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum MirrorOutcome {
     /// The mirror now shows `generation`.
     Updated {
@@ -176,7 +176,17 @@ async fn apply(
     let written = writes.len();
     stream::iter(writes)
         .map(|entry| async move {
-            let bytes = store.read(&object_key(&entry.blake3)).await?;
+            let object = object_key(&entry.blake3);
+            let bytes = store.read(&object).await?;
+            if Digest::of(&bytes) != entry.blake3 {
+                // Never copy damaged bytes into the mirror.
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    "read",
+                    &object,
+                    "object bytes do not match their blake3; run `dagfs verify --store --deep`",
+                ));
+            }
             let key = format!("{MIRROR_DIR}/{}", entry.path);
             // A directory left where a file now goes (an earlier generation had `a/b`).
             if store

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod commands;
+
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
 /// Exit code for bad usage, bad configuration, or a command this build does not have.
@@ -54,16 +56,22 @@ pub struct Cli {
 enum Command {
     /// Watch a DAG folder and publish every change as a new generation.
     Sync,
-    /// Publish a DAG folder once as a new generation.
-    Push,
+    /// Publish a DAG folder once as a new generation (if anything changed).
+    Push(commands::PushArgs),
     /// Serve the committed generation as a read-only FUSE mount.
     Mount,
     /// Check a local folder, the store and mounts against each other by content hash.
     Verify,
     /// Run exactly one Airflow scheduler across hosts, fenced and restarted.
     Failover,
-    /// List the generations in a store.
-    Log,
+    /// List the generations in a store, newest first.
+    Log(commands::LogArgs),
+    /// Show what changed between two generations.
+    Diff(commands::DiffArgs),
+    /// Publish an earlier generation's content as the new head.
+    Rollback(commands::RollbackArgs),
+    /// Delete old generations and the objects only they used.
+    Gc(commands::GcArgs),
     /// Show what sync, mount and failover are doing on this host.
     Status,
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
@@ -74,11 +82,14 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Sync => "sync",
-            Command::Push => "push",
+            Command::Push(_) => "push",
             Command::Mount => "mount",
             Command::Verify => "verify",
             Command::Failover => "failover",
-            Command::Log => "log",
+            Command::Log(_) => "log",
+            Command::Diff(_) => "diff",
+            Command::Rollback(_) => "rollback",
+            Command::Gc(_) => "gc",
             Command::Status => "status",
             Command::Run => "run",
         }
@@ -116,14 +127,46 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
     runtime.block_on(run(cli.command, config))
 }
 
-async fn run(command: Command, _config: Config) -> ExitCode {
-    // Each command arrives with the issue that builds it; until then it says so plainly.
-    eprintln!(
-        "dagfs {}: not implemented yet in this build of dagfs {}",
-        command.name(),
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(EXIT_USAGE)
+async fn run(command: Command, config: Config) -> ExitCode {
+    let name = command.name();
+    let result = match command {
+        Command::Push(args) => commands::push(args, &config).await,
+        Command::Log(args) => commands::log(args, &config).await,
+        Command::Diff(args) => commands::diff(args, &config).await,
+        Command::Rollback(args) => commands::rollback(args, &config).await,
+        Command::Gc(args) => commands::gc(args, &config).await,
+        _ => {
+            // Each command arrives with the issue that builds it; until then it says so.
+            eprintln!(
+                "dagfs {name}: not implemented yet in this build of dagfs {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dagfs {name}: {}", one_line(&e));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: library errors often repeat their
+/// source's text in their own message already.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 fn load_config(cli: &Cli) -> Result<Config, ConfigError> {

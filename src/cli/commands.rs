@@ -1,0 +1,401 @@
+//! The generation commands: `push`, `log`, `diff`, `rollback`, `gc`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::format::Manifest;
+use crate::gc::GcOptions;
+use crate::generations::{self, Change};
+use crate::mirror::{self, MirrorOutcome};
+use crate::publish::{self, Desired, Outcome, PublishOptions};
+use crate::scan::{self, HashCache};
+use crate::store::Store;
+
+/// Arguments of `dagfs push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The DAG folder to publish.
+    dir: PathBuf,
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// Message recorded with the generation.
+    #[arg(short, long, default_value = "")]
+    message: String,
+    /// Publish the folder as this subtree of the store; other subtrees are left alone, so
+    /// several teams can push to one store without conflicts.
+    #[arg(long, value_name = "PATH")]
+    prefix: Option<String>,
+    /// When another publisher changed the same paths meanwhile, overwrite their change.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Do not update the plain mirror this time.
+    #[arg(long)]
+    no_mirror: bool,
+}
+
+/// Arguments of `dagfs log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Show at most this many generations.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dagfs diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older generation.
+    from: u64,
+    /// The newer generation [default: the head].
+    to: Option<u64>,
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dagfs rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The generation whose content becomes the new head.
+    generation: u64,
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Message recorded with the new generation [default: "rollback to generation N"].
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `dagfs gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep the newest N generations.
+    #[arg(long, value_name = "N")]
+    keep: usize,
+    /// Never delete unreferenced objects younger than this (protects publishes in flight).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Show what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Opens the store named by a flag, or by `store.url`.
+async fn open_store(url: Option<&str>, config: &Config, flag: &str) -> Result<Box<dyn Store>> {
+    let Some(url) = url.or(config.store.url.as_deref()) else {
+        bail!("no store given: pass {flag} URL or set store.url in the config");
+    };
+    Ok(crate::store::open(url, &config.store.hdfs_options()).await?)
+}
+
+/// A spinner on stderr that appears only on a terminal and only once the work has taken
+/// longer than a second.
+fn progress() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
+    );
+    if std::io::stderr().is_terminal() {
+        let shown = bar.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !shown.is_finished() {
+                shown.set_draw_target(ProgressDrawTarget::stderr());
+                shown.enable_steady_tick(Duration::from_millis(120));
+            }
+        });
+    }
+    bar
+}
+
+#[derive(Serialize)]
+struct PublishSummary<'a> {
+    #[serde(flatten)]
+    outcome: &'a Outcome,
+    mirror: Option<MirrorOutcome>,
+}
+
+/// Prints what a publish did, and updates the mirror if asked to.
+async fn finish_publish(
+    store: &dyn Store,
+    outcome: Outcome,
+    mirror: bool,
+    json: bool,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let mirror = if mirror && outcome.generation.is_some() {
+        bar.set_message("updating the mirror");
+        match mirror::update(store).await {
+            Ok(result) => Some(result),
+            Err(e) => {
+                // The generation is committed; the mirror catches up on the next update.
+                tracing::warn!(error = %e, "mirror not updated");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    bar.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&PublishSummary {
+                outcome: &outcome,
+                mirror
+            })?
+        );
+        return Ok(());
+    }
+    let short = &outcome.tree_id.to_string()[..12];
+    match (outcome.published, outcome.generation) {
+        (true, Some(generation)) => println!(
+            "published generation {generation} (tree {short}): {} added, {} changed, {} removed; {} objects, {} uploaded",
+            outcome.added,
+            outcome.changed,
+            outcome.removed,
+            outcome.objects_uploaded,
+            indicatif::HumanBytes(outcome.bytes_uploaded)
+        ),
+        (_, Some(generation)) => println!("unchanged: generation {generation} (tree {short}) already has this content"),
+        (_, None) => println!("unchanged: the folder is empty and the store has no generations"),
+    }
+    Ok(())
+}
+
+/// `dagfs push`.
+pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
+    let store = open_store(args.to.as_deref(), config, "--to").await?;
+    let bar = progress();
+    bar.set_message(format!("scanning {}", args.dir.display()));
+    let dir = args.dir.clone();
+    let scan_options = config.scan.options();
+    let files = tokio::task::spawn_blocking(move || {
+        let mut cache =
+            HashCache::default_location(&dir).map_or_else(HashCache::in_memory, HashCache::load);
+        let files = scan::scan(&dir, &scan_options, &mut cache);
+        cache.save();
+        files
+    })
+    .await?
+    .with_context(|| format!("cannot publish {}", args.dir.display()))?;
+    bar.set_message(format!("publishing {} files", files.len()));
+    let options = PublishOptions {
+        message: args.message,
+        prefix: args.prefix,
+        force: args.force,
+        concurrency: config.publish.concurrency,
+        ..PublishOptions::default()
+    };
+    let outcome = publish::publish(&*store, &Desired::from_scan(&files), &options).await?;
+    finish_publish(
+        &*store,
+        outcome,
+        config.publish.mirror && !args.no_mirror,
+        args.json,
+        &bar,
+    )
+    .await
+}
+
+/// `dagfs rollback`.
+pub async fn rollback(args: RollbackArgs, config: &Config) -> Result<()> {
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let target = generations::load(&*store, args.generation).await?;
+    let options = PublishOptions {
+        message: args
+            .message
+            .unwrap_or_else(|| format!("rollback to generation {}", args.generation)),
+        // A rollback means "make the head equal G", whatever happened since.
+        force: true,
+        concurrency: config.publish.concurrency,
+        ..PublishOptions::default()
+    };
+    let outcome = publish::publish(&*store, &Desired::from_manifest(&target), &options).await?;
+    finish_publish(
+        &*store,
+        outcome,
+        config.publish.mirror,
+        args.json,
+        &progress(),
+    )
+    .await
+}
+
+#[derive(Serialize)]
+struct LogLine<'a> {
+    generation: u64,
+    parent: Option<u64>,
+    created: &'a str,
+    author: &'a str,
+    message: &'a str,
+    tree_id: String,
+    files: usize,
+    added: usize,
+    changed: usize,
+    removed: usize,
+}
+
+/// `dagfs log`.
+pub async fn log(args: LogArgs, config: &Config) -> Result<()> {
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let numbers = generations::list(&*store).await?;
+    if numbers.is_empty() && !args.json {
+        println!(
+            "no generations yet in {}; publish one with `dagfs push DIR --to URL`",
+            store.url()
+        );
+        return Ok(());
+    }
+    let shown: Vec<u64> = numbers.iter().rev().take(args.limit).copied().collect();
+    let mut manifests: Vec<Manifest> = Vec::with_capacity(shown.len());
+    for &generation in &shown {
+        manifests.push(generations::load(&*store, generation).await?);
+    }
+    let mut lines = Vec::new();
+    for (i, m) in manifests.iter().enumerate() {
+        // The parent is usually the next (older) one shown; load it when it is not.
+        let parent_entries = match (m.parent, manifests.get(i + 1)) {
+            (Some(p), Some(next)) if next.generation == p => next.entries.clone(),
+            (Some(p), _) => match generations::load(&*store, p).await {
+                Ok(parent) => parent.entries,
+                Err(_) => Vec::new(), // collected by gc: count against an empty tree
+            },
+            (None, _) => Vec::new(),
+        };
+        let changes = generations::diff(&parent_entries, &m.entries);
+        let count = |f: fn(&Change) -> bool| changes.iter().filter(|c| f(c)).count();
+        lines.push(LogLine {
+            generation: m.generation,
+            parent: m.parent,
+            created: &m.created,
+            author: &m.author,
+            message: &m.message,
+            tree_id: m.tree_id.to_string(),
+            files: m.entries.len(),
+            added: count(|c| matches!(c, Change::Added(_))),
+            changed: count(|c| matches!(c, Change::Changed(..))),
+            removed: count(|c| matches!(c, Change::Removed(_))),
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&lines)?);
+        return Ok(());
+    }
+    for l in &lines {
+        println!(
+            "{:>6}  {}  {:<24}  {:>5} files  +{} ~{} -{}  tree {}  {}",
+            l.generation,
+            l.created,
+            l.author,
+            l.files,
+            l.added,
+            l.changed,
+            l.removed,
+            &l.tree_id[..12],
+            l.message
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct DiffLine<'a> {
+    change: &'static str,
+    path: &'a str,
+}
+
+/// `dagfs diff`.
+pub async fn diff(args: DiffArgs, config: &Config) -> Result<()> {
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let to = match args.to {
+        Some(to) => to,
+        None => generations::head(&*store)
+            .await?
+            .context("the store has no generations yet")?,
+    };
+    let old = generations::load(&*store, args.from).await?;
+    let new = generations::load(&*store, to).await?;
+    let changes = generations::diff(&old.entries, &new.entries);
+    let lines: Vec<DiffLine> = changes
+        .iter()
+        .map(|c| DiffLine {
+            change: match c {
+                Change::Added(_) => "added",
+                Change::Changed(..) => "changed",
+                Change::Removed(_) => "removed",
+            },
+            path: c.path(),
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&lines)?);
+    } else {
+        for line in &lines {
+            let mark = match line.change {
+                "added" => 'A',
+                "changed" => 'M',
+                _ => 'D',
+            };
+            println!("{mark} {}", line.path);
+        }
+    }
+    Ok(())
+}
+
+/// `dagfs gc`.
+pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let options = GcOptions {
+        keep: args.keep,
+        grace: args.grace,
+        dry_run: args.dry_run,
+    };
+    let outcome = crate::gc::gc(&*store, &options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        let verb = if args.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        println!(
+            "{verb} {} generations, {} objects ({}), {} staged files",
+            outcome.generations.len(),
+            outcome.objects,
+            indicatif::HumanBytes(outcome.bytes),
+            outcome.staged
+        );
+    }
+    Ok(())
+}
