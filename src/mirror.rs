@@ -5,9 +5,11 @@
 //! generations. It is updated after each commit, file by file (so it is briefly a mix of two
 //! generations while it changes), by one updater at a time, and it always converges:
 //!
-//! - an updater holds `mirror.lock` (exclusive create); one that finds it held leaves the
-//!   work to the holder, which re-reads the head before it lets go; a lock older than
-//!   [`STALE_LOCK_AFTER`] by the store's clock is from a crashed updater and is broken;
+//! - an updater holds `mirror.lock` (exclusive create) and rewrites it every
+//!   [`HEARTBEAT`]; one that finds it held leaves the work to the holder, which re-reads the
+//!   head before it lets go. A lock not rewritten for [`STALE_LOCK_AFTER`] (by the store's
+//!   clock), or held by a process of this host that no longer exists, is from a crashed
+//!   updater and is broken;
 //! - `mirror.state` records the generation the mirror shows and, while an update runs, the
 //!   paths it may have touched, so an update interrupted by a crash is finished by the next.
 
@@ -28,8 +30,10 @@ pub const MIRROR_DIR: &str = "mirror";
 const STATE_KEY: &str = "mirror.state";
 /// Held by the one updater at work.
 const LOCK_KEY: &str = "mirror.lock";
-/// A lock this old (by the store's clock) belongs to a crashed updater.
-pub const STALE_LOCK_AFTER: Duration = Duration::from_secs(600);
+/// How often the holder rewrites the lock to show it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(20);
+/// A lock not rewritten for this long (by the store's clock) belongs to a crashed updater.
+pub const STALE_LOCK_AFTER: Duration = Duration::from_secs(120);
 /// Files written or deleted at once.
 const CONCURRENCY: usize = 16;
 
@@ -72,14 +76,62 @@ struct MirrorState {
 
 /// Brings the mirror to the head generation.
 pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
-    if !acquire(store).await? {
+    let owner = lock_owner();
+    if !acquire(store, &owner).await? {
         return Ok(MirrorOutcome::Busy);
     }
-    let result = update_locked(store).await;
+    let work = update_locked(store);
+    tokio::pin!(work);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await; // the first tick is immediate; the lock was just written
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = heartbeat.tick() => {
+                if let Err(e) = store.put(LOCK_KEY, owner.clone(), Overwrite::Allow).await {
+                    tracing::warn!(error = %e, "could not refresh {LOCK_KEY}");
+                }
+            }
+        }
+    };
     if let Err(e) = store.delete(LOCK_KEY, false).await {
         tracing::warn!(error = %e, "could not release {LOCK_KEY}; it will be broken after {}", humantime::format_duration(STALE_LOCK_AFTER));
     }
     result
+}
+
+/// What the lock file says: `host pid author`, so a crashed holder on this host is
+/// recognised at once.
+fn lock_owner() -> Bytes {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    Bytes::from(format!(
+        "{host} {} {}",
+        std::process::id(),
+        crate::publish::default_author()
+    ))
+}
+
+/// Whether the lock names a process of this host that no longer runs.
+async fn holder_is_gone(store: &dyn Store) -> bool {
+    let Ok(content) = store.read(LOCK_KEY).await else {
+        return false;
+    };
+    let content = String::from_utf8_lossy(&content);
+    let mut fields = content.split(' ');
+    let (Some(host), Some(pid)) = (
+        fields.next(),
+        fields.next().and_then(|p| p.parse::<u32>().ok()),
+    ) else {
+        return false;
+    };
+    let here = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    host == here && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
@@ -251,8 +303,7 @@ async fn write_state(store: &dyn Store, state: &MirrorState) -> Result<(), Mirro
 }
 
 /// Takes the updater lock; breaks it if it is stale. `Ok(false)`: someone else holds it.
-async fn acquire(store: &dyn Store) -> Result<bool, MirrorError> {
-    let owner = Bytes::from(crate::publish::default_author());
+async fn acquire(store: &dyn Store, owner: &Bytes) -> Result<bool, MirrorError> {
     for _ in 0..2 {
         match store.create_exclusive(LOCK_KEY, owner.clone()).await {
             Ok(()) => return Ok(true),
@@ -268,10 +319,10 @@ async fn acquire(store: &dyn Store) -> Result<bool, MirrorError> {
             .await?
             .duration_since(held_since)
             .unwrap_or_default();
-        if age < STALE_LOCK_AFTER {
+        if age < STALE_LOCK_AFTER && !holder_is_gone(store).await {
             return Ok(false);
         }
-        tracing::warn!(age = %humantime::format_duration(age), "breaking a stale {LOCK_KEY}");
+        tracing::warn!(age = %humantime::format_duration(age), "breaking the {LOCK_KEY} of a crashed updater");
         let aside = format!("{STAGING_DIR}/broken-lock-{}", uuid::Uuid::new_v4());
         store.mkdirs(STAGING_DIR).await?;
         match store.rename(LOCK_KEY, &aside, Overwrite::Deny).await {
@@ -396,6 +447,30 @@ mod tests {
         store.delete(LOCK_KEY, false).await.unwrap();
         update(&store).await.unwrap();
         assert_eq!(mirror_files(&store).await, [("a.py".into(), "2".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_lock_of_a_dead_local_process_is_broken_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish_files(&store, dir.path(), &[("a.py", "1")]).await;
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        // Pids above the kernel's pid_max (at most 2^22) never run.
+        let dead = format!("{host} 99999999 someone@{host}");
+        store
+            .create_exclusive(LOCK_KEY, Bytes::from(dead))
+            .await
+            .unwrap();
+        assert!(matches!(
+            update(&store).await.unwrap(),
+            MirrorOutcome::Updated {
+                generation: Some(1),
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

@@ -257,17 +257,24 @@ async fn kill_9_at_random_points_never_exposes_a_partial_generation() {
             &dag_source(i, 2000 + (i as usize * 450)),
         );
     }
-    let mut committed = 0;
-    for trial in 0..TRIALS {
+    let mutate = |rng: &mut Rng, round: u64| {
         for _ in 0..8 {
             let i = rng.next() % 40;
-            let seed = 1000 * trial as u64 + i;
-            write(
-                &folder,
-                &format!("d{}/dag_{i}.py", i % 4),
-                &dag_source(seed, 2000 + (rng.next() % 18000) as usize),
-            );
+            let size = 2000 + (rng.next() % 18000) as usize;
+            let path = format!("d{}/dag_{i}.py", i % 4);
+            write(&folder, &path, &dag_source(1000 * round + i, size));
         }
+    };
+    let push = ["push", folder.to_str().unwrap(), "--to", &url, "-q"];
+    // How long a push of 8 changed files takes here, so kill points cover all its phases.
+    assert!(run(cluster, &push).status.success());
+    mutate(&mut rng, 999);
+    let started = std::time::Instant::now();
+    assert!(run(cluster, &push).status.success());
+    let span_ms = (started.elapsed().as_millis() as u64 * 13 / 10).max(50);
+    let mut committed = 0;
+    for trial in 0..TRIALS {
+        mutate(&mut rng, trial as u64);
         let before = generations::head(&*store).await.unwrap();
         let mut child = dagfs(
             cluster,
@@ -278,13 +285,15 @@ async fn kill_9_at_random_points_never_exposes_a_partial_generation() {
         .spawn()
         .unwrap();
         // The random point of the kill: anywhere from scanning to the mirror update.
-        tokio::time::sleep(Duration::from_millis(rng.next() % 700)).await;
+        tokio::time::sleep(Duration::from_millis(rng.next() % span_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert_consistent(&*store).await;
         committed += usize::from(generations::head(&*store).await.unwrap() != before);
     }
-    eprintln!("{committed} of {TRIALS} killed pushes had committed their generation");
+    eprintln!(
+        "{committed} of {TRIALS} pushes killed within {span_ms} ms had committed their generation"
+    );
 
     // A clean re-run converges: the head is exactly the folder, the mirror exactly the head.
     let out = run(
