@@ -76,6 +76,18 @@ struct MirrorState {
 
 /// Brings the mirror to the head generation.
 pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+    // Up to date already (the common case for an unchanged push): no lock, no writes.
+    let state = read_state(store).await?;
+    if state.pending.is_empty()
+        && state.generation.is_some()
+        && state.generation == generations::head(store).await?
+    {
+        return Ok(MirrorOutcome::Updated {
+            generation: state.generation,
+            written: 0,
+            deleted: 0,
+        });
+    }
     let owner = lock_owner();
     if !acquire(store, &owner).await? {
         return Ok(MirrorOutcome::Busy);

@@ -719,6 +719,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_deleted_after_the_scan_fails_the_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let d = desired(dir.path(), &[("a.py", "scanned"), ("b.py", "kept")]);
+        std::fs::remove_file(&d.sources[&Digest::of(b"scanned")]).unwrap();
+        let err = publish(&store, &d, &PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::ChangedDuringPush { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("No such file"), "{err}");
+        assert_eq!(
+            generations::head(&store).await.unwrap(),
+            None,
+            "nothing committed"
+        );
+    }
+
+    #[tokio::test]
     async fn a_file_changed_after_the_scan_fails_the_push() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();

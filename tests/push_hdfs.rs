@@ -432,3 +432,44 @@ async fn a_200_mb_file_is_published_whole() {
         .unwrap();
     assert_eq!(Digest::of(&stored), Digest::of(&content));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_the_newest_generations_and_what_they_use() {
+    let (url, store, cluster) = store("gc").await;
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..4u64 {
+        write(dir.path(), "changing.py", &dag_source(round, 3000));
+        write(dir.path(), "stable.py", &dag_source(99, 3000));
+        assert!(run(
+            cluster,
+            &["push", dir.path().to_str().unwrap(), "--to", &url]
+        )
+        .status
+        .success());
+    }
+    let out = run(
+        cluster,
+        &[
+            "gc", "--keep", "2", "--grace", "0s", "--store", &url, "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["generations"], serde_json::json!([1, 2]));
+    assert_eq!(
+        summary["objects"], 2,
+        "the two changing.py versions only those generations used"
+    );
+    assert_eq!(generations::list(&*store).await.unwrap(), [3, 4]);
+    assert_consistent(&*store).await;
+    // Rolling back to a kept generation still works; to a collected one, a clear error.
+    assert!(run(cluster, &["rollback", "3", "--store", &url])
+        .status
+        .success());
+    let out = run(cluster, &["rollback", "1", "--store", &url]);
+    assert!(
+        text(&out.stderr).contains("generation 1 does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
