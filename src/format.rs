@@ -361,15 +361,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn entry(path: &str, content: &[u8]) -> Entry {
-        Entry {
-            path: path.into(),
-            mode: 0o644,
-            size: content.len() as u64,
-            mtime_ns: 1_700_000_000_000_000_000,
-            blake3: Digest::of(content),
-        }
-    }
+    use crate::testutil::entry_for as entry;
 
     fn header(generation: u64) -> Header {
         Header {

@@ -63,13 +63,7 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     let (doomed, kept) = all.split_at(split);
     let mut referenced = HashSet::new();
     for &generation in kept {
-        referenced.extend(
-            generations::load(store, generation)
-                .await?
-                .entries
-                .iter()
-                .map(|e| e.blake3),
-        );
+        add_references(store, generation, &mut referenced).await?;
     }
     for &generation in doomed {
         if !options.dry_run {
@@ -83,13 +77,7 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     let newest_kept = kept.last().copied().unwrap_or(0);
     for generation in generations::list(store).await? {
         if generation > newest_kept {
-            referenced.extend(
-                generations::load(store, generation)
-                    .await?
-                    .entries
-                    .iter()
-                    .map(|e| e.blake3),
-            );
+            add_references(store, generation, &mut referenced).await?;
         }
     }
 
@@ -132,6 +120,17 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     Ok(outcome)
 }
 
+/// Adds the objects generation `generation` uses to `referenced`.
+async fn add_references(
+    store: &dyn Store,
+    generation: u64,
+    referenced: &mut HashSet<Digest>,
+) -> Result<(), GcError> {
+    let manifest = generations::load(store, generation).await?;
+    referenced.extend(manifest.entries.iter().map(|e| e.blake3));
+    Ok(())
+}
+
 async fn list_or_empty(
     store: &dyn Store,
     key: &str,
@@ -147,8 +146,8 @@ async fn list_or_empty(
 mod tests {
     use super::*;
     use crate::format::object_key;
-    use crate::publish::{publish, Desired, PublishOptions};
     use crate::store::LocalStore;
+    use crate::testutil::publish_files;
 
     #[tokio::test]
     async fn keeps_what_kept_generations_need_and_young_objects() {
@@ -156,23 +155,8 @@ mod tests {
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         let mut digests = Vec::new();
         for content in ["v1", "v2", "v3"] {
-            let src = dir.path().join(content);
-            std::fs::create_dir(&src).unwrap();
-            std::fs::write(src.join("a.py"), content).unwrap();
-            std::fs::write(src.join("shared.py"), "shared").unwrap();
-            let files = crate::scan::scan(
-                &src,
-                &Default::default(),
-                &mut crate::scan::HashCache::in_memory(),
-            )
-            .unwrap();
-            publish(
-                &store,
-                &Desired::from_scan(&files),
-                &PublishOptions::default(),
-            )
-            .await
-            .unwrap();
+            let files = [("a.py", content), ("shared.py", "shared")];
+            publish_files(&store, dir.path(), &files).await;
             digests.push(Digest::of(content.as_bytes()));
         }
         // Young objects survive even when unreferenced.

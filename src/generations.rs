@@ -166,16 +166,9 @@ pub fn apply(tree: &[Entry], changes: &[Change]) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Digest;
 
     fn e(path: &str, content: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            mode: 0o644,
-            size: content.len() as u64,
-            mtime_ns: 0,
-            blake3: Digest::of(content.as_bytes()),
-        }
+        crate::testutil::entry_for(path, content.as_bytes())
     }
 
     #[test]

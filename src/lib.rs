@@ -19,3 +19,6 @@ pub mod mirror;
 pub mod publish;
 pub mod scan;
 pub mod store;
+
+#[cfg(test)]
+mod testutil;

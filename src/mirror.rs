@@ -361,30 +361,8 @@ pub async fn store_now(store: &dyn Store) -> Result<SystemTime, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::{publish, Desired, PublishOptions};
     use crate::store::LocalStore;
-
-    async fn publish_files(store: &LocalStore, dir: &std::path::Path, files: &[(&str, &str)]) {
-        let src = dir.join(uuid::Uuid::new_v4().to_string());
-        for (path, content) in files {
-            let local = src.join(path);
-            std::fs::create_dir_all(local.parent().unwrap()).unwrap();
-            std::fs::write(&local, content).unwrap();
-        }
-        let files = crate::scan::scan(
-            &src,
-            &Default::default(),
-            &mut crate::scan::HashCache::in_memory(),
-        )
-        .unwrap();
-        publish(
-            store,
-            &Desired::from_scan(&files),
-            &PublishOptions::default(),
-        )
-        .await
-        .unwrap();
-    }
+    use crate::testutil::publish_files;
 
     async fn mirror_files(store: &LocalStore) -> Vec<(String, String)> {
         let mut files = files_under(store, MIRROR_DIR).await.unwrap();

@@ -497,13 +497,7 @@ mod tests {
     use crate::store::LocalStore;
 
     fn entry(path: &str, content: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            mode: 0o644,
-            size: content.len() as u64,
-            mtime_ns: 1,
-            blake3: Digest::of(content.as_bytes()),
-        }
+        crate::testutil::entry_for(path, content.as_bytes())
     }
 
     /// A desired tree backed by real files in `dir`.
@@ -719,43 +713,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_deleted_after_the_scan_fails_the_push() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
-        let d = desired(dir.path(), &[("a.py", "scanned"), ("b.py", "kept")]);
-        std::fs::remove_file(&d.sources[&Digest::of(b"scanned")]).unwrap();
-        let err = publish(&store, &d, &PublishOptions::default())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, PublishError::ChangedDuringPush { .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("No such file"), "{err}");
-        assert_eq!(
-            generations::head(&store).await.unwrap(),
-            None,
-            "nothing committed"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_file_changed_after_the_scan_fails_the_push() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
-        let d = desired(dir.path(), &[("a.py", "scanned")]);
-        std::fs::write(d.sources.values().next().unwrap(), "edited").unwrap();
-        let err = publish(&store, &d, &PublishOptions::default())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, PublishError::ChangedDuringPush { .. }),
-            "{err}"
-        );
-        assert_eq!(
-            generations::head(&store).await.unwrap(),
-            None,
-            "nothing committed"
-        );
+    async fn a_file_deleted_or_edited_after_the_scan_fails_the_push() {
+        let edits: [(&str, fn(&std::path::Path)); 2] = [
+            ("No such file", |p| std::fs::remove_file(p).unwrap()),
+            ("no longer matches", |p| {
+                std::fs::write(p, "edited").unwrap()
+            }),
+        ];
+        for (reason, edit) in edits {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+            let d = desired(dir.path(), &[("a.py", "scanned"), ("b.py", "kept")]);
+            edit(&d.sources[&Digest::of(b"scanned")]);
+            let err = publish(&store, &d, &PublishOptions::default())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, PublishError::ChangedDuringPush { .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains(reason), "{err}");
+            assert_eq!(
+                generations::head(&store).await.unwrap(),
+                None,
+                "nothing committed"
+            );
+        }
     }
 }
