@@ -714,7 +714,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_deleted_or_edited_after_the_scan_fails_the_push() {
-        let edits: [(&str, fn(&std::path::Path)); 2] = [
+        type Edit = fn(&std::path::Path);
+        let edits: [(&str, Edit); 2] = [
             ("No such file", |p| std::fs::remove_file(p).unwrap()),
             ("no longer matches", |p| {
                 std::fs::write(p, "edited").unwrap()
