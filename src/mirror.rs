@@ -248,7 +248,10 @@ async fn apply(
                     ErrorKind::Corrupt,
                     "read",
                     &object,
-                    "object bytes do not match their blake3; run `dagfs verify --store --deep`",
+                    format!(
+                        "object bytes do not match their blake3 (it holds {}); put the correct file back at this key with `hadoop fs -put -f`",
+                        entry.path
+                    ),
                 ));
             }
             let key = format!("{MIRROR_DIR}/{}", entry.path);

@@ -65,7 +65,7 @@ pub enum PublishError {
         reason: String,
     },
     /// An object a generation needs is not in the store and there is no local copy.
-    #[error("object {digest} (for {path}) is missing from the store; run `dagfs verify --store` and push the folder again")]
+    #[error("object {digest} (for {path}) is missing from the store; push a folder that has this file to upload it again")]
     MissingObject {
         /// The object.
         digest: Digest,
