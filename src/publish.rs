@@ -75,6 +75,15 @@ pub enum PublishError {
     /// Too many publishers raced for the next generation.
     #[error("gave up after losing the commit race {0} times in a row; push again")]
     TooManyRaces(usize),
+    /// The folder is empty but the store is not: almost always a wrong path or an unmounted
+    /// volume, and publishing it would remove every DAG from every scheduler.
+    #[error("refusing to publish an empty folder over {files} files{}: check the path, or pass --allow-empty to really remove them all", .prefix.as_ref().map(|p| format!(" under {p}/")).unwrap_or_default())]
+    EmptyTree {
+        /// Files the head has (under the prefix).
+        files: usize,
+        /// The prefix, if any.
+        prefix: Option<String>,
+    },
 }
 
 fn list(paths: &[String]) -> String {
@@ -135,6 +144,8 @@ pub struct PublishOptions {
     pub force: bool,
     /// Objects uploaded at once.
     pub concurrency: usize,
+    /// Publish an empty tree over a non-empty one (otherwise refused as a likely mistake).
+    pub allow_empty: bool,
 }
 
 impl Default for PublishOptions {
@@ -145,6 +156,7 @@ impl Default for PublishOptions {
             prefix: None,
             force: false,
             concurrency: 16,
+            allow_empty: false,
         }
     }
 }
@@ -225,7 +237,14 @@ pub async fn publish(
 
     let mut base = generations::load_head(store).await?;
     let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
-    let changes = diff(&subtree(base_tree, prefix.as_deref()), &wanted);
+    let current = subtree(base_tree, prefix.as_deref());
+    if wanted.is_empty() && !current.is_empty() && !options.allow_empty {
+        return Err(PublishError::EmptyTree {
+            files: current.len(),
+            prefix,
+        });
+    }
+    let changes = diff(&current, &wanted);
     if changes.is_empty() {
         return Ok(unchanged(base.as_ref()));
     }
@@ -710,6 +729,34 @@ mod tests {
         assert_eq!(outcome.generation, Some(4));
         let head = generations::load_head(&store.inner).await.unwrap().unwrap();
         assert_eq!(head.entries[0].blake3, Digest::of(b"ours"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_folder_does_not_wipe_the_store_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish(
+            &store,
+            &desired(dir.path(), &[("a.py", "1")]),
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+        let err = publish(&store, &Desired::default(), &PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("over 1 files") && err.to_string().contains("--allow-empty"),
+            "{err}"
+        );
+        let allowed = PublishOptions {
+            allow_empty: true,
+            ..PublishOptions::default()
+        };
+        let outcome = publish(&store, &Desired::default(), &allowed)
+            .await
+            .unwrap();
+        assert_eq!((outcome.generation, outcome.removed), (Some(2), 1));
     }
 
     #[tokio::test]

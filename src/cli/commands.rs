@@ -42,6 +42,9 @@ pub struct PushArgs {
     /// Do not update the plain mirror this time.
     #[arg(long)]
     no_mirror: bool,
+    /// Publish even if the folder is empty, removing every file (under the prefix).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 /// Arguments of `dagfs log`.
@@ -214,6 +217,7 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
         prefix: args.prefix,
         force: args.force,
         concurrency: config.publish.concurrency,
+        allow_empty: args.allow_empty,
         ..PublishOptions::default()
     };
     let outcome = publish::publish(&*store, &Desired::from_scan(&files), &options).await?;
@@ -235,8 +239,9 @@ pub async fn rollback(args: RollbackArgs, config: &Config) -> Result<()> {
         message: args
             .message
             .unwrap_or_else(|| format!("rollback to generation {}", args.generation)),
-        // A rollback means "make the head equal G", whatever happened since.
+        // A rollback means "make the head equal G", whatever happened since, even empty.
         force: true,
+        allow_empty: true,
         concurrency: config.publish.concurrency,
         ..PublishOptions::default()
     };
