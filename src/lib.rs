@@ -6,6 +6,11 @@
 //! - [`config`]: the TOML configuration and its layering;
 //! - [`format`]: the on-store format: generation manifests, digests, keys;
 //! - [`scan`]: which files of a DAG folder are published, and their digests;
+//! - [`generations`]: reading generations: the head, manifests, tree differences;
+//! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
+//! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
+//! - [`gc`]: removal of old generations and unreferenced objects;
+//! - [`verify`]: integrity checks of a folder and a store by content hash;
 //! - [`cli`]: the command line.
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
@@ -19,6 +24,7 @@ pub mod mirror;
 pub mod publish;
 pub mod scan;
 pub mod store;
+pub mod verify;
 
 #[cfg(test)]
 mod testutil;

@@ -157,6 +157,16 @@ pub fn scan(
     Ok(scanned)
 }
 
+/// [`scan`] with the folder's persistent [`HashCache`] (see [`HashCache::default_location`]),
+/// saved afterwards. Blocking: call it from a blocking thread.
+pub fn scan_cached(root: &Path, options: &ScanOptions) -> Result<Vec<ScannedFile>, ScanError> {
+    let mut cache =
+        HashCache::default_location(root).map_or_else(HashCache::in_memory, HashCache::load);
+    let files = scan(root, options, &mut cache);
+    cache.save();
+    files
+}
+
 /// Walks `root`, applying the ignore rules; returns (relative path, local path, metadata).
 fn walk(
     root: &Path,

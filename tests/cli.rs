@@ -106,3 +106,39 @@ fn unbuilt_commands_say_so_and_exit_2() {
     let text = assert_one_line_usage_error(&output);
     assert!(text.contains("not implemented yet"), "{text}");
 }
+
+#[test]
+fn verify_exit_codes_mean_identical_different_could_not_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let dags = dir.path().join("dags");
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::write(dags.join("etl.py"), "print('etl')\n").unwrap();
+    let (dags, store) = (dags.to_str().unwrap(), dir.path().join("store"));
+    let store = store.to_str().unwrap();
+    let env = [("XDG_CACHE_HOME", dir.path().to_str().unwrap())];
+    assert!(dagfs(&["-q", "push", dags, "--to", store], &env)
+        .status
+        .success());
+
+    let same = dagfs(
+        &["verify", "--local", dags, "--store", store, "--deep"],
+        &env,
+    );
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+
+    std::fs::write(
+        std::path::Path::new(dags).join("etl.py"),
+        "print('edited')\n",
+    )
+    .unwrap();
+    let differs = dagfs(&["verify", "--local", dags, "--store", store], &env);
+    assert_eq!(differs.status.code(), Some(1), "{}", stderr(&differs));
+    let out = String::from_utf8_lossy(&differs.stdout);
+    assert!(out.contains("changed") && out.contains("etl.py"), "{out}");
+
+    let missing = dir.path().join("no-store");
+    let unable = dagfs(&["verify", "--store", missing.to_str().unwrap()], &env);
+    let text = assert_one_line_usage_error(&unable);
+    assert!(text.contains("no generations"), "{text}");
+    assert!(!missing.exists(), "checking a store must not create it");
+}

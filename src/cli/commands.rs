@@ -15,8 +15,9 @@ use crate::gc::GcOptions;
 use crate::generations::{self, Change};
 use crate::mirror::{self, MirrorOutcome};
 use crate::publish::{self, Desired, Outcome, PublishOptions};
-use crate::scan::{self, HashCache};
+use crate::scan;
 use crate::store::Store;
+use crate::verify::{self, Report};
 
 /// Arguments of `dagfs push`.
 #[derive(Debug, Args)]
@@ -45,6 +46,34 @@ pub struct PushArgs {
     /// Publish even if the folder is empty, removing every file (under the prefix).
     #[arg(long)]
     allow_empty: bool,
+}
+
+/// Arguments of `dagfs verify`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 = identical, 1 = differences found (each named with its path), \
+2 = could not check (store unreachable, permission denied, corrupt manifest, bad arguments)."
+)]
+pub struct VerifyArgs {
+    /// Compare this folder with the generation (what the next push would publish).
+    #[arg(long, value_name = "DIR")]
+    local: Option<PathBuf>,
+    /// Check this store: manifests, objects (sizes; bytes with --deep), the mirror, orphans.
+    /// Also the store --local compares with [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Re-hash every object and mirror file instead of comparing sizes.
+    #[arg(long)]
+    deep: bool,
+    /// Check against this generation instead of the head.
+    #[arg(long, value_name = "G")]
+    generation: Option<u64>,
+    /// Check what a dagfs mount serves (arrives with `dagfs mount`).
+    #[arg(long, value_name = "MOUNTPOINT")]
+    mount: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `dagfs log`.
@@ -202,15 +231,9 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
     bar.set_message(format!("scanning {}", args.dir.display()));
     let dir = args.dir.clone();
     let scan_options = config.scan.options();
-    let files = tokio::task::spawn_blocking(move || {
-        let mut cache =
-            HashCache::default_location(&dir).map_or_else(HashCache::in_memory, HashCache::load);
-        let files = scan::scan(&dir, &scan_options, &mut cache);
-        cache.save();
-        files
-    })
-    .await?
-    .with_context(|| format!("cannot publish {}", args.dir.display()))?;
+    let files = tokio::task::spawn_blocking(move || scan::scan_cached(&dir, &scan_options))
+        .await?
+        .with_context(|| format!("cannot publish {}", args.dir.display()))?;
     bar.set_message(format!("publishing {} files", files.len()));
     let options = PublishOptions {
         message: args.message,
@@ -403,4 +426,78 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[derive(Serialize)]
+struct VerifySummary<'a> {
+    check: &'static str,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+/// `dagfs verify`: returns 0 when everything checked is identical, 1 when something differs.
+pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
+    if args.mount.is_some() {
+        bail!("--mount needs `dagfs mount`, which this build does not have yet");
+    }
+    if args.local.is_none() && args.store.is_none() {
+        bail!("nothing to check: pass --local DIR and/or --store URL");
+    }
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let bar = progress();
+    let mut reports = Vec::new();
+    if let Some(dir) = &args.local {
+        bar.set_message(format!("hashing {}", dir.display()));
+        let report = verify::verify_local(&*store, dir, args.generation, &config.scan.options())
+            .await
+            .with_context(|| format!("cannot check {}", dir.display()))?;
+        reports.push(("local", report));
+    }
+    if args.store.is_some() {
+        bar.set_message(format!("checking {}", store.url()));
+        reports.push((
+            "store",
+            verify::verify_store(&*store, args.generation, args.deep).await?,
+        ));
+    }
+    bar.finish_and_clear();
+    let differences: usize = reports.iter().map(|(_, r)| r.findings.len()).sum();
+    if args.json {
+        let summaries: Vec<VerifySummary> = reports
+            .iter()
+            .map(|(check, report)| VerifySummary { check, report })
+            .collect();
+        println!("{}", serde_json::to_string(&summaries)?);
+    } else {
+        for (check, r) in &reports {
+            let what = if *check == "local" {
+                "files"
+            } else {
+                "objects"
+            };
+            println!(
+                "{check}: generation {} (tree {}): {} {what} checked, {} hashed, {} differences{}",
+                r.generation,
+                &r.tree_id[..12],
+                r.checked,
+                indicatif::HumanBytes(r.bytes_hashed),
+                r.findings.len(),
+                if *check == "store" {
+                    format!(", {} orphaned objects", r.orphans)
+                } else {
+                    String::new()
+                }
+            );
+            for f in &r.findings {
+                let kind = serde_json::to_value(f.kind)?;
+                println!(
+                    "  {:<15} {}  ({})",
+                    kind.as_str().unwrap_or_default(),
+                    f.path,
+                    f.detail
+                );
+            }
+        }
+    }
+    Ok(u8::from(differences > 0))
 }

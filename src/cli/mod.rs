@@ -61,7 +61,7 @@ enum Command {
     /// Serve the committed generation as a read-only FUSE mount.
     Mount,
     /// Check a local folder, the store and mounts against each other by content hash.
-    Verify,
+    Verify(commands::VerifyArgs),
     /// Run exactly one Airflow scheduler across hosts, fenced and restarted.
     Failover,
     /// List the generations in a store, newest first.
@@ -84,7 +84,7 @@ impl Command {
             Command::Sync => "sync",
             Command::Push(_) => "push",
             Command::Mount => "mount",
-            Command::Verify => "verify",
+            Command::Verify(_) => "verify",
             Command::Failover => "failover",
             Command::Log(_) => "log",
             Command::Diff(_) => "diff",
@@ -129,6 +129,16 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
 
 async fn run(command: Command, config: Config) -> ExitCode {
     let name = command.name();
+    if let Command::Verify(args) = command {
+        // verify has its own exit codes: 0 identical, 1 differences, 2 could not check.
+        return match commands::verify(args, &config).await {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("dagfs verify: {}", one_line(&e));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     let result = match command {
         Command::Push(args) => commands::push(args, &config).await,
         Command::Log(args) => commands::log(args, &config).await,

@@ -26,14 +26,11 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (and creates if missing) the store rooted at directory `root`.
+    /// Opens the store rooted at directory `root`. Nothing is created until something is
+    /// written: reading a store that does not exist finds nothing, it does not make one.
     pub async fn open(root: PathBuf) -> StoreResult<LocalStore> {
         let url = root.display().to_string();
-        let root = blocking("open", &url, move || {
-            fs::create_dir_all(&root)?;
-            fs::canonicalize(&root)
-        })
-        .await?;
+        let root = blocking("open", &url, move || std::path::absolute(&root)).await?;
         Ok(LocalStore { root, url })
     }
 

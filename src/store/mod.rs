@@ -126,7 +126,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// Opens the store a URL or path names, with the given HDFS client options.
 ///
 /// `hdfs://` and `viewfs://` open an [`HdfsStore`]; `file://` URLs and plain paths open a
-/// [`LocalStore`] (whose root directory is created if missing).
+/// [`LocalStore`]. Neither touches the store: its root is created by the first write.
 pub async fn open(url: &str, hdfs: &HdfsOptions) -> StoreResult<Box<dyn Store>> {
     match StoreLocation::parse(url)? {
         StoreLocation::Local(root) => Ok(Box::new(LocalStore::open(root).await?)),

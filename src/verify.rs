@@ -1,0 +1,470 @@
+//! Integrity checks by content hash: a local folder against a generation, and the store
+//! against itself (manifests, objects, the mirror).
+//!
+//! A check either completes with a [`Report`] (its findings are the differences) or fails
+//! with [`VerifyError`] when it could not check at all (store unreachable, manifest corrupt).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::format::{object_key, Digest, Entry, Manifest, OBJECTS_DIR};
+use crate::generations::{self, diff, Change, GenerationError};
+use crate::mirror::MIRROR_DIR;
+use crate::scan::{scan_cached, ScanError, ScanOptions};
+use crate::store::{EntryKind, ErrorKind, Store, StoreError};
+
+/// Objects checked at once.
+const CONCURRENCY: usize = 16;
+
+/// A check that could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A generation could not be read.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// The local folder could not be scanned.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// The store has no generation to check against.
+    #[error("{0} has no generations yet; publish one with `dagfs push`")]
+    Empty(String),
+}
+
+/// One difference found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// What kind of difference.
+    pub kind: FindingKind,
+    /// The DAG path (or object key) it is about.
+    pub path: String,
+    /// Details for people.
+    pub detail: String,
+}
+
+/// Kinds of differences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// In the folder, not in the generation.
+    Added,
+    /// In both, with other content or metadata.
+    Changed,
+    /// In the generation, not in the folder.
+    Removed,
+    /// An object a generation references is not in the store.
+    MissingObject,
+    /// An object has the wrong size or (deep) the wrong bytes.
+    CorruptObject,
+    /// The mirror lacks a file of the head, or holds other bytes.
+    MirrorDiffers,
+    /// The mirror holds a file the head does not have.
+    MirrorExtra,
+}
+
+/// What a check found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// The generation checked against (the head unless one was named).
+    pub generation: u64,
+    /// Its tree id.
+    pub tree_id: String,
+    /// Generations whose manifests were checked.
+    pub generations_checked: Vec<u64>,
+    /// Files or objects compared.
+    pub checked: usize,
+    /// Bytes hashed.
+    pub bytes_hashed: u64,
+    /// The differences; empty means identical.
+    pub findings: Vec<Finding>,
+    /// Objects no checked generation references (normal between `gc` runs).
+    pub orphans: usize,
+}
+
+async fn target(store: &dyn Store, generation: Option<u64>) -> Result<Manifest, VerifyError> {
+    match generation {
+        Some(g) => Ok(generations::load(store, g).await?),
+        None => generations::load_head(store)
+            .await?
+            .ok_or_else(|| VerifyError::Empty(store.url().to_string())),
+    }
+}
+
+/// The folder `dir` against generation `generation` (the head by default), with the same
+/// ignore rules as `push`: what the next push would publish.
+pub async fn verify_local(
+    store: &dyn Store,
+    dir: &Path,
+    generation: Option<u64>,
+    options: &ScanOptions,
+) -> Result<Report, VerifyError> {
+    let manifest = target(store, generation).await?;
+    let (dir, options) = (dir.to_path_buf(), options.clone());
+    let files = match tokio::task::spawn_blocking(move || scan_cached(&dir, &options)).await {
+        Ok(files) => files?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let local: Vec<Entry> = files.iter().map(|f| f.entry.clone()).collect();
+    let findings = diff(&manifest.entries, &local)
+        .into_iter()
+        .map(|change| match change {
+            Change::Added(e) => finding(FindingKind::Added, &e.path, "not in the generation"),
+            Change::Removed(e) => finding(FindingKind::Removed, &e.path, "not in the folder"),
+            Change::Changed(old, new) => finding(
+                FindingKind::Changed,
+                &new.path,
+                &describe_change(&old, &new),
+            ),
+        })
+        .collect();
+    Ok(Report {
+        generation: manifest.generation,
+        tree_id: manifest.tree_id.to_string(),
+        generations_checked: vec![manifest.generation],
+        checked: local.len(),
+        bytes_hashed: local.iter().map(|e| e.size).sum(),
+        findings,
+        orphans: 0,
+    })
+}
+
+fn finding(kind: FindingKind, path: &str, detail: &str) -> Finding {
+    Finding {
+        kind,
+        path: path.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn describe_change(old: &Entry, new: &Entry) -> String {
+    if old.blake3 != new.blake3 {
+        format!(
+            "content differs ({} bytes in the generation, {} here)",
+            old.size, new.size
+        )
+    } else if old.mode != new.mode {
+        format!("mode {:o} in the generation, {:o} here", old.mode, new.mode)
+    } else {
+        "modification time differs".to_string()
+    }
+}
+
+/// The store against itself: every checked generation's manifest is valid (a corrupt one is
+/// an error: exit 2), every object it references exists with the right size (and, `deep`,
+/// the right bytes), the mirror matches the head, and unreferenced objects are counted.
+pub async fn verify_store(
+    store: &dyn Store,
+    generation: Option<u64>,
+    deep: bool,
+) -> Result<Report, VerifyError> {
+    let manifest = target(store, generation).await?;
+    let numbers = match generation {
+        Some(g) => vec![g],
+        None => generations::list(store).await?,
+    };
+    let mut needed: BTreeMap<Digest, (u64, String)> = BTreeMap::new();
+    for &number in &numbers {
+        let m = if number == manifest.generation {
+            manifest.clone()
+        } else {
+            generations::load(store, number).await?
+        };
+        for e in m.entries {
+            needed.entry(e.blake3).or_insert((e.size, e.path));
+        }
+    }
+    let checks = stream::iter(
+        needed
+            .iter()
+            .map(|(digest, (size, path))| (*digest, *size, path.clone())),
+    )
+    .map(|(digest, size, path)| check_object(store, digest, size, path, deep))
+    .buffer_unordered(CONCURRENCY)
+    .try_collect::<Vec<(Option<Finding>, u64)>>()
+    .await?;
+    let mut report = Report {
+        generation: manifest.generation,
+        tree_id: manifest.tree_id.to_string(),
+        generations_checked: numbers,
+        checked: needed.len(),
+        ..Report::default()
+    };
+    for (found, hashed) in checks {
+        report.bytes_hashed += hashed;
+        report.findings.extend(found);
+    }
+    if generation.is_none() {
+        report.orphans = count_orphans(store, &needed.keys().copied().collect()).await?;
+        if store.stat(MIRROR_DIR).await.is_ok() {
+            report
+                .findings
+                .extend(check_mirror(store, &manifest, deep).await?);
+        }
+    }
+    report.findings.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(report)
+}
+
+/// One object: exists, right size, and (deep) right bytes. Returns a finding and bytes hashed.
+async fn check_object(
+    store: &dyn Store,
+    digest: Digest,
+    size: u64,
+    path: String,
+    deep: bool,
+) -> Result<(Option<Finding>, u64), VerifyError> {
+    let key = object_key(&digest);
+    let info = match store.stat(&key).await {
+        Ok(info) => info,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok((
+                Some(finding(
+                    FindingKind::MissingObject,
+                    &path,
+                    &format!("object {key} is missing"),
+                )),
+                0,
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if info.len != size {
+        let detail = format!("object {key} has {} bytes, expected {size}", info.len);
+        return Ok((Some(finding(FindingKind::CorruptObject, &path, &detail)), 0));
+    }
+    if !deep {
+        return Ok((None, 0));
+    }
+    let bytes = store.read(&key).await?;
+    let hashed = bytes.len() as u64;
+    if Digest::of(&bytes) != digest {
+        let detail = format!("object {key} holds other bytes than its name says");
+        return Ok((
+            Some(finding(FindingKind::CorruptObject, &path, &detail)),
+            hashed,
+        ));
+    }
+    Ok((None, hashed))
+}
+
+async fn count_orphans(
+    store: &dyn Store,
+    referenced: &HashSet<Digest>,
+) -> Result<usize, VerifyError> {
+    let mut orphans = 0;
+    for fanout in list_or_empty(store, OBJECTS_DIR).await? {
+        for object in list_or_empty(store, &fanout.key).await? {
+            if !object
+                .name()
+                .parse::<Digest>()
+                .is_ok_and(|d| referenced.contains(&d))
+            {
+                orphans += 1;
+            }
+        }
+    }
+    Ok(orphans)
+}
+
+/// The mirror against the head: every file present with the head's size (deep: bytes), and
+/// nothing else.
+async fn check_mirror(
+    store: &dyn Store,
+    head: &Manifest,
+    deep: bool,
+) -> Result<Vec<Finding>, VerifyError> {
+    let mut findings = Vec::new();
+    let mut present = HashSet::new();
+    let mut pending = vec![MIRROR_DIR.to_string()];
+    while let Some(dir) = pending.pop() {
+        for entry in list_or_empty(store, &dir).await? {
+            match entry.kind {
+                EntryKind::Dir => pending.push(entry.key),
+                EntryKind::File => {
+                    present.insert(entry.key[MIRROR_DIR.len() + 1..].to_string());
+                }
+            }
+        }
+    }
+    let wanted: HashSet<&str> = head.entries.iter().map(|e| e.path.as_str()).collect();
+    for path in &present {
+        if !wanted.contains(path.as_str()) {
+            findings.push(finding(
+                FindingKind::MirrorExtra,
+                path,
+                "in the mirror, not in the head",
+            ));
+        }
+    }
+    let results = stream::iter(head.entries.iter().filter(|e| present.contains(&e.path)))
+        .map(|entry| async move {
+            let key = format!("{MIRROR_DIR}/{}", entry.path);
+            let info = store.stat(&key).await?;
+            if info.len != entry.size {
+                return Ok::<_, VerifyError>(Some(finding(
+                    FindingKind::MirrorDiffers,
+                    &entry.path,
+                    &format!(
+                        "{} bytes in the mirror, {} in the head",
+                        info.len, entry.size
+                    ),
+                )));
+            }
+            if deep && Digest::of(&store.read(&key).await?) != entry.blake3 {
+                return Ok(Some(finding(
+                    FindingKind::MirrorDiffers,
+                    &entry.path,
+                    "other bytes in the mirror than in the head",
+                )));
+            }
+            Ok(None)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    findings.extend(results.into_iter().flatten());
+    for entry in &head.entries {
+        if !present.contains(&entry.path) {
+            findings.push(finding(
+                FindingKind::MirrorDiffers,
+                &entry.path,
+                "missing from the mirror",
+            ));
+        }
+    }
+    Ok(findings)
+}
+
+async fn list_or_empty(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Vec<crate::store::EntryInfo>, StoreError> {
+    match store.list(key).await {
+        Ok(entries) => Ok(entries),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::{scan, HashCache};
+    use crate::store::{LocalStore, Overwrite};
+    use crate::testutil::publish_files;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn store_drift_is_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish_files(
+            &store,
+            dir.path(),
+            &[("a.py", "aaaa"), ("b.py", "bbbb"), ("c.py", "cccc")],
+        )
+        .await;
+        crate::mirror::update(&store).await.unwrap();
+        let clean = verify_store(&store, None, true).await.unwrap();
+        assert!(clean.findings.is_empty(), "{:?}", clean.findings);
+        assert_eq!((clean.checked, clean.bytes_hashed), (3, 12));
+
+        store
+            .delete(&object_key(&Digest::of(b"aaaa")), false)
+            .await
+            .unwrap();
+        store
+            .put(
+                &object_key(&Digest::of(b"bbbb")),
+                Bytes::from_static(b"BBBB"),
+                Overwrite::Allow,
+            )
+            .await
+            .unwrap();
+        store
+            .put("mirror/c.py", Bytes::from_static(b"CCCC"), Overwrite::Allow)
+            .await
+            .unwrap();
+        let shallow = verify_store(&store, None, false).await.unwrap();
+        let kinds: Vec<(FindingKind, &str)> = shallow
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.path.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(FindingKind::MissingObject, "a.py")],
+            "same-size damage needs --deep"
+        );
+        let deep = verify_store(&store, None, true).await.unwrap();
+        let kinds: Vec<(FindingKind, &str)> = deep
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.path.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (FindingKind::MissingObject, "a.py"),
+                (FindingKind::CorruptObject, "b.py"),
+                (FindingKind::MirrorDiffers, "c.py")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn local_drift_is_what_the_next_push_would_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let folder = dir.path().join("dags");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("a.py"), "1").unwrap();
+        std::fs::write(folder.join("b.py"), "2").unwrap();
+        let files = scan(
+            &folder,
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap();
+        crate::publish::publish(
+            &store,
+            &crate::publish::Desired::from_scan(&files),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        assert!(verify_local(&store, &folder, None, &ScanOptions::default())
+            .await
+            .unwrap()
+            .findings
+            .is_empty());
+        std::fs::write(folder.join("a.py"), "one").unwrap();
+        std::fs::remove_file(folder.join("b.py")).unwrap();
+        std::fs::write(folder.join("c.py"), "3").unwrap();
+        let report = verify_local(&store, &folder, Some(1), &ScanOptions::default())
+            .await
+            .unwrap();
+        let kinds: Vec<(FindingKind, &str)> = report
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.path.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (FindingKind::Changed, "a.py"),
+                (FindingKind::Removed, "b.py"),
+                (FindingKind::Added, "c.py")
+            ]
+        );
+        assert!(matches!(
+            verify_local(&store, &folder, Some(9), &ScanOptions::default()).await,
+            Err(VerifyError::Generation(_))
+        ));
+    }
+}
