@@ -9,10 +9,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::format::{Digest, OBJECTS_DIR};
+use crate::format::Digest;
 use crate::generations::{self, GenerationError};
 use crate::mirror::store_now;
-use crate::store::{EntryKind, ErrorKind, Store, StoreError, STAGING_DIR};
+use crate::store::{list_if_exists, EntryKind, Store, StoreError, STAGING_DIR};
 
 /// What to collect.
 #[derive(Clone, Debug)]
@@ -86,23 +86,21 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         now.duration_since(modified)
             .is_ok_and(|age| age >= options.grace)
     };
-    for fanout in list_or_empty(store, OBJECTS_DIR).await? {
-        for object in list_or_empty(store, &fanout.key).await? {
-            let live = object
-                .name()
-                .parse::<Digest>()
-                .is_ok_and(|d| referenced.contains(&d));
-            if live || object.kind != EntryKind::File || !old_enough(object.modified) {
-                continue;
-            }
-            if !options.dry_run && !store.delete(&object.key, false).await? {
-                continue;
-            }
-            outcome.objects += 1;
-            outcome.bytes += object.len;
+    for object in generations::list_objects(store).await? {
+        let live = object
+            .name()
+            .parse::<Digest>()
+            .is_ok_and(|d| referenced.contains(&d));
+        if live || object.kind != EntryKind::File || !old_enough(object.modified) {
+            continue;
         }
+        if !options.dry_run && !store.delete(&object.key, false).await? {
+            continue;
+        }
+        outcome.objects += 1;
+        outcome.bytes += object.len;
     }
-    for staged in list_or_empty(store, STAGING_DIR).await? {
+    for staged in list_if_exists(store, STAGING_DIR).await? {
         if old_enough(staged.modified) {
             if !options.dry_run {
                 store.delete(&staged.key, true).await?;
@@ -129,17 +127,6 @@ async fn add_references(
     let manifest = generations::load(store, generation).await?;
     referenced.extend(manifest.entries.iter().map(|e| e.blake3));
     Ok(())
-}
-
-async fn list_or_empty(
-    store: &dyn Store,
-    key: &str,
-) -> Result<Vec<crate::store::EntryInfo>, StoreError> {
-    match store.list(key).await {
-        Ok(entries) => Ok(entries),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

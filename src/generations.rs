@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use crate::format::{
-    manifest_key, parse_manifest_name, Entry, FormatError, Manifest, GENERATIONS_DIR,
+    manifest_key, parse_manifest_name, Entry, FormatError, Manifest, GENERATIONS_DIR, OBJECTS_DIR,
 };
-use crate::store::{ErrorKind, Store, StoreError};
+use crate::store::{list_if_exists, ErrorKind, Store, StoreError};
 
 /// A generation that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,15 @@ pub async fn load_head(store: &dyn Store) -> Result<Option<Manifest>, Generation
         Some(generation) => Ok(Some(load(store, generation).await?)),
         None => Ok(None),
     }
+}
+
+/// Every object file in the store (one listing per fan-out directory).
+pub async fn list_objects(store: &dyn Store) -> Result<Vec<crate::store::EntryInfo>, StoreError> {
+    let mut objects = Vec::new();
+    for fanout in list_if_exists(store, OBJECTS_DIR).await? {
+        objects.extend(list_if_exists(store, &fanout.key).await?);
+    }
+    Ok(objects)
 }
 
 /// How one path differs between two trees.

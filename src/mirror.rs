@@ -5,7 +5,7 @@
 //! generations. It is updated after each commit, file by file (so it is briefly a mix of two
 //! generations while it changes), by one updater at a time, and it always converges:
 //!
-//! - an updater holds `mirror.lock` (exclusive create) and rewrites it every
+//! - an updater holds `mirror.lock` (an atomic put without overwrite) and rewrites it every
 //!   [`HEARTBEAT`]; one that finds it held leaves the work to the holder, which re-reads the
 //!   head before it lets go. A lock not rewritten for [`STALE_LOCK_AFTER`] (by the store's
 //!   clock), or held by a process of this host that no longer exists, is from a crashed
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{object_key, Digest, Entry};
 use crate::generations::{self, diff, GenerationError};
-use crate::store::{EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
+use crate::store::{files_under, EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
 /// Directory of the mirror under the store root.
 pub const MIRROR_DIR: &str = "mirror";
@@ -282,26 +282,6 @@ async fn prune_empty_parents(store: &dyn Store, key: &str) {
     }
 }
 
-/// Every file under `dir`, as paths relative to it.
-async fn files_under(store: &dyn Store, dir: &str) -> Result<Vec<String>, StoreError> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_string()];
-    while let Some(current) = pending.pop() {
-        let entries = match store.list(&current).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            match entry.kind {
-                EntryKind::Dir => pending.push(entry.key),
-                EntryKind::File => files.push(entry.key[dir.len() + 1..].to_string()),
-            }
-        }
-    }
-    Ok(files)
-}
-
 async fn read_state(store: &dyn Store) -> Result<MirrorState, MirrorError> {
     match store.read(STATE_KEY).await {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MirrorError::State(e.to_string())),
@@ -320,7 +300,9 @@ async fn write_state(store: &dyn Store, state: &MirrorState) -> Result<(), Mirro
 /// Takes the updater lock; breaks it if it is stale. `Ok(false)`: someone else holds it.
 async fn acquire(store: &dyn Store, owner: &Bytes) -> Result<bool, MirrorError> {
     for _ in 0..2 {
-        match store.create_exclusive(LOCK_KEY, owner.clone()).await {
+        // An atomic put, not create_exclusive: the lock must never be seen half-written, or
+        // a holder killed while creating it could not be recognised as gone.
+        match store.put(LOCK_KEY, owner.clone(), Overwrite::Deny).await {
             Ok(()) => return Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
@@ -368,8 +350,7 @@ mod tests {
     use crate::testutil::publish_files;
 
     async fn mirror_files(store: &LocalStore) -> Vec<(String, String)> {
-        let mut files = files_under(store, MIRROR_DIR).await.unwrap();
-        files.sort();
+        let files = files_under(store, MIRROR_DIR).await.unwrap();
         let mut out = Vec::new();
         for f in files {
             let bytes = store.read(&format!("{MIRROR_DIR}/{f}")).await.unwrap();

@@ -10,11 +10,11 @@ use std::path::Path;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::format::{object_key, Digest, Entry, Manifest, OBJECTS_DIR};
+use crate::format::{object_key, Digest, Entry, Manifest};
 use crate::generations::{self, diff, Change, GenerationError};
 use crate::mirror::MIRROR_DIR;
 use crate::scan::{scan_cached, ScanError, ScanOptions};
-use crate::store::{EntryKind, ErrorKind, Store, StoreError};
+use crate::store::{files_under, ErrorKind, Store, StoreError};
 
 /// Objects checked at once.
 const CONCURRENCY: usize = 16;
@@ -256,18 +256,15 @@ async fn count_orphans(
     store: &dyn Store,
     referenced: &HashSet<Digest>,
 ) -> Result<usize, VerifyError> {
-    let mut orphans = 0;
-    for fanout in list_or_empty(store, OBJECTS_DIR).await? {
-        for object in list_or_empty(store, &fanout.key).await? {
-            if !object
-                .name()
+    let objects = generations::list_objects(store).await?;
+    let orphans = objects
+        .iter()
+        .filter(|o| {
+            !o.name()
                 .parse::<Digest>()
                 .is_ok_and(|d| referenced.contains(&d))
-            {
-                orphans += 1;
-            }
-        }
-    }
+        })
+        .count();
     Ok(orphans)
 }
 
@@ -279,18 +276,7 @@ async fn check_mirror(
     deep: bool,
 ) -> Result<Vec<Finding>, VerifyError> {
     let mut findings = Vec::new();
-    let mut present = HashSet::new();
-    let mut pending = vec![MIRROR_DIR.to_string()];
-    while let Some(dir) = pending.pop() {
-        for entry in list_or_empty(store, &dir).await? {
-            match entry.kind {
-                EntryKind::Dir => pending.push(entry.key),
-                EntryKind::File => {
-                    present.insert(entry.key[MIRROR_DIR.len() + 1..].to_string());
-                }
-            }
-        }
-    }
+    let present: HashSet<String> = files_under(store, MIRROR_DIR).await?.into_iter().collect();
     let wanted: HashSet<&str> = head.entries.iter().map(|e| e.path.as_str()).collect();
     for path in &present {
         if !wanted.contains(path.as_str()) {
@@ -338,17 +324,6 @@ async fn check_mirror(
         }
     }
     Ok(findings)
-}
-
-async fn list_or_empty(
-    store: &dyn Store,
-    key: &str,
-) -> Result<Vec<crate::store::EntryInfo>, StoreError> {
-    match store.list(key).await {
-        Ok(entries) => Ok(entries),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -103,30 +103,12 @@ async fn assert_consistent(store: &dyn Store) {
         let manifest = generations::load(store, generation).await.unwrap();
         known.extend(manifest.entries.into_iter().map(|e| e.path));
     }
-    for path in mirror_files(store, MIRROR_DIR).await {
+    for path in dagfs::store::files_under(store, MIRROR_DIR).await.unwrap() {
         assert!(
             known.contains(&path),
             "mirror holds {path}, which no generation has"
         );
     }
-}
-
-async fn mirror_files(store: &dyn Store, dir: &str) -> Vec<String> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_string()];
-    while let Some(current) = pending.pop() {
-        let Ok(entries) = store.list(&current).await else {
-            continue;
-        };
-        for e in entries {
-            match e.kind {
-                dagfs::store::EntryKind::Dir => pending.push(e.key),
-                dagfs::store::EntryKind::File => files.push(e.key[dir.len() + 1..].to_string()),
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,7 +293,12 @@ async fn kill_9_at_random_points_never_exposes_a_partial_generation() {
     let head = generations::load_head(&*store).await.unwrap().unwrap();
     assert_eq!(head.tree_id, dagfs::format::tree_id(&local_entries));
     let head_paths: Vec<String> = head.entries.iter().map(|e| e.path.clone()).collect();
-    assert_eq!(mirror_files(&*store, MIRROR_DIR).await, head_paths);
+    assert_eq!(
+        dagfs::store::files_under(&*store, MIRROR_DIR)
+            .await
+            .unwrap(),
+        head_paths
+    );
     for entry in &head.entries {
         let bytes = store
             .read(&format!("{MIRROR_DIR}/{}", entry.path))

@@ -123,6 +123,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn mkdirs(&self, key: &str) -> StoreResult<()>;
 }
 
+/// [`Store::list`], with a missing directory read as empty.
+pub async fn list_if_exists(store: &dyn Store, key: &str) -> StoreResult<Vec<EntryInfo>> {
+    match store.list(key).await {
+        Ok(entries) => Ok(entries),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every file below directory `dir`, as paths relative to it, sorted (empty if `dir` is
+/// missing).
+pub async fn files_under(store: &dyn Store, dir: &str) -> StoreResult<Vec<String>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_string()];
+    while let Some(current) = pending.pop() {
+        for entry in list_if_exists(store, &current).await? {
+            match entry.kind {
+                EntryKind::Dir => pending.push(entry.key),
+                EntryKind::File => files.push(entry.key[dir.len() + 1..].to_string()),
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Opens the store a URL or path names, with the given HDFS client options.
 ///
 /// `hdfs://` and `viewfs://` open an [`HdfsStore`]; `file://` URLs and plain paths open a
