@@ -334,6 +334,14 @@ mod tests {
     use crate::testutil::publish_files;
     use bytes::Bytes;
 
+    fn found(report: &Report) -> Vec<(FindingKind, &str)> {
+        report
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.path.as_str()))
+            .collect()
+    }
+
     #[tokio::test]
     async fn store_drift_is_found_and_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -366,22 +374,14 @@ mod tests {
             .await
             .unwrap();
         let shallow = verify_store(&store, None, false).await.unwrap();
-        let kinds: Vec<(FindingKind, &str)> = shallow
-            .findings
-            .iter()
-            .map(|f| (f.kind, f.path.as_str()))
-            .collect();
+        let kinds = found(&shallow);
         assert_eq!(
             kinds,
             [(FindingKind::MissingObject, "a.py")],
             "same-size damage needs --deep"
         );
         let deep = verify_store(&store, None, true).await.unwrap();
-        let kinds: Vec<(FindingKind, &str)> = deep
-            .findings
-            .iter()
-            .map(|f| (f.kind, f.path.as_str()))
-            .collect();
+        let kinds = found(&deep);
         assert_eq!(
             kinds,
             [
@@ -424,11 +424,7 @@ mod tests {
         let report = verify_local(&store, &folder, Some(1), &ScanOptions::default())
             .await
             .unwrap();
-        let kinds: Vec<(FindingKind, &str)> = report
-            .findings
-            .iter()
-            .map(|f| (f.kind, f.path.as_str()))
-            .collect();
+        let kinds = found(&report);
         assert_eq!(
             kinds,
             [
