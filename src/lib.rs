@@ -9,6 +9,7 @@
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
+//! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
 //! - [`cli`]: the command line.
@@ -21,6 +22,7 @@ pub mod format;
 pub mod gc;
 pub mod generations;
 pub mod mirror;
+pub mod mount;
 pub mod publish;
 pub mod scan;
 pub mod store;

@@ -1,0 +1,250 @@
+//! The mount's published state: which generation a `dagfs mount` serves, and whether that is
+//! the head.
+//!
+//! The mount process rewrites a small JSON file after every poll (atomically: write beside,
+//! rename). `dagfs failover` reads it to decide whether this host may start the scheduler
+//! (the identity gate), `dagfs status` and `dagfs verify --mount` to report it, and the
+//! Airflow bundle to record the generation a DAG was parsed from. The file lives in the
+//! runtime directory, named after the mountpoint, never inside the mount: the tree the mount
+//! shows is exactly the generation, nothing more.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that overrides the runtime directory.
+pub const RUNTIME_DIR_ENV: &str = "DAGFS_RUNTIME_DIR";
+
+/// What a mount reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountState {
+    /// Process id of the mount.
+    pub pid: u32,
+    /// The mountpoint, absolute.
+    pub mountpoint: PathBuf,
+    /// The store URL the mount reads.
+    pub store: String,
+    /// The generation served, `None` while the store has none.
+    pub generation: Option<u64>,
+    /// Tree id (blake3 hex) of the generation served.
+    pub tree_id: Option<String>,
+    /// Manifest id (blake3 hex) of the generation served.
+    pub manifest_id: Option<String>,
+    /// The head generation seen by the last successful poll.
+    pub head: Option<u64>,
+    /// The generation the mount was told to hold (`--pin`), if any.
+    pub pinned: Option<u64>,
+    /// Whether the last poll reached the store.
+    pub online: bool,
+    /// Milliseconds since the epoch of the last successful poll.
+    pub last_poll_ok_ms: Option<u64>,
+    /// The last poll or fetch error, one line, cleared by the next success.
+    pub last_error: Option<String>,
+    /// How often the mount polls, in milliseconds; readers judge freshness by it.
+    pub poll_interval_ms: u64,
+    /// Milliseconds since the epoch when the mount started.
+    pub started_ms: u64,
+    /// Milliseconds since the epoch when this state was written.
+    pub updated_ms: u64,
+}
+
+impl MountState {
+    /// Whether the mount serves the head generation as of its last successful poll: online,
+    /// not pinned elsewhere, and the generation served is the head it saw.
+    pub fn is_current(&self) -> bool {
+        self.online && self.generation == self.head
+    }
+}
+
+/// Why a mount's state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No state file: no mount ran at this mountpoint on this host (or it never started).
+    #[error("no dagfs mount is running at {mountpoint} (no state file {file}); start it with `dagfs mount URL {mountpoint}`")]
+    NotRunning {
+        /// The mountpoint asked about.
+        mountpoint: String,
+        /// Where the state file was expected.
+        file: String,
+    },
+    /// The state file names a process that no longer runs.
+    #[error("the dagfs mount at {mountpoint} is not running (pid {pid} has exited); restart it")]
+    Exited {
+        /// The mountpoint asked about.
+        mountpoint: String,
+        /// The process the state names.
+        pid: u32,
+    },
+    /// The state file exists but is not readable state.
+    #[error("cannot read mount state {file}: {detail}")]
+    Unreadable {
+        /// The state file.
+        file: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// The directory holding mount state files: `$DAGFS_RUNTIME_DIR`, else `/run/dagfs` for
+/// root, else `$XDG_RUNTIME_DIR/dagfs`, else `dagfs-<uid>` in the temporary directory.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let uid = rustix::process::getuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/dagfs");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("dagfs");
+    }
+    std::env::temp_dir().join(format!("dagfs-{}", uid.as_raw()))
+}
+
+/// The mountpoint made absolute without touching it: a dead FUSE mount fails every `stat`,
+/// so the path is not canonicalised.
+pub fn absolute_mountpoint(mountpoint: &Path) -> PathBuf {
+    std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf())
+}
+
+/// The directory of mount state files, one file per mountpoint.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl Default for StateDir {
+    /// The host's runtime directory (see [`runtime_dir`]).
+    fn default() -> Self {
+        StateDir { dir: runtime_dir() }
+    }
+}
+
+impl StateDir {
+    /// State files in `dir` instead of the runtime directory (tests, unusual layouts).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        StateDir { dir: dir.into() }
+    }
+
+    /// The state file of the mount at `mountpoint`.
+    pub fn path(&self, mountpoint: &Path) -> PathBuf {
+        let absolute = absolute_mountpoint(mountpoint);
+        let hash = blake3::hash(absolute.as_os_str().as_encoded_bytes());
+        self.dir
+            .join(format!("mount-{}.json", &hash.to_hex()[..16]))
+    }
+
+    /// Writes `state` atomically to its state file, creating the directory.
+    pub fn write(&self, state: &MountState) -> std::io::Result<()> {
+        let path = self.path(&state.mountpoint);
+        std::fs::create_dir_all(&self.dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        serde_json::to_writer_pretty(&mut file, state)?;
+        file.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Removes the state file of the mount at `mountpoint` (on clean shutdown).
+    pub fn remove(&self, mountpoint: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(mountpoint)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the state of the mount at `mountpoint`, checking that its process still runs.
+    pub fn read(&self, mountpoint: &Path) -> Result<MountState, StateError> {
+        let path = self.path(mountpoint);
+        let shown = absolute_mountpoint(mountpoint).display().to_string();
+        let unreadable = |detail: String| StateError::Unreadable {
+            file: path.display().to_string(),
+            detail,
+        };
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotRunning {
+                    mountpoint: shown,
+                    file: path.display().to_string(),
+                })
+            }
+            Err(e) => return Err(unreadable(e.to_string())),
+        };
+        let state: MountState =
+            serde_json::from_slice(&text).map_err(|e| unreadable(e.to_string()))?;
+        if !Path::new(&format!("/proc/{}", state.pid)).exists() {
+            return Err(StateError::Exited {
+                mountpoint: shown,
+                pid: state.pid,
+            });
+        }
+        Ok(state)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(mountpoint: &Path) -> MountState {
+        MountState {
+            pid: std::process::id(),
+            mountpoint: mountpoint.to_path_buf(),
+            store: "file:///tmp/store".into(),
+            generation: Some(3),
+            tree_id: Some("ab".repeat(32)),
+            manifest_id: Some("cd".repeat(32)),
+            head: Some(3),
+            pinned: None,
+            online: true,
+            last_poll_ok_ms: Some(now_ms()),
+            last_error: None,
+            poll_interval_ms: 1000,
+            started_ms: now_ms(),
+            updated_ms: now_ms(),
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_reports_exited_processes() {
+        let runtime = tempfile::tempdir().unwrap();
+        let states = StateDir::at(runtime.path());
+        let mountpoint = runtime.path().join("mnt");
+
+        let missing = states.read(&mountpoint).unwrap_err();
+        assert!(
+            matches!(missing, StateError::NotRunning { .. }),
+            "{missing}"
+        );
+
+        let mut state = sample(&mountpoint);
+        states.write(&state).unwrap();
+        assert_eq!(states.read(&mountpoint).unwrap(), state);
+        assert!(state.is_current());
+
+        state.head = Some(4);
+        assert!(!state.is_current(), "a newer head means the mount lags");
+
+        // Pids above the kernel's pid_max (at most 2^22) never run.
+        state.pid = 99_999_999;
+        states.write(&state).unwrap();
+        let exited = states.read(&mountpoint).unwrap_err();
+        assert!(matches!(exited, StateError::Exited { .. }), "{exited}");
+
+        states.remove(&mountpoint).unwrap();
+        states.remove(&mountpoint).unwrap();
+        assert!(matches!(
+            states.read(&mountpoint),
+            Err(StateError::NotRunning { .. })
+        ));
+    }
+}
