@@ -116,6 +116,7 @@ impl Drop for Mount {
             .arg("-u")
             .arg("-z")
             .arg(&self.mountpoint)
+            .stderr(Stdio::null())
             .status();
     }
 }
