@@ -1,5 +1,5 @@
-//! Integrity checks by content hash: a local folder against a generation, and the store
-//! against itself (manifests, objects, the mirror).
+//! Integrity checks by content hash: a local folder or a mount against a generation, and the
+//! store against itself (manifests, objects, the mirror).
 //!
 //! A check either completes with a [`Report`] (its findings are the differences) or fails
 //! with [`VerifyError`] when it could not check at all (store unreachable, manifest corrupt).
@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::format::{object_key, Digest, Entry, Manifest};
 use crate::generations::{self, diff, Change, GenerationError};
 use crate::mirror::MIRROR_DIR;
+use crate::mount::state::{StateDir, StateError};
 use crate::scan::{scan_cached, ScanError, ScanOptions};
 use crate::store::{files_under, ErrorKind, Store, StoreError};
 
@@ -31,6 +32,17 @@ pub enum VerifyError {
     /// The local folder could not be scanned.
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// The mount's state could not be read (not running, exited).
+    #[error(transparent)]
+    Mount(#[from] StateError),
+    /// Files could not be read through a mount.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The mountpoint.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The store has no generation to check against.
     #[error("{0} has no generations yet; publish one with `dagfs push`")]
     Empty(String),
@@ -65,6 +77,8 @@ pub enum FindingKind {
     MirrorDiffers,
     /// The mirror holds a file the head does not have.
     MirrorExtra,
+    /// A mount serves another generation than expected (or than the head).
+    WrongGeneration,
 }
 
 /// What a check found.
@@ -110,18 +124,7 @@ pub async fn verify_local(
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
     let local: Vec<Entry> = files.iter().map(|f| f.entry.clone()).collect();
-    let findings = diff(&manifest.entries, &local)
-        .into_iter()
-        .map(|change| match change {
-            Change::Added(e) => finding(FindingKind::Added, &e.path, "not in the generation"),
-            Change::Removed(e) => finding(FindingKind::Removed, &e.path, "not in the folder"),
-            Change::Changed(old, new) => finding(
-                FindingKind::Changed,
-                &new.path,
-                &describe_change(&old, &new),
-            ),
-        })
-        .collect();
+    let findings = tree_findings(&manifest.entries, &local, "the folder");
     Ok(Report {
         generation: manifest.generation,
         tree_id: manifest.tree_id.to_string(),
@@ -131,6 +134,139 @@ pub async fn verify_local(
         findings,
         orphans: 0,
     })
+}
+
+/// The differences between the generation's entries and what a folder or mount (`place`)
+/// holds.
+fn tree_findings(expected: &[Entry], actual: &[Entry], place: &str) -> Vec<Finding> {
+    diff(expected, actual)
+        .into_iter()
+        .map(|change| match change {
+            Change::Added(e) => finding(FindingKind::Added, &e.path, "not in the generation"),
+            Change::Removed(e) => {
+                finding(FindingKind::Removed, &e.path, &format!("not in {place}"))
+            }
+            Change::Changed(old, new) => finding(
+                FindingKind::Changed,
+                &new.path,
+                &describe_change(&old, &new),
+            ),
+        })
+        .collect()
+}
+
+/// What a dagfs mount serves against the generation it claims to serve (or `generation`),
+/// read through the mount and hashed, plus whether that generation is the store's head.
+pub async fn verify_mount(
+    store: &dyn Store,
+    mountpoint: &Path,
+    states: &StateDir,
+    generation: Option<u64>,
+) -> Result<Report, VerifyError> {
+    let state = states.read(mountpoint)?;
+    let head = generations::head(store).await?;
+    let expected = match generation.or(state.generation) {
+        Some(g) => generations::load(store, g).await?,
+        None => return Err(VerifyError::Empty(store.url().to_string())),
+    };
+    let root = mountpoint.to_path_buf();
+    let served = match tokio::task::spawn_blocking(move || hash_tree(&root)).await {
+        Ok(served) => served.map_err(|e| VerifyError::Read {
+            path: mountpoint.display().to_string(),
+            source: e,
+        })?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let mut findings = tree_findings(&expected.entries, &served, "the mount");
+    let shown = mountpoint.display().to_string();
+    if state.generation != Some(expected.generation) {
+        findings.push(finding(
+            FindingKind::WrongGeneration,
+            &shown,
+            &format!(
+                "the mount says it serves generation {:?}, expected {}",
+                state.generation, expected.generation
+            ),
+        ));
+    }
+    if generation.is_none() && state.generation != head {
+        findings.push(finding(
+            FindingKind::WrongGeneration,
+            &shown,
+            &format!(
+                "the mount serves generation {:?} but the head is {head:?}{}",
+                state.generation,
+                state
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" (its last error: {e})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Report {
+        generation: expected.generation,
+        tree_id: expected.tree_id.to_string(),
+        generations_checked: vec![expected.generation],
+        checked: served.len(),
+        bytes_hashed: served.iter().map(|e| e.size).sum(),
+        findings,
+        orphans: 0,
+    })
+}
+
+/// Every regular file under `root` as a manifest entry, its bytes read and hashed, by as
+/// many threads as there are cores.
+fn hash_tree(root: &Path) -> std::io::Result<Vec<Entry>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.map_err(std::io::Error::from)?;
+        if entry.file_type().is_file() {
+            files.push(entry.into_path());
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hashed: Vec<std::io::Result<Vec<(usize, Entry)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(path) = files.get(i) else {
+                            return Ok(done);
+                        };
+                        let meta = std::fs::metadata(path)?;
+                        let mut hasher = blake3::Hasher::new();
+                        hasher.update_reader(std::fs::File::open(path)?)?;
+                        let rel = path.strip_prefix(root).expect("walked under root");
+                        done.push((
+                            i,
+                            Entry {
+                                path: rel.to_string_lossy().into_owned(),
+                                mode: meta.mode() & 0o777,
+                                size: meta.len(),
+                                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                                blake3: Digest::from(*hasher.finalize().as_bytes()),
+                            },
+                        ));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("hashing threads do not panic"))
+            .collect()
+    });
+    let mut entries = Vec::with_capacity(files.len());
+    for part in hashed {
+        entries.extend(part?);
+    }
+    entries.sort_by_key(|(i, _)| *i);
+    Ok(entries.into_iter().map(|(_, e)| e).collect())
 }
 
 fn finding(kind: FindingKind, path: &str, detail: &str) -> Finding {

@@ -178,6 +178,16 @@ fn one_line(error: &anyhow::Error) -> String {
             line.push_str(&text);
         }
     }
+    if let Some(store) = error
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
+    {
+        if store.kind().is_transient() {
+            line.push_str(
+                "; is the store reachable? check the URL, HADOOP_CONF_DIR and that the NameNode is up",
+            );
+        }
+    }
     line.replace('\n', " ")
 }
 
