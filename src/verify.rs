@@ -14,7 +14,7 @@ use crate::format::{object_key, Digest, Entry, Manifest};
 use crate::generations::{self, diff, Change, GenerationError};
 use crate::mirror::MIRROR_DIR;
 use crate::mount::state::{StateDir, StateError};
-use crate::scan::{scan_cached, ScanError, ScanOptions};
+use crate::scan::{hash_all, scan_cached, ScanError, ScanOptions};
 use crate::store::{files_under, ErrorKind, Store, StoreError};
 
 /// Objects checked at once.
@@ -35,14 +35,6 @@ pub enum VerifyError {
     /// The mount's state could not be read (not running, exited).
     #[error(transparent)]
     Mount(#[from] StateError),
-    /// Files could not be read through a mount.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The mountpoint.
-        path: String,
-        /// What failed.
-        source: std::io::Error,
-    },
     /// The store has no generation to check against.
     #[error("{0} has no generations yet; publish one with `dagfs push`")]
     Empty(String),
@@ -171,10 +163,7 @@ pub async fn verify_mount(
     };
     let root = mountpoint.to_path_buf();
     let served = match tokio::task::spawn_blocking(move || hash_tree(&root)).await {
-        Ok(served) => served.map_err(|e| VerifyError::Read {
-            path: mountpoint.display().to_string(),
-            source: e,
-        })?,
+        Ok(served) => served?,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
     let mut findings = tree_findings(&expected.entries, &served, "the mount");
@@ -215,58 +204,40 @@ pub async fn verify_mount(
     })
 }
 
-/// Every regular file under `root` as a manifest entry, its bytes read and hashed, by as
-/// many threads as there are cores.
-fn hash_tree(root: &Path) -> std::io::Result<Vec<Entry>> {
+/// Every regular file under `root` as a manifest entry (sorted by path), its bytes read and
+/// hashed on all cores: what a mount or a checkout really holds.
+pub(crate) fn hash_tree(root: &Path) -> Result<Vec<Entry>, ScanError> {
     use std::os::unix::fs::MetadataExt;
     let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.map_err(std::io::Error::from)?;
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.map_err(|e| ScanError::Io {
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
         if entry.file_type().is_file() {
-            files.push(entry.into_path());
+            let meta = entry.metadata().map_err(|e| ScanError::Io {
+                path: entry.path().to_path_buf(),
+                source: e.into(),
+            })?;
+            files.push((entry.into_path(), meta));
         }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let hashed: Vec<std::io::Result<Vec<(usize, Entry)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(path) = files.get(i) else {
-                            return Ok(done);
-                        };
-                        let meta = std::fs::metadata(path)?;
-                        let mut hasher = blake3::Hasher::new();
-                        hasher.update_reader(std::fs::File::open(path)?)?;
-                        let rel = path.strip_prefix(root).expect("walked under root");
-                        done.push((
-                            i,
-                            Entry {
-                                path: rel.to_string_lossy().into_owned(),
-                                mode: meta.mode() & 0o777,
-                                size: meta.len(),
-                                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                                blake3: Digest::from(*hasher.finalize().as_bytes()),
-                            },
-                        ));
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("hashing threads do not panic"))
-            .collect()
-    });
+    let digests = hash_all(files.iter().map(|(path, _)| path.as_path()).collect())?;
     let mut entries = Vec::with_capacity(files.len());
-    for part in hashed {
-        entries.extend(part?);
+    for ((path, meta), blake3) in files.iter().zip(digests) {
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root");
+        entries.push(Entry {
+            path: rel.to_string_lossy().into_owned(),
+            mode: meta.mode() & 0o777,
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            blake3,
+        });
     }
-    entries.sort_by_key(|(i, _)| *i);
-    Ok(entries.into_iter().map(|(_, e)| e).collect())
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
 }
 
 fn finding(kind: FindingKind, path: &str, detail: &str) -> Finding {

@@ -73,6 +73,8 @@ enum Command {
     Rollback(commands::RollbackArgs),
     /// Delete old generations and the objects only they used.
     Gc(commands::GcArgs),
+    /// Materialise one generation as a local directory (for Airflow workers).
+    Checkout(mount::CheckoutArgs),
     /// Show what sync, mount and failover are doing on this host.
     Status,
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
@@ -91,6 +93,7 @@ impl Command {
             Command::Diff(_) => "diff",
             Command::Rollback(_) => "rollback",
             Command::Gc(_) => "gc",
+            Command::Checkout(_) => "checkout",
             Command::Status => "status",
             Command::Run => "run",
         }
@@ -147,6 +150,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
         Command::Mount(args) => mount::mount(args, &config).await,
+        Command::Checkout(args) => mount::checkout(args, &config).await,
         _ => {
             // Each command arrives with the issue that builds it; until then it says so.
             eprintln!(
