@@ -341,6 +341,7 @@ fn bad_versions_and_stores_fail_clearly_and_leave_no_partial_checkout() {
     );
     let (ok, line) = worker_initialize(
         &bin,
+        cluster,
         "hdfs://127.0.0.1:1/nothing",
         "1",
         &tmp.path().join("other"),
