@@ -8,6 +8,7 @@
 //! - [`scan`]: which files of a DAG folder are published, and their digests;
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
+//! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
 //! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod format;
 pub mod gc;
 pub mod generations;
+pub mod import;
 pub mod mirror;
 pub mod mount;
 pub mod publish;
