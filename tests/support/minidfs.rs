@@ -213,6 +213,23 @@ impl MiniDfs {
     pub fn transition_to_standby(&self, index: usize) {
         self.command(&format!("transition-to-standby {index}"));
     }
+
+    /// Runs `hadoop fs ARGS` (Hadoop's own FsShell) against this cluster as the superuser;
+    /// panics with its output if it fails.
+    pub fn hadoop_fs(&self, args: &[&str]) {
+        let out = Command::new("java")
+            .arg("-cp")
+            .arg(format!("{}:{}", self.conf_dir.display(), classpath()))
+            .arg("org.apache.hadoop.fs.FsShell")
+            .args(args)
+            .output()
+            .expect("run java FsShell");
+        assert!(
+            out.status.success(),
+            "hadoop fs {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 impl Drop for MiniDfs {
