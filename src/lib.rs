@@ -10,6 +10,7 @@
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
 //! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
+//! - [`cache`]: the mount's verified local cache of manifests and objects;
 //! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
@@ -17,6 +18,7 @@
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod format;
