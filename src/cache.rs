@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 
 use crate::format::{manifest_key, object_key, parse_manifest_name, Digest, FormatError, Manifest};
 use crate::generations::{self, GenerationError};
@@ -50,6 +50,15 @@ pub enum CacheError {
         /// What is wrong.
         source: FormatError,
     },
+}
+
+/// A generation made present in the cache.
+#[derive(Clone, Debug)]
+pub struct CachedGeneration {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Paths whose objects the store served corrupt: not cached, read as EIO.
+    pub corrupt: Vec<String>,
 }
 
 /// The cache directory.
@@ -136,13 +145,15 @@ impl Cache {
     }
 
     /// Fetches generation `generation`: its manifest and every object it needs that is not
-    /// cached yet, `concurrency` at a time. Returns the manifest once everything is present.
+    /// cached yet, `concurrency` at a time. Objects the store serves corrupt are left out and
+    /// named in the result (the mount answers EIO for those files, never wrong bytes); any
+    /// other failure is an error and nothing is switched.
     pub async fn fetch_generation(
         &self,
         store: &dyn Store,
         generation: u64,
         concurrency: usize,
-    ) -> Result<Manifest, CacheError> {
+    ) -> Result<CachedGeneration, CacheError> {
         let manifest = match self.load_manifest(generation) {
             Ok(Some(manifest)) => manifest,
             _ => {
@@ -159,13 +170,34 @@ impl Cache {
             .map(|e| &e.blake3)
             .collect();
         let fetched = missing.len();
-        stream::iter(missing)
-            .map(|digest| self.fetch_object(store, digest))
+        let results: Vec<(&Digest, Result<(), CacheError>)> = stream::iter(missing)
+            .map(|digest| async move { (digest, self.fetch_object(store, digest).await) })
             .buffer_unordered(concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        tracing::debug!(generation, fetched, "generation cached");
-        Ok(manifest)
+            .collect()
+            .await;
+        let mut corrupt = HashSet::new();
+        for (digest, result) in results {
+            match result {
+                Ok(()) => {}
+                Err(CacheError::Corrupt { .. }) => {
+                    corrupt.insert(*digest);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let corrupt: Vec<String> = manifest
+            .entries
+            .iter()
+            .filter(|e| corrupt.contains(&e.blake3))
+            .map(|e| e.path.clone())
+            .collect();
+        tracing::debug!(
+            generation,
+            fetched,
+            corrupt = corrupt.len(),
+            "generation cached"
+        );
+        Ok(CachedGeneration { manifest, corrupt })
     }
 
     /// The cached manifest of `generation`, if there is one.
@@ -264,8 +296,8 @@ mod tests {
         publish_files(&store, tmp.path(), &[("a.py", "A2"), ("b.py", "B")]).await;
 
         let cache = Cache::open(&tmp.path().join("cache")).unwrap();
-        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap();
-        let g2 = cache.fetch_generation(&store, 2, 4).await.unwrap();
+        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap().manifest;
+        let g2 = cache.fetch_generation(&store, 2, 4).await.unwrap().manifest;
         for e in g1.entries.iter().chain(&g2.entries) {
             assert!(cache.has_object(&e.blake3, e.size), "{}", e.path);
         }
@@ -275,7 +307,11 @@ mod tests {
         let a2 = g2.entries.iter().find(|e| e.path == "a.py").unwrap().blake3;
         std::fs::remove_file(cache.object_path(&a2)).unwrap();
         store
-            .put(&object_key(&a2), bytes::Bytes::from_static(b"A3"), Overwrite::Allow)
+            .put(
+                &object_key(&a2),
+                bytes::Bytes::from_static(b"A3"),
+                Overwrite::Allow,
+            )
             .await
             .unwrap();
         let err = cache.fetch_object(&store, &a2).await.unwrap_err();
@@ -283,6 +319,9 @@ mod tests {
         assert!(!cache.object_path(&a2).exists());
         // Generation 2 is no longer complete locally: the latest complete one is 1.
         assert_eq!(cache.latest_complete().unwrap().unwrap().generation, 1);
+        // Fetching generation 2 again names the corrupt file instead of failing.
+        let again = cache.fetch_generation(&store, 2, 4).await.unwrap();
+        assert_eq!(again.corrupt, ["a.py"]);
 
         // Serving 1 keeps newer generations (fetched ahead) and nothing is deleted.
         assert_eq!(cache.evict(1, 1).unwrap(), 0);
@@ -290,6 +329,9 @@ mod tests {
         assert_eq!(cache.evict(2, 1).unwrap(), 1);
         assert_eq!(cache.generations().unwrap(), [2]);
         let b = g1.entries.iter().find(|e| e.path == "b.py").unwrap();
-        assert!(cache.has_object(&b.blake3, b.size), "still needed by generation 2");
+        assert!(
+            cache.has_object(&b.blake3, b.size),
+            "still needed by generation 2"
+        );
     }
 }

@@ -104,6 +104,15 @@ impl Default for PublishConfig {
     }
 }
 
+/// This user's dagfs cache directory: `$XDG_CACHE_HOME/dagfs`, else `~/.cache/dagfs`.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|base| base.join("dagfs"))
+}
+
 /// The `[mount]` section.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -307,7 +316,9 @@ impl Config {
             ("mount.concurrency", mount.concurrency),
         ] {
             if value == 0 {
-                return Err(ConfigError::Invalid(format!("{key} = 0: expected at least 1")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = 0: expected at least 1"
+                )));
             }
         }
         if self.store.timeout.is_zero() {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod mount;
 
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
@@ -61,7 +62,7 @@ enum Command {
     /// Import a plain DAG folder (e.g. the NFS-gateway one on HDFS) as a new generation.
     Import(commands::ImportArgs),
     /// Serve the committed generation as a read-only FUSE mount.
-    Mount,
+    Mount(mount::MountArgs),
     /// Check a local folder, the store and mounts against each other by content hash.
     Verify(commands::VerifyArgs),
     /// Run exactly one Airflow scheduler across hosts, fenced and restarted.
@@ -86,7 +87,7 @@ impl Command {
             Command::Sync => "sync",
             Command::Push(_) => "push",
             Command::Import(_) => "import",
-            Command::Mount => "mount",
+            Command::Mount(_) => "mount",
             Command::Verify(_) => "verify",
             Command::Failover => "failover",
             Command::Log(_) => "log",
@@ -149,6 +150,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Diff(args) => commands::diff(args, &config).await,
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
+        Command::Mount(args) => mount::mount(args, &config).await,
         _ => {
             // Each command arrives with the issue that builds it; until then it says so.
             eprintln!(
