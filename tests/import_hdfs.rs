@@ -64,6 +64,16 @@ fn tree_id(out: &Output) -> String {
     summary["tree_id"].as_str().unwrap().to_string()
 }
 
+/// The tree id of a `dagfs push` of `dir` into a fresh local store at `store`.
+fn push_tree_id(cluster: &MiniDfs, dir: &Path, store: &Path) -> String {
+    let (dir, store) = (dir.to_str().unwrap(), store.to_str().unwrap());
+    tree_id(&dagfs(
+        cluster,
+        &superuser(),
+        &["push", dir, "--to", store, "--json"],
+    ))
+}
+
 fn write(dir: &Path, rel: &str, content: &[u8], mode: u32, mtime: SystemTime) {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(rel);
@@ -134,17 +144,7 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
             "--json",
         ],
     ));
-    let pushed = tree_id(&dagfs(
-        cluster,
-        &superuser(),
-        &[
-            "push",
-            dags.to_str().unwrap(),
-            "--to",
-            local.path().join("pushed").to_str().unwrap(),
-            "--json",
-        ],
-    ));
+    let pushed = push_tree_id(cluster, &dags, &local.path().join("pushed"));
     assert_eq!(imported, pushed);
 
     let fetched = local.path().join("fetched");
@@ -154,17 +154,7 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
         &format!("{path}/dags"),
         fetched.to_str().unwrap(),
     ]);
-    let pushed_copy = tree_id(&dagfs(
-        cluster,
-        &superuser(),
-        &[
-            "push",
-            fetched.to_str().unwrap(),
-            "--to",
-            local.path().join("pushed-copy").to_str().unwrap(),
-            "--json",
-        ],
-    ));
+    let pushed_copy = push_tree_id(cluster, &fetched, &local.path().join("pushed-copy"));
     assert_eq!(imported, pushed_copy);
 
     let store = open(cluster, &format!("{root}/store")).await;
@@ -403,21 +393,12 @@ async fn bad_input_is_one_line_a_failure_exit_and_nothing_published() {
             .unwrap();
     }
     owner.mkdirs("store").await.unwrap();
-    let path = root.strip_prefix(cluster.url()).unwrap();
-    let admin = hdfs_native::ClientBuilder::new()
-        .with_url(cluster.url())
-        .with_config_dir(cluster.conf_dir().display().to_string())
-        .with_user(superuser())
-        .build()
-        .unwrap();
-    admin
-        .set_permission(&format!("{path}/locked"), 0o700)
-        .await
-        .unwrap();
-    admin
-        .set_permission(&format!("{path}/store"), 0o777)
-        .await
-        .unwrap();
+    cluster
+        .set_permission(&format!("{root}/locked"), 0o700)
+        .await;
+    cluster
+        .set_permission(&format!("{root}/store"), 0o777)
+        .await;
 
     let store = format!("{root}/store");
     let cases: [(&str, String, &str); 5] = [
