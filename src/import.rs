@@ -200,9 +200,11 @@ pub async fn import(
         }
         Err(source) => return Err(ImportError::Source { url, source }),
     }
+    let attempts = options.attempts.max(1);
     let mut pause = options.backoff;
-    for attempt in 1..=options.attempts.max(1) {
-        let moved = match read_consistent(&source, options).await? {
+    let mut attempt = 1;
+    loop {
+        let (path, what) = match read_consistent(&source, options).await? {
             Ok(desired) => match publish::publish(target, &desired, &options.publish).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(PublishError::ChangedDuringPush { path, reason }) => (path, reason),
@@ -210,25 +212,25 @@ pub async fn import(
             },
             Err(moved) => moved,
         };
-        if attempt == options.attempts.max(1) {
+        if attempt == attempts {
             return Err(ImportError::Unstable {
                 url,
-                attempts: attempt,
-                path: moved.0,
-                what: moved.1,
+                attempts,
+                path,
+                what,
             });
         }
         tracing::warn!(
             source = url,
             attempt,
-            path = moved.0,
-            what = moved.1,
+            path,
+            what,
             "the source changed during the import; starting over"
         );
         tokio::time::sleep(pause).await;
         pause *= 2;
+        attempt += 1;
     }
-    unreachable!("the last attempt returns")
 }
 
 /// One attempt: list, hash, list again. `Ok(Err((path, what)))` when the folder moved.
@@ -281,7 +283,8 @@ async fn read_consistent(
     Ok(Ok(desired))
 }
 
-/// The files of the folder, in walk order (sorted by path), after the ignore rules.
+/// The files of the folder after the ignore rules, in walk order (the same for two listings
+/// of the same tree).
 async fn list(source: &dyn Store, options: &ScanOptions) -> Result<Vec<EntryInfo>, ImportError> {
     let failed = |source_error: StoreError| ImportError::Source {
         url: source.url().to_string(),
