@@ -11,6 +11,7 @@
 //! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
 //! - [`cache`]: the mount's verified local cache of manifests and objects;
+//! - [`checkout`]: one generation materialised as a local directory (Airflow workers);
 //! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
@@ -19,6 +20,7 @@
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
 
 pub mod cache;
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod format;

@@ -7,6 +7,7 @@
 //! - build and VCS debris: `__pycache__/`, `*.pyc`, `*.pyo`, `.git/`, `.hg/`, `.svn/`;
 //! - editor temporaries: vim (`*.swp`, `*.swo`, `*.swx`, `4913`, `*~`), emacs (`.#*`, `#*#`),
 //!   JetBrains (`*___jb_tmp___`, `*___jb_old___`), `.DS_Store`;
+//! - the marker of a `dagfs checkout` (`.dagfs-checkout.json`);
 //! - whatever `.airflowignore` files exclude, in Airflow's `glob` (gitignore-style, Airflow 3's
 //!   default) or `regexp` syntax; each file applies to its directory and everything below.
 //!
@@ -47,6 +48,8 @@ const IGNORED_FILES: &[&str] = &[
     "*___jb_tmp___",
     "*___jb_old___",
     ".DS_Store",
+    // The marker of a `dagfs checkout`: a checkout pushed again is the same tree.
+    ".dagfs-checkout.json",
 ];
 
 /// Which syntax `.airflowignore` files use (Airflow's `[core] dag_ignore_file_syntax`).
@@ -374,7 +377,7 @@ impl IgnoreRules {
 }
 
 /// Hashes `paths` on all cores; results in input order.
-fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
+pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
     let results: Vec<Mutex<Option<Result<Digest, ScanError>>>> =
         paths.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);

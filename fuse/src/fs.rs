@@ -59,9 +59,6 @@ pub enum FsError {
     /// Is a directory (`EISDIR`).
     #[error("is a directory")]
     IsDir,
-    /// The filesystem is read-only (`EROFS`).
-    #[error("read-only file system")]
-    ReadOnly,
     /// Unknown file handle (`EBADF`).
     #[error("bad file handle")]
     BadHandle,
@@ -77,7 +74,6 @@ impl FsError {
             FsError::NotFound => libc::ENOENT,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
-            FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::Io => libc::EIO,
         }
@@ -94,13 +90,11 @@ struct State {
     switching: bool,
 }
 
-enum Handle {
-    File(Arc<File>),
-    Dir {
-        snapshot: Arc<Snapshot>,
-        entries: Arc<Vec<DirEntry>>,
-        parent: Ino,
-    },
+/// An open directory: the listing it had when opened.
+struct DirHandle {
+    snapshot: Arc<Snapshot>,
+    entries: Arc<Vec<DirEntry>>,
+    parent: Ino,
 }
 
 /// What a switch changed.
@@ -120,7 +114,7 @@ pub struct DagFs<S> {
     inodes: Mutex<InodeTable>,
     /// Files of earlier snapshots, kept so inodes the kernel still holds stay valid.
     retired: RwLock<HashMap<Ino, Arc<FileNode>>>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    handles: Mutex<HashMap<u64, DirHandle>>,
     next_handle: AtomicU64,
 }
 
@@ -220,21 +214,20 @@ impl<S: ContentSource> DagFs<S> {
         })
     }
 
-    fn add_handle(&self, handle: Handle) -> u64 {
+    fn add_handle(&self, handle: DirHandle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.lock_handles().insert(fh, handle);
         fh
     }
 
-    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
+    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, DirHandle>> {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens file `ino` for reading; the handle reads that inode's bytes until released.
-    pub fn open(&self, ino: Ino, write: bool) -> FsResult<u64> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
+    /// Reads up to `size` bytes at `offset` of file `ino`. A file inode's bytes never change,
+    /// so a process that opened the file before a switch keeps reading what it opened, and no
+    /// per-open state is needed (the adapter lets the kernel skip `open` round trips).
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let view = self.view();
         let snapshot = view.snapshot();
         if snapshot.dirs.contains_key(&ino) {
@@ -242,37 +235,31 @@ impl<S: ContentSource> DagFs<S> {
         }
         let node = self.file(snapshot, ino).ok_or(FsError::NotFound)?;
         drop(view);
+        let io_error = |e: io::Error| {
+            tracing::error!(ino, size = node.attr.size, offset, error = %e, "cannot read file content");
+            FsError::Io
+        };
         let file = self
             .source
             .open(&node.content, node.attr.size)
-            .map_err(|e| {
-                tracing::error!(ino, size = node.attr.size, error = %e, "cannot open file content");
-                FsError::Io
-            })?;
-        Ok(self.add_handle(Handle::File(Arc::new(file))))
-    }
-
-    /// Reads up to `size` bytes at `offset` through handle `fh`.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let file = match self.lock_handles().get(&fh) {
-            Some(Handle::File(file)) => Arc::clone(file),
-            Some(Handle::Dir { .. }) => return Err(FsError::IsDir),
-            None => return Err(FsError::BadHandle),
-        };
-        let mut buf = vec![0; size as usize];
+            .map_err(io_error)?;
+        let len = (size as u64).min(node.attr.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0; len];
         let mut filled = 0;
-        while filled < buf.len() {
+        while filled < len {
             match file.read_at(&mut buf[filled..], offset + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::error!(fh, offset, error = %e, "cannot read cached file content");
-                    return Err(FsError::Io);
-                }
+                Err(e) => return Err(io_error(e)),
             }
         }
-        buf.truncate(filled);
+        if filled < len {
+            return Err(io_error(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "cached content is shorter than the manifest says",
+            )));
+        }
         Ok(buf)
     }
 
@@ -287,7 +274,7 @@ impl<S: ContentSource> DagFs<S> {
             None => return Err(FsError::NotFound),
         };
         let (entries, parent) = (Arc::clone(&dir.entries), dir.parent);
-        Ok(self.add_handle(Handle::Dir {
+        Ok(self.add_handle(DirHandle {
             snapshot,
             entries,
             parent,
@@ -298,7 +285,7 @@ impl<S: ContentSource> DagFs<S> {
     /// the offset of the next and its attributes. `dir` is the directory's own inode.
     pub fn readdir(&self, fh: u64, dir: Ino, offset: u64) -> FsResult<Vec<Listed>> {
         let handles = self.lock_handles();
-        let Some(Handle::Dir {
+        let Some(DirHandle {
             snapshot,
             entries,
             parent,
@@ -325,7 +312,7 @@ impl<S: ContentSource> DagFs<S> {
         Ok(listed)
     }
 
-    /// Releases a file or directory handle.
+    /// Releases a directory handle.
     pub fn release(&self, fh: u64) {
         self.lock_handles().remove(&fh);
     }

@@ -114,10 +114,7 @@ fn resolve(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<u64, FsError> {
 }
 
 fn read_all(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<Vec<u8>, FsError> {
-    let fh = fs.open(resolve(fs, path)?, false)?;
-    let data = fs.read(fh, 0, 1 << 20);
-    fs.release(fh);
-    data
+    fs.read(resolve(fs, path)?, 0, 1 << 20)
 }
 
 fn names(fs: &DagFs<Arc<DirSource>>, dir: u64) -> Vec<String> {
@@ -168,15 +165,22 @@ fn serves_files_directories_and_attributes() {
     assert!(matches!(fs.lookup(&view, a.ino, "x"), Err(FsError::NotDir)));
     drop(view);
 
-    assert!(matches!(fs.open(a.ino, true), Err(FsError::ReadOnly)));
-    assert!(matches!(fs.open(pkg, false), Err(FsError::IsDir)));
+    assert!(matches!(fs.read(pkg, 0, 1), Err(FsError::IsDir)));
     assert!(matches!(fs.opendir(a.ino), Err(FsError::NotDir)));
-    assert!(matches!(fs.read(9999, 0, 1), Err(FsError::BadHandle)));
-    let fh = fs.open(a.ino, false).unwrap();
+    assert!(matches!(fs.read(9999, 0, 1), Err(FsError::NotFound)));
+    assert!(matches!(
+        fs.readdir(9999, ROOT_INO, 0),
+        Err(FsError::BadHandle)
+    ));
     assert_eq!(
-        fs.read(fh, 6, 100).unwrap(),
+        fs.read(a.ino, 6, 100).unwrap(),
         b"'a')\n",
         "reads at an offset, short at EOF"
+    );
+    assert_eq!(
+        fs.read(a.ino, 100, 10).unwrap(),
+        b"",
+        "reads past the end are empty"
     );
     assert_eq!(fs.usage(), (11 + 1 + 8, 3 + 3));
 }
@@ -209,7 +213,6 @@ fn switch_is_atomic_keeps_open_files_and_invalidates_only_changes() {
     let deep = resolve(&fs, "deep/x").unwrap();
     let root_mtime = fs.getattr(&fs.view(), ROOT_INO).unwrap().mtime;
     let deep_mtime = fs.getattr(&fs.view(), deep).unwrap().mtime;
-    let open_v1 = fs.open(edit_v1, false).unwrap();
 
     let v2 = vec![
         src.spec("same.py", b"unchanged"),
@@ -249,8 +252,8 @@ fn switch_is_atomic_keeps_open_files_and_invalidates_only_changes() {
         resolve(&fs, "gone/old.py"),
         Err(FsError::NotFound)
     ));
-    // The handle opened before the switch reads what it opened; the old inode keeps its size.
-    assert_eq!(fs.read(open_v1, 0, 100).unwrap(), b"version 1");
+    // A process holding the old inode (opened before the switch) reads what it opened.
+    assert_eq!(fs.read(edit_v1, 0, 100).unwrap(), b"version 1");
     assert_eq!(fs.getattr(&fs.view(), edit_v1).unwrap().size, 9);
 
     // Directory mtimes move forward exactly where the listing changed.
@@ -288,5 +291,5 @@ fn unreadable_content_is_an_io_error() {
     spec.content = ContentId([7; 32]);
     let fs = DagFs::new(src.clone(), options(), label(1), &[spec]).unwrap();
     let ino = resolve(&fs, "a.py").unwrap();
-    assert!(matches!(fs.open(ino, false), Err(FsError::Io)));
+    assert!(matches!(fs.read(ino, 0, 1), Err(FsError::Io)));
 }

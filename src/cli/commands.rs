@@ -15,6 +15,7 @@ use crate::gc::GcOptions;
 use crate::generations::{self, Change};
 use crate::import::ImportOptions;
 use crate::mirror::{self, MirrorOutcome};
+use crate::mount::state::StateDir;
 use crate::publish::{self, Desired, Outcome, PublishOptions};
 use crate::scan;
 use crate::store::Store;
@@ -91,7 +92,8 @@ pub struct VerifyArgs {
     /// Check against this generation instead of the head.
     #[arg(long, value_name = "G")]
     generation: Option<u64>,
-    /// Check what a dagfs mount serves (arrives with `dagfs mount`).
+    /// Check what the dagfs mount at this mountpoint serves: read every file through it, hash,
+    /// compare with the generation it claims (or --generation), and whether that is the head.
     #[arg(long, value_name = "MOUNTPOINT")]
     mount: Option<PathBuf>,
     /// Print JSON.
@@ -493,13 +495,17 @@ struct VerifySummary<'a> {
 
 /// `dagfs verify`: returns 0 when everything checked is identical, 1 when something differs.
 pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
-    if args.mount.is_some() {
-        bail!("--mount needs `dagfs mount`, which this build does not have yet");
+    if args.local.is_none() && args.store.is_none() && args.mount.is_none() {
+        bail!("nothing to check: pass --local DIR, --store URL and/or --mount MOUNTPOINT");
     }
-    if args.local.is_none() && args.store.is_none() {
-        bail!("nothing to check: pass --local DIR and/or --store URL");
-    }
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let states = StateDir::default();
+    // A mount knows its store: `verify --mount M` alone needs no URL.
+    let mount_url = match (&args.mount, &args.store, &config.store.url) {
+        (Some(mountpoint), None, None) => Some(states.read(mountpoint)?.store),
+        _ => None,
+    };
+    let url = args.store.as_deref().or(mount_url.as_deref());
+    let store = open_store(url, config, "--store").await?;
     let bar = progress();
     let mut reports = Vec::new();
     if let Some(dir) = &args.local {
@@ -509,12 +515,19 @@ pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
             .with_context(|| format!("cannot check {}", dir.display()))?;
         reports.push(("local", report));
     }
+    if let Some(mountpoint) = &args.mount {
+        bar.set_message(format!("hashing {}", mountpoint.display()));
+        let report = verify::verify_mount(&*store, mountpoint, &states, args.generation)
+            .await
+            .with_context(|| format!("cannot check {}", mountpoint.display()))?;
+        reports.push(("mount", report));
+    }
     if args.store.is_some() {
         bar.set_message(format!("checking {}", store.url()));
-        reports.push((
-            "store",
-            verify::verify_store(&*store, args.generation, args.deep).await?,
-        ));
+        let report = verify::verify_store(&*store, args.generation, args.deep)
+            .await
+            .with_context(|| format!("cannot check {}", store.url()))?;
+        reports.push(("store", report));
     }
     bar.finish_and_clear();
     let differences: usize = reports.iter().map(|(_, r)| r.findings.len()).sum();
@@ -526,10 +539,10 @@ pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
         println!("{}", serde_json::to_string(&summaries)?);
     } else {
         for (check, r) in &reports {
-            let what = if *check == "local" {
-                "files"
-            } else {
+            let what = if *check == "store" {
                 "objects"
+            } else {
+                "files"
             };
             println!(
                 "{check}: generation {} (tree {}): {} {what} checked, {} hashed, {} differences{}",

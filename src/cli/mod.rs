@@ -75,6 +75,8 @@ enum Command {
     Rollback(commands::RollbackArgs),
     /// Delete old generations and the objects only they used.
     Gc(commands::GcArgs),
+    /// Materialise one generation as a local directory (for Airflow workers).
+    Checkout(mount::CheckoutArgs),
     /// Show what sync, mount and failover are doing on this host.
     Status,
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
@@ -94,6 +96,7 @@ impl Command {
             Command::Diff(_) => "diff",
             Command::Rollback(_) => "rollback",
             Command::Gc(_) => "gc",
+            Command::Checkout(_) => "checkout",
             Command::Status => "status",
             Command::Run => "run",
         }
@@ -151,6 +154,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
         Command::Mount(args) => mount::mount(args, &config).await,
+        Command::Checkout(args) => mount::checkout(args, &config).await,
         _ => {
             // Each command arrives with the issue that builds it; until then it says so.
             eprintln!(
@@ -180,6 +184,16 @@ fn one_line(error: &anyhow::Error) -> String {
                 line.push_str(": ");
             }
             line.push_str(&text);
+        }
+    }
+    if let Some(store) = error
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
+    {
+        if store.kind().is_transient() {
+            line.push_str(
+                "; is the store reachable? check the URL, HADOOP_CONF_DIR and that the NameNode is up",
+            );
         }
     }
     line.replace('\n', " ")

@@ -172,6 +172,17 @@ impl MiniDfs {
         }
     }
 
+    /// `hadoop fs ARGS` (Hadoop's own FsShell) against this cluster, as the superuser.
+    pub fn hadoop_fs(&self, args: &[&str]) -> std::process::Output {
+        let classpath = format!("{}:{}", self.conf_dir.display(), classpath());
+        Command::new("java")
+            .args(["-cp", &classpath, "org.apache.hadoop.fs.FsShell"])
+            .args(args)
+            .env("HADOOP_USER_NAME", superuser())
+            .output()
+            .expect("run hadoop fs")
+    }
+
     /// Sends a launcher command (`stop-namenode 0`...) and waits for its `OK`.
     pub fn command(&self, command: &str) {
         let mut control = self.control.lock().unwrap();
