@@ -64,6 +64,16 @@ fn tree_id(out: &Output) -> String {
     summary["tree_id"].as_str().unwrap().to_string()
 }
 
+/// `hadoop fs ARGS` on `cluster`; panics with Hadoop's message if it fails.
+fn hadoop_fs(cluster: &MiniDfs, args: &[&str]) {
+    let out = cluster.hadoop_fs(args);
+    assert!(
+        out.status.success(),
+        "hadoop fs {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
 /// The tree id of a `dagfs push` of `dir` into a fresh local store at `store`.
 fn push_tree_id(cluster: &MiniDfs, dir: &Path, store: &Path) -> String {
     let (dir, store) = (dir.to_str().unwrap(), store.to_str().unwrap());
@@ -130,8 +140,11 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
 
     let path = root.strip_prefix(cluster.url()).unwrap();
     let source = format!("{root}/dags");
-    cluster.hadoop_fs(&["-mkdir", "-p", path]);
-    cluster.hadoop_fs(&["-put", "-p", "-t", "16", dags.to_str().unwrap(), path]);
+    hadoop_fs(cluster, &["-mkdir", "-p", path]);
+    hadoop_fs(
+        cluster,
+        &["-put", "-p", "-t", "16", dags.to_str().unwrap(), path],
+    );
 
     let imported = tree_id(&dagfs(
         cluster,
@@ -148,12 +161,15 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
     assert_eq!(imported, pushed);
 
     let fetched = local.path().join("fetched");
-    cluster.hadoop_fs(&[
-        "-get",
-        "-p",
-        &format!("{path}/dags"),
-        fetched.to_str().unwrap(),
-    ]);
+    hadoop_fs(
+        cluster,
+        &[
+            "-get",
+            "-p",
+            &format!("{path}/dags"),
+            fetched.to_str().unwrap(),
+        ],
+    );
     let pushed_copy = push_tree_id(cluster, &fetched, &local.path().join("pushed-copy"));
     assert_eq!(imported, pushed_copy);
 

@@ -238,23 +238,6 @@ impl MiniDfs {
             .unwrap();
         client.set_permission(path, mode).await.unwrap();
     }
-
-    /// Runs `hadoop fs ARGS` (Hadoop's own FsShell) against this cluster as the superuser;
-    /// panics with its output if it fails.
-    pub fn hadoop_fs(&self, args: &[&str]) {
-        let out = Command::new("java")
-            .arg("-cp")
-            .arg(format!("{}:{}", self.conf_dir.display(), classpath()))
-            .arg("org.apache.hadoop.fs.FsShell")
-            .args(args)
-            .output()
-            .expect("run java FsShell");
-        assert!(
-            out.status.success(),
-            "hadoop fs {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 impl Drop for MiniDfs {
