@@ -8,6 +8,7 @@
 //! - [`scan`]: which files of a DAG folder are published, and their digests;
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
+//! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
 //! - [`cache`]: the mount's verified local cache of manifests and objects;
 //! - [`checkout`]: one generation materialised as a local directory (Airflow workers);
@@ -25,6 +26,7 @@ pub mod config;
 pub mod format;
 pub mod gc;
 pub mod generations;
+pub mod import;
 pub mod mirror;
 pub mod mount;
 pub mod publish;

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -57,10 +58,10 @@ pub enum PublishError {
         paths: Vec<String>,
     },
     /// A file changed or vanished between scan and upload.
-    #[error("{}: changed while being published ({reason}); nothing was committed, push again", .path.display())]
+    #[error("{path}: changed while being published ({reason}); nothing was committed, push again")]
     ChangedDuringPush {
-        /// The local file.
-        path: PathBuf,
+        /// The source file: a local path, or the URL of a file in a source store.
+        path: String,
         /// What happened.
         reason: String,
     },
@@ -100,14 +101,61 @@ fn list(paths: &[String]) -> String {
     text
 }
 
+/// Where the bytes of an object can be read for uploading.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A local file (of a scanned DAG folder).
+    File(PathBuf),
+    /// A file in another store (a plain folder being imported, see [`crate::import`]).
+    Store {
+        /// The source store.
+        store: Arc<dyn Store>,
+        /// The file's key in it.
+        key: String,
+    },
+}
+
+impl Source {
+    /// The file, for messages: a local path or a URL.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Store { store, key } => {
+                format!("{}/{key}", store.url().trim_end_matches('/'))
+            }
+        }
+    }
+
+    /// Reads the whole file; the error says why in words.
+    async fn read(&self) -> Result<Bytes, String> {
+        match self {
+            Source::File(path) => {
+                let path = path.clone();
+                match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+                    Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Source::Store { store, key } => store.read(key).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl From<PathBuf> for Source {
+    fn from(path: PathBuf) -> Source {
+        Source::File(path)
+    }
+}
+
 /// The tree a publisher wants, and where the bytes of its files can be read.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     /// Entries relative to the prefix (or the root).
     pub entries: Vec<Entry>,
-    /// Local files holding the content of each digest; digests without one must already be
-    /// in the store (a rollback's).
-    pub sources: BTreeMap<Digest, PathBuf>,
+    /// Where the content of each digest can be read; digests without a source must already
+    /// be in the store (a rollback's).
+    pub sources: BTreeMap<Digest, Source>,
 }
 
 impl Desired {
@@ -117,7 +165,7 @@ impl Desired {
             entries: files.iter().map(|f| f.entry.clone()).collect(),
             sources: files
                 .iter()
-                .map(|f| (f.entry.blake3, f.local.clone()))
+                .map(|f| (f.entry.blake3, Source::File(f.local.clone())))
                 .collect(),
         }
     }
@@ -374,7 +422,7 @@ async fn upload_objects(
     concurrency: usize,
 ) -> Result<Uploaded, PublishError> {
     let mut seen = HashSet::new();
-    let needed: Vec<(Entry, Option<PathBuf>)> = changes
+    let needed: Vec<(Entry, Option<Source>)> = changes
         .iter()
         .filter_map(Change::new_entry)
         .filter(|e| seen.insert(e.blake3))
@@ -435,7 +483,7 @@ async fn restore_reused(
 async fn upload_object(
     store: &dyn Store,
     entry: Entry,
-    source: Option<PathBuf>,
+    source: Option<Source>,
 ) -> Result<Option<u64>, PublishError> {
     let key = object_key(&entry.blake3);
     match store.stat(&key).await {
@@ -455,7 +503,7 @@ async fn upload_object(
             path: entry.path.clone(),
         });
     };
-    let bytes = read_verified(source, entry.blake3).await?;
+    let bytes = read_verified(&source, entry.blake3).await?;
     let len = bytes.len() as u64;
     match store.put(&key, bytes, Overwrite::Allow).await {
         Ok(()) => Ok(Some(len)),
@@ -463,23 +511,17 @@ async fn upload_object(
     }
 }
 
-/// Reads a local file and checks it still has the digest the scan found.
-async fn read_verified(path: PathBuf, digest: Digest) -> Result<Bytes, PublishError> {
-    let read_path = path.clone();
-    let read = tokio::task::spawn_blocking(move || std::fs::read(read_path)).await;
+/// Reads a source file and checks it still has the digest the scan found.
+async fn read_verified(source: &Source, digest: Digest) -> Result<Bytes, PublishError> {
     let changed = |reason: String| PublishError::ChangedDuringPush {
-        path: path.clone(),
+        path: source.describe(),
         reason,
     };
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return Err(changed(e.to_string())),
-        Err(e) => return Err(changed(e.to_string())),
-    };
+    let bytes = source.read().await.map_err(changed)?;
     if Digest::of(&bytes) != digest {
         return Err(changed("its content no longer matches the scan".into()));
     }
-    Ok(Bytes::from(bytes))
+    Ok(bytes)
 }
 
 /// Tries to commit `manifest` under its generation number. `Ok(true)`: it is committed (maybe
@@ -528,7 +570,7 @@ mod tests {
             let local = dir.join(path.replace('/', "_"));
             std::fs::write(&local, content).unwrap();
             let e = entry(path, content);
-            d.sources.insert(e.blake3, local);
+            d.sources.insert(e.blake3, local.into());
             d.entries.push(e);
         }
         d
@@ -772,7 +814,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::open(dir.path().join("store")).await.unwrap();
             let d = desired(dir.path(), &[("a.py", "scanned"), ("b.py", "kept")]);
-            edit(&d.sources[&Digest::of(b"scanned")]);
+            let Source::File(scanned) = &d.sources[&Digest::of(b"scanned")] else {
+                unreachable!("the test tree is local")
+            };
+            edit(scanned);
             let err = publish(&store, &d, &PublishOptions::default())
                 .await
                 .unwrap_err();

@@ -1,4 +1,4 @@
-//! The generation commands: `push`, `log`, `diff`, `rollback`, `gc`.
+//! The generation commands: `push`, `import`, `log`, `diff`, `rollback`, `gc`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::format::Manifest;
 use crate::gc::GcOptions;
 use crate::generations::{self, Change};
+use crate::import::ImportOptions;
 use crate::mirror::{self, MirrorOutcome};
 use crate::mount::state::StateDir;
 use crate::publish::{self, Desired, Outcome, PublishOptions};
@@ -47,6 +48,28 @@ pub struct PushArgs {
     /// Publish even if the folder is empty, removing every file (under the prefix).
     #[arg(long)]
     allow_empty: bool,
+}
+
+/// Arguments of `dagfs import`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The folder is only read; it is imported as one consistent state (listed, hashed, \
+listed again; retried if it moved). Files keep their HDFS permission bits and modification times, \
+so the generation equals a `dagfs push` of the same files with the same modes and mtimes \
+(e.g. fetched with `hdfs dfs -get -p`)."
+)]
+pub struct ImportArgs {
+    /// URL of the plain DAG folder to import, e.g. hdfs://nameservice/airflow/dags.
+    source: String,
+    /// Store URL [default: store.url from the config]; must not overlap the folder.
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// Message recorded with the generation [default: "import of SOURCE"].
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `dagfs verify`.
@@ -258,6 +281,35 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
         &bar,
     )
     .await
+}
+
+/// `dagfs import`.
+pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
+    let target_url = args.to.as_deref().or(config.store.url.as_deref());
+    if let Some(target_url) = target_url {
+        // Before opening anything: an overlap is a usage mistake, whatever the stores hold.
+        crate::import::check_separate(&args.source, target_url)?;
+    }
+    let target = open_store(args.to.as_deref(), config, "--to").await?;
+    let source: std::sync::Arc<dyn Store> =
+        crate::store::open(&args.source, &config.store.hdfs_options())
+            .await?
+            .into();
+    let bar = progress();
+    bar.set_message(format!("importing {}", source.url()));
+    let options = ImportOptions {
+        scan: config.scan.options(),
+        publish: PublishOptions {
+            message: args
+                .message
+                .unwrap_or_else(|| format!("import of {}", args.source)),
+            concurrency: config.publish.concurrency,
+            ..PublishOptions::default()
+        },
+        ..ImportOptions::default()
+    };
+    let outcome = crate::import::import(source, &*target, &options).await?;
+    finish_publish(&*target, outcome, config.publish.mirror, args.json, &bar).await
 }
 
 /// `dagfs rollback`.

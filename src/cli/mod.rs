@@ -59,6 +59,8 @@ enum Command {
     Sync,
     /// Publish a DAG folder once as a new generation (if anything changed).
     Push(commands::PushArgs),
+    /// Import a plain DAG folder (e.g. the NFS-gateway one on HDFS) as a new generation.
+    Import(commands::ImportArgs),
     /// Serve the committed generation as a read-only FUSE mount.
     Mount(mount::MountArgs),
     /// Check a local folder, the store and mounts against each other by content hash.
@@ -86,6 +88,7 @@ impl Command {
         match self {
             Command::Sync => "sync",
             Command::Push(_) => "push",
+            Command::Import(_) => "import",
             Command::Mount(_) => "mount",
             Command::Verify(_) => "verify",
             Command::Failover => "failover",
@@ -145,6 +148,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
     }
     let result = match command {
         Command::Push(args) => commands::push(args, &config).await,
+        Command::Import(args) => commands::import(args, &config).await,
         Command::Log(args) => commands::log(args, &config).await,
         Command::Diff(args) => commands::diff(args, &config).await,
         Command::Rollback(args) => commands::rollback(args, &config).await,

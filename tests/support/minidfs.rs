@@ -224,6 +224,20 @@ impl MiniDfs {
     pub fn transition_to_standby(&self, index: usize) {
         self.command(&format!("transition-to-standby {index}"));
     }
+
+    /// Sets the permission bits of `url` (a URL under this cluster) as the superuser.
+    pub async fn set_permission(&self, url: &str, mode: u32) {
+        let path = url
+            .strip_prefix(self.url.as_str())
+            .unwrap_or_else(|| panic!("{url} is not on this cluster ({})", self.url));
+        let client = hdfs_native::ClientBuilder::new()
+            .with_url(&self.url)
+            .with_config_dir(self.conf_dir.display().to_string())
+            .with_user(superuser())
+            .build()
+            .unwrap();
+        client.set_permission(path, mode).await.unwrap();
+    }
 }
 
 impl Drop for MiniDfs {
