@@ -40,7 +40,7 @@ pub enum CheckoutError {
     #[error("{0} has no generations yet; publish one with `dagfs push`")]
     Empty(String),
     /// The store serves corrupt bytes for some files.
-    #[error("generation {generation} cannot be checked out: the store serves corrupt bytes for {files:?}; re-publish them, then check with `dagfs verify --store URL --deep`")]
+    #[error("generation {generation} cannot be checked out: the store serves corrupt bytes for {files:?}; `dagfs verify --store URL --deep` names their objects; put the right bytes back with `hadoop fs -put -f`")]
     Corrupt {
         /// The generation.
         generation: u64,
