@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -172,7 +172,6 @@ fn walk(
     root: &Path,
     options: &ScanOptions,
 ) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ScanError> {
-    let builtin = builtin_file_patterns();
     let io_err = |path: &Path, source| ScanError::Io {
         path: path.to_path_buf(),
         source,
@@ -202,18 +201,14 @@ fn walk(
         let Some(name) = name.to_str() else {
             return Err(ScanError::NonUtf8(dirent.path().to_path_buf()));
         };
-        if depth > 0 {
-            let ignored_by_name = if is_dir {
-                IGNORED_DIRS.contains(&name)
-            } else {
-                builtin.is_match(name)
-            };
-            if ignored_by_name || rules.iter().any(|(_, r)| r.ignores(dirent.path(), is_dir)) {
-                if is_dir {
-                    walker.skip_current_dir();
-                }
-                continue;
+        if depth > 0
+            && (is_builtin_ignored(name, is_dir)
+                || rules.iter().any(|(_, r)| r.ignores(dirent.path(), is_dir)))
+        {
+            if is_dir {
+                walker.skip_current_dir();
             }
+            continue;
         }
         if is_dir {
             let ignore_file = dirent.path().join(AIRFLOWIGNORE);
@@ -264,12 +259,22 @@ fn walk_error(root: &Path, err: walkdir::Error) -> ScanError {
     }
 }
 
-fn builtin_file_patterns() -> GlobSet {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in IGNORED_FILES {
-        builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
+/// Whether scans always leave out a file or directory of this name (build and VCS debris,
+/// editor temporaries), whatever `.airflowignore` says.
+pub fn is_builtin_ignored(name: &str, is_dir: bool) -> bool {
+    static FILE_PATTERNS: OnceLock<GlobSet> = OnceLock::new();
+    if is_dir {
+        return IGNORED_DIRS.contains(&name);
     }
-    builder.build().expect("built-in patterns are valid")
+    FILE_PATTERNS
+        .get_or_init(|| {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in IGNORED_FILES {
+                builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
+            }
+            builder.build().expect("built-in patterns are valid")
+        })
+        .is_match(name)
 }
 
 /// The rules of one `.airflowignore` file.

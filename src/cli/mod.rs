@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod status;
+mod sync;
 
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
@@ -55,7 +57,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch a DAG folder and publish every change as a new generation.
-    Sync,
+    Sync(sync::SyncArgs),
     /// Publish a DAG folder once as a new generation (if anything changed).
     Push(commands::PushArgs),
     /// Serve the committed generation as a read-only FUSE mount.
@@ -73,7 +75,7 @@ enum Command {
     /// Delete old generations and the objects only they used.
     Gc(commands::GcArgs),
     /// Show what sync, mount and failover are doing on this host.
-    Status,
+    Status(status::StatusArgs),
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
     Run,
 }
@@ -81,7 +83,7 @@ enum Command {
 impl Command {
     fn name(&self) -> &'static str {
         match self {
-            Command::Sync => "sync",
+            Command::Sync(_) => "sync",
             Command::Push(_) => "push",
             Command::Mount => "mount",
             Command::Verify(_) => "verify",
@@ -90,7 +92,7 @@ impl Command {
             Command::Diff(_) => "diff",
             Command::Rollback(_) => "rollback",
             Command::Gc(_) => "gc",
-            Command::Status => "status",
+            Command::Status(_) => "status",
             Command::Run => "run",
         }
     }
@@ -139,7 +141,18 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
         };
     }
+    if let Command::Status(args) = command {
+        // status has its own exit codes: 0 all well, 1 something exited or reports an error.
+        return match status::status(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("dagfs status: {}", one_line(&e));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     let result = match command {
+        Command::Sync(args) => sync::sync(args, &config).await,
         Command::Push(args) => commands::push(args, &config).await,
         Command::Log(args) => commands::log(args, &config).await,
         Command::Diff(args) => commands::diff(args, &config).await,
