@@ -62,7 +62,7 @@ pub enum WatchEvent {
 /// directory's own creation event triggers.
 pub struct Watcher {
     _inner: RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<WatchEvent>,
+    events: mpsc::UnboundedReceiver<(WatchEvent, Instant)>,
 }
 
 impl Watcher {
@@ -71,9 +71,10 @@ impl Watcher {
         let (tx, events) = mpsc::unbounded_channel();
         let root_owned = root.to_path_buf();
         let handler = move |result: notify::Result<notify::Event>| {
+            let at = Instant::now();
             for event in translate(&root_owned, result) {
                 // The receiver is gone only when the daemon is shutting down.
-                let _ = tx.send(event);
+                let _ = tx.send((event, at));
             }
         };
         let error = |e: notify::Error| WatchError {
@@ -88,9 +89,15 @@ impl Watcher {
         })
     }
 
-    /// The next event; `None` only if the watcher thread died.
-    pub async fn next(&mut self) -> Option<WatchEvent> {
+    /// The next event and when it was seen (the daemon may be busy when it arrives); `None`
+    /// only if the watcher thread died.
+    pub async fn next(&mut self) -> Option<(WatchEvent, Instant)> {
         self.events.recv().await
+    }
+
+    /// An event already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<(WatchEvent, Instant)> {
+        self.events.try_recv().ok()
     }
 }
 
@@ -164,7 +171,10 @@ pub struct Debouncer {
     first: Option<Instant>,
     last: Option<Instant>,
     rescans: Vec<(PathBuf, String)>,
+    /// Files modified and not closed since, with the time of their last modification.
     writing: HashMap<PathBuf, Instant>,
+    /// Files closed after writing and not modified since, with the time of the close.
+    closed: HashMap<PathBuf, Instant>,
 }
 
 impl Debouncer {
@@ -177,6 +187,7 @@ impl Debouncer {
             last: None,
             rescans: Vec::new(),
             writing: HashMap::new(),
+            closed: HashMap::new(),
         }
     }
 
@@ -187,10 +198,12 @@ impl Debouncer {
         match event {
             WatchEvent::Changed { path, writing } => match writing {
                 Some(true) => {
+                    self.closed.remove(&path);
                     self.writing.insert(path, now);
                 }
                 Some(false) => {
                     self.writing.remove(&path);
+                    self.closed.insert(path, now);
                 }
                 None => {}
             },
@@ -215,11 +228,12 @@ impl Debouncer {
         Some((last + self.quiet).min(first + self.max_delay))
     }
 
-    /// Ends the pending batch: returns the lost-event rescans it held (for the log).
-    pub fn take(&mut self) -> Vec<(PathBuf, String)> {
-        self.first = None;
+    /// Ends the pending batch: returns when its first event came (now if none is pending)
+    /// and the lost-event rescans it held (for the log).
+    pub fn take(&mut self, now: Instant) -> (Instant, Vec<(PathBuf, String)>) {
+        let first = self.first.take().unwrap_or(now);
         self.last = None;
-        std::mem::take(&mut self.rescans)
+        (first, std::mem::take(&mut self.rescans))
     }
 
     /// Whether `path` was modified and not closed since, less than [`WRITING_TIMEOUT`] ago.
@@ -229,10 +243,18 @@ impl Debouncer {
             .is_some_and(|&since| now.duration_since(since) < WRITING_TIMEOUT)
     }
 
-    /// Forgets writers idle longer than [`WRITING_TIMEOUT`] (and files that no longer exist).
+    /// Whether the watcher saw `path` closed after writing, and not modified since: its
+    /// writer is done with it.
+    pub fn was_closed(&self, path: &Path) -> bool {
+        self.closed.contains_key(path)
+    }
+
+    /// Forgets writers idle and closes older than [`WRITING_TIMEOUT`], and files that no
+    /// longer exist.
     pub fn prune_writers(&mut self, now: Instant) {
-        self.writing
-            .retain(|path, since| now.duration_since(*since) < WRITING_TIMEOUT && path.exists());
+        for files in [&mut self.writing, &mut self.closed] {
+            files.retain(|path, at| now.duration_since(*at) < WRITING_TIMEOUT && path.exists());
+        }
     }
 }
 
@@ -265,7 +287,7 @@ mod tests {
         }
         // ...but the batch is due at most MAX after its first event.
         assert_eq!(debouncer.due(), Some(start + MAX));
-        assert!(debouncer.take().is_empty());
+        assert_eq!(debouncer.take(now), (start, Vec::new()));
         assert!(!debouncer.is_pending());
         assert_eq!(debouncer.due(), None);
     }
@@ -281,8 +303,15 @@ mod tests {
             !debouncer.is_writing(path, now + WRITING_TIMEOUT),
             "an idle writer stops counting"
         );
+        assert!(!debouncer.was_closed(path));
         debouncer.record(changed("/d/slow.py", Some(false)), now);
         assert!(!debouncer.is_writing(path, now));
+        assert!(debouncer.was_closed(path));
+        debouncer.record(changed("/d/slow.py", Some(true)), now);
+        assert!(
+            !debouncer.was_closed(path),
+            "modified again after the close"
+        );
     }
 
     #[test]
@@ -299,7 +328,7 @@ mod tests {
             now,
         );
         assert_eq!(
-            debouncer.take(),
+            debouncer.take(now).1,
             vec![(PathBuf::from("/d"), "overflow".to_string())]
         );
     }
@@ -350,7 +379,7 @@ mod tests {
                 .await
                 .expect("the new directory is reported")
                 .unwrap();
-            if matches!(&event, WatchEvent::Changed { path, .. } if path == &root.join("team")) {
+            if matches!(&event.0, WatchEvent::Changed { path, .. } if path == &root.join("team")) {
                 break;
             }
         }
@@ -359,7 +388,7 @@ mod tests {
         loop {
             std::fs::write(&file, "x").unwrap();
             match tokio::time::timeout(Duration::from_millis(200), watcher.next()).await {
-                Ok(Some(WatchEvent::Changed { path, .. })) if path == file => break,
+                Ok(Some((WatchEvent::Changed { path, .. }, _))) if path == file => break,
                 Ok(_) | Err(_) => assert!(
                     tokio::time::Instant::now() < deadline,
                     "writes in the new directory are never reported"

@@ -10,11 +10,13 @@
 //! compares with the head).
 //!
 //! A file is stable when it is not open for writing (modified and not yet closed, per the
-//! watcher) and its size and mtime have not changed during the last quiet window: its mtime
-//! is at least a quiet window old, or the same size and mtime were already seen a quiet
-//! window ago (for clocks that disagree with the file system's). An unstable file keeps its
-//! last published content (or stays unpublished if new) and is looked at again a window
-//! later.
+//! watcher) and either the watcher saw its writer close it, or its size and mtime have not
+//! changed during the last quiet window: its mtime is at least a quiet window old, or the
+//! same size and mtime were already seen a quiet window ago (for clocks that disagree with
+//! the file system's). Events that arrived during the scan are taken into account before
+//! deciding. An unstable file keeps its last published content (or stays unpublished if
+//! new) and is looked at again a window later; it holds back the whole batch until the
+//! batch's first change is the maximum delay old, then the stable part goes out without it.
 //!
 //! Failures are classified by what fixes them (see [`Failure`]): transient store errors are
 //! retried with capped exponential backoff and jitter, errors an administrator must fix are
@@ -26,6 +28,7 @@ pub mod state;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -216,7 +219,11 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let watchdog = spawn_watchdog();
-    let mut daemon = Daemon::new(store, options, metrics, health, files);
+    let store: Arc<dyn Store> = Arc::from(store);
+    let mirror = options
+        .mirror
+        .then(|| MirrorWorker::spawn(Arc::clone(&store)));
+    let mut daemon = Daemon::new(store, options, metrics, health, files, mirror);
     daemon.save_state();
     tracing::info!(dir = %daemon.options.dir.display(), store = daemon.store.url(), "watching");
 
@@ -229,11 +236,11 @@ pub async fn run(
             biased;
             _ = stopping.wait_for(|s| *s) => break,
             event = watcher.next() => match event {
-                Some(event) => daemon.debouncer.record(event, Instant::now()),
+                Some((event, at)) => daemon.debouncer.record(event, at),
                 None => return Err(SyncError::WatcherStopped(daemon.options.dir.clone())),
             },
             _ = tokio::time::sleep_until(wake.into()) => {
-                let stopped = daemon.wake(stop.clone()).await;
+                let stopped = daemon.wake(&mut watcher, stop.clone()).await;
                 if !ready {
                     ready = true;
                     notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -247,6 +254,9 @@ pub async fn run(
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(mirror) = daemon.mirror.take() {
+        mirror.stop();
     }
     daemon.save_cache();
     if let Err(e) = daemon.files.remove(&daemon.options.dir) {
@@ -277,11 +287,48 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
+/// Updates the plain mirror in the background, so the next generation does not wait for
+/// the mirror of the last one. Requests coalesce: one update after several generations.
+struct MirrorWorker {
+    wanted: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MirrorWorker {
+    fn spawn(store: Arc<dyn Store>) -> MirrorWorker {
+        let (wanted, mut requests) = watch::channel(0);
+        // Bring the mirror up to date once at start: the last daemon may have stopped before
+        // it did.
+        requests.mark_changed();
+        let task = tokio::spawn(async move {
+            while requests.changed().await.is_ok() {
+                if let Err(e) = crate::mirror::update(&*store).await {
+                    // The generation is committed; the mirror catches up with the next one.
+                    tracing::warn!(error = %e, "mirror not updated");
+                }
+            }
+        });
+        MirrorWorker { wanted, task }
+    }
+
+    /// Asks for the mirror of `generation` (or a later one).
+    fn request(&self, generation: u64) {
+        self.wanted.send_replace(generation);
+    }
+
+    /// Stops at once; an update cut short is finished by the next one (the mirror's own
+    /// protocol is crash-safe).
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
 /// A file that changed but is not yet stable, first seen at some instant.
 type Observation = ((u64, i64), Instant);
 
 struct Daemon {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
+    mirror: Option<MirrorWorker>,
     options: SyncOptions,
     metrics: SyncMetrics,
     health: Health,
@@ -296,6 +343,8 @@ struct Daemon {
     observed: HashMap<String, Observation>,
     /// When to look again at files held back.
     recheck_at: Option<Instant>,
+    /// When the oldest change not yet published was first seen.
+    pending_since: Option<Instant>,
     /// When to retry after a failure (none while waiting for a local change).
     retry_at: Option<Instant>,
     /// Waiting for a local change before trying again.
@@ -305,11 +354,12 @@ struct Daemon {
 
 impl Daemon {
     fn new(
-        store: Box<dyn Store>,
+        store: Arc<dyn Store>,
         options: SyncOptions,
         metrics: SyncMetrics,
         health: Health,
         files: SyncFiles,
+        mirror: Option<MirrorWorker>,
     ) -> Daemon {
         let cache = HashCache::default_location(&options.dir)
             .map_or_else(HashCache::in_memory, HashCache::load);
@@ -335,6 +385,7 @@ impl Daemon {
             debouncer: Debouncer::new(options.quiet_window, options.max_delay),
             next_rescan: Instant::now() + options.rescan_interval,
             store,
+            mirror,
             options,
             metrics,
             health,
@@ -344,6 +395,7 @@ impl Daemon {
             published: None,
             observed: HashMap::new(),
             recheck_at: None,
+            pending_since: None,
             retry_at: None,
             blocked: false,
         }
@@ -365,7 +417,7 @@ impl Daemon {
 
     /// Handles a wake-up: schedules rescans and rechecks, and runs an attempt when a batch is
     /// due. Returns whether shutdown was requested during the attempt.
-    async fn wake(&mut self, stop: watch::Receiver<bool>) -> bool {
+    async fn wake(&mut self, watcher: &mut Watcher, stop: watch::Receiver<bool>) -> bool {
         let now = Instant::now();
         if now >= self.next_rescan {
             self.next_rescan = now + self.options.rescan_interval;
@@ -386,19 +438,21 @@ impl Daemon {
             self.debouncer.request(now);
         }
         if self.debouncer.due().is_some_and(|due| now >= due) {
-            return self.attempt(stop).await;
+            return self.attempt(watcher, stop).await;
         }
         false
     }
 
     /// One attempt: scan, keep back unstable files, publish the rest. Returns whether
     /// shutdown was requested meanwhile.
-    async fn attempt(&mut self, mut stop: watch::Receiver<bool>) -> bool {
-        for (subtree, reason) in self.debouncer.take() {
+    async fn attempt(&mut self, watcher: &mut Watcher, mut stop: watch::Receiver<bool>) -> bool {
+        let now = Instant::now();
+        let (first, rescans) = self.debouncer.take(now);
+        for (subtree, reason) in rescans {
             tracing::warn!(subtree = %subtree.display(), reason, "events were lost; rescanning");
         }
+        let pending_since = *self.pending_since.get_or_insert(first);
         self.blocked = false;
-        let now = Instant::now();
         self.debouncer.prune_writers(now);
 
         let scanned = match self.scan().await {
@@ -408,6 +462,10 @@ impl Daemon {
                 return false;
             }
         };
+        // What happened while scanning counts: a file rewritten meanwhile is being written.
+        while let Some((event, at)) = watcher.try_next() {
+            self.debouncer.record(event, at);
+        }
         if self.published.is_none() {
             match generations::load_head(&*self.store).await {
                 Ok(head) => {
@@ -430,7 +488,13 @@ impl Daemon {
         self.state.pending_changes = pending + held_back;
         self.state.held_back = held_back;
         self.metrics.pending.set((pending + held_back) as i64);
-        if pending == 0 {
+        // Files still being written hold the batch back, up to the maximum delay; after
+        // that the stable part goes out without them.
+        let wait_for_writers = held_back > 0 && now < pending_since + self.options.max_delay;
+        if pending == 0 || wait_for_writers {
+            if held_back == 0 {
+                self.pending_since = None;
+            }
             self.state.phase = if held_back > 0 {
                 Phase::Pending
             } else {
@@ -465,10 +529,7 @@ impl Daemon {
             }
         };
         match result {
-            Ok(outcome) => {
-                self.succeeded(outcome, desired.entries, started, stopped)
-                    .await
-            }
+            Ok(outcome) => self.succeeded(outcome, desired.entries, started),
             Err(e) => {
                 let (failure, kind) = Failure::of(&e);
                 self.fail(failure, kind, e.to_string());
@@ -520,7 +581,9 @@ impl Daemon {
             let mtime = UNIX_EPOCH + Duration::from_nanos(file.entry.mtime_ns.max(0) as u64);
             let quiet_since_mtime = wall.duration_since(mtime).is_ok_and(|age| age >= quiet);
             let stable = !self.debouncer.is_writing(&file.local, now)
-                && (quiet_since_mtime || now.duration_since(since) >= quiet);
+                && (self.debouncer.was_closed(&file.local)
+                    || quiet_since_mtime
+                    || now.duration_since(since) >= quiet);
             if stable {
                 kept.push(file);
             } else {
@@ -543,14 +606,9 @@ impl Daemon {
         (desired, held.len())
     }
 
-    async fn succeeded(
-        &mut self,
-        outcome: Outcome,
-        entries: Vec<Entry>,
-        started: Instant,
-        stopping: bool,
-    ) {
+    fn succeeded(&mut self, outcome: Outcome, entries: Vec<Entry>, started: Instant) {
         self.published = Some(entries);
+        self.pending_since = None;
         self.metrics
             .publish_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -578,11 +636,10 @@ impl Daemon {
         self.health.set_healthy();
         self.save_state();
         self.save_cache();
-        if self.options.mirror && outcome.published && !stopping {
-            if let Err(e) = crate::mirror::update(&*self.store).await {
-                // The generation is committed; the mirror catches up after the next one.
-                tracing::warn!(error = %e, "mirror not updated");
-            }
+        if let (Some(mirror), Some(generation), true) =
+            (&self.mirror, outcome.generation, outcome.published)
+        {
+            mirror.request(generation);
         }
     }
 
