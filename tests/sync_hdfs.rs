@@ -526,3 +526,38 @@ async fn kill_9_and_restart_converges_without_uploading_unchanged_content() {
     assert_eq!(metrics["dagfs_sync_generations_published_total"], 1.0);
     daemon.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permission_denied_is_reported_loudly_and_retried_without_exiting() {
+    let cluster = tokio::task::spawn_blocking(MiniDfs::shared).await.unwrap();
+    let mut daemon = SyncDaemon::prepare(cluster, "sync-denied", &[("a.py", "a")]);
+    // The store root exists, owned by the superuser and not writable by others.
+    let store = daemon.store().await;
+    store.mkdirs("generations").await.unwrap();
+    let mut command = daemon.command(&[]);
+    let log = std::fs::File::create(&daemon.log).unwrap();
+    let dir = daemon.dir.to_str().unwrap().to_string();
+    daemon.child = Some(
+        command
+            .args(["--log-format", "json", "sync", &dir, "--to", &daemon.url])
+            .env("DAGFS_STORE_USER", "mallory")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let state = until(DEADLINE, "a permission error in the status", || async {
+        daemon
+            .state()
+            .filter(|s| s.last_error_kind.as_deref() == Some("permission") && s.failures >= 1)
+    })
+    .await;
+    assert_eq!(state.phase, Phase::Retrying);
+    assert!(state.last_error.unwrap().contains("permission denied"));
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("permission")),
+        "{log}"
+    );
+    daemon.assert_running();
+}

@@ -1,0 +1,112 @@
+//! `dagfs sync` and `dagfs status` as a user meets them, on a local store: bad input gives
+//! one line and the right exit code; status reports running and dead daemons.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn dagfs(runtime: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+    command
+        .env_remove("DAGFS_CONFIG")
+        .env("DAGFS_RUNTIME_DIR", runtime)
+        .env("XDG_CACHE_HOME", runtime.join("cache"));
+    command
+}
+
+fn run(runtime: &Path, args: &[&str]) -> Output {
+    dagfs(runtime).args(args).output().expect("run dagfs")
+}
+
+fn one_line_error(output: &Output, code: i32) -> String {
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "{text}");
+    assert_eq!(
+        text.trim_end().lines().count(),
+        1,
+        "one line expected:\n{text}"
+    );
+    text
+}
+
+/// Polls `dagfs status --json` until `check` accepts it.
+fn status_until(runtime: &Path, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = run(runtime, &["status", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if check(&report) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_the_right_exit_code() {
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path();
+    let missing = run(runtime, &["sync", "/nonexistent/dags", "--to", "/tmp/x"]);
+    assert!(one_line_error(&missing, 1).contains("/nonexistent/dags"));
+    let no_store = run(runtime, &["sync", work.path().to_str().unwrap()]);
+    assert!(one_line_error(&no_store, 1).contains("--to URL"));
+    let bad_config = run(
+        runtime,
+        &[
+            "--set",
+            "sync.max_delay=10ms",
+            "sync",
+            ".",
+            "--to",
+            "/tmp/x",
+        ],
+    );
+    assert!(one_line_error(&bad_config, 2).contains("sync.max_delay"));
+}
+
+#[test]
+fn status_shows_running_and_dead_daemons() {
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("run");
+    let empty = run(&runtime, &["status"]);
+    assert_eq!(empty.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("no dagfs sync, mount or failover"));
+
+    let dags = work.path().join("dags");
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::write(dags.join("a.py"), "a").unwrap();
+    let store = work.path().join("store");
+    let mut daemon: Child = dagfs(&runtime)
+        .args([
+            "sync",
+            dags.to_str().unwrap(),
+            "--to",
+            store.to_str().unwrap(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    status_until(&runtime, "an idle daemon", |r| {
+        r["sync"][0]["phase"] == "idle" && r["sync"][0]["generation"] == 1
+    });
+    let table = run(&runtime, &["status"]);
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("sync")
+            && l.contains("idle")
+            && l.contains(&daemon.id().to_string())),
+        "{text}"
+    );
+
+    // SIGKILL leaves the status file behind: status says the daemon exited, and exits 1.
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let dead = run(&runtime, &["status"]);
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stdout).contains("exited"));
+}
