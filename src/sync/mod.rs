@@ -363,24 +363,12 @@ impl Daemon {
     ) -> Daemon {
         let cache = HashCache::default_location(&options.dir)
             .map_or_else(HashCache::in_memory, HashCache::load);
-        let state = SyncState {
-            pid: std::process::id(),
-            dir: options.dir.clone(),
-            store: store.url().to_string(),
-            prefix: options.publish.prefix.clone(),
-            phase: Phase::Starting,
-            generation: None,
-            last_published_ms: None,
-            pending_changes: 0,
-            held_back: 0,
-            last_error: None,
-            last_error_kind: None,
-            failures: 0,
-            next_retry_ms: None,
-            metrics: options.metrics_addr.clone(),
-            started_ms: now_ms(),
-            updated_ms: now_ms(),
-        };
+        let state = SyncState::starting(
+            options.dir.clone(),
+            store.url().to_string(),
+            options.publish.prefix.clone(),
+            options.metrics_addr.clone(),
+        );
         Daemon {
             debouncer: Debouncer::new(options.quiet_window, options.max_delay),
             next_rescan: Instant::now() + options.rescan_interval,

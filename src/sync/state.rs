@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mount::state::runtime_dir;
+use crate::mount::state::{now_ms, runtime_dir};
 
 /// Prefix of sync status files in the runtime directory.
 pub const STATE_PREFIX: &str = "sync-";
@@ -73,6 +73,35 @@ pub struct SyncState {
     pub started_ms: u64,
     /// Milliseconds since the epoch when this state was written.
     pub updated_ms: u64,
+}
+
+impl SyncState {
+    /// The state of this process, starting to sync `dir` to `store`.
+    pub fn starting(
+        dir: PathBuf,
+        store: String,
+        prefix: Option<String>,
+        metrics: Option<String>,
+    ) -> SyncState {
+        SyncState {
+            pid: std::process::id(),
+            dir,
+            store,
+            prefix,
+            phase: Phase::Starting,
+            generation: None,
+            last_published_ms: None,
+            pending_changes: 0,
+            held_back: 0,
+            last_error: None,
+            last_error_kind: None,
+            failures: 0,
+            next_retry_ms: None,
+            metrics,
+            started_ms: now_ms(),
+            updated_ms: now_ms(),
+        }
+    }
 }
 
 /// Status or lock files could not be used.
@@ -194,7 +223,6 @@ pub struct InstanceLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mount::state::now_ms;
 
     #[test]
     fn a_second_lock_on_one_folder_is_refused_until_the_first_is_dropped() {
@@ -220,24 +248,14 @@ mod tests {
         let runtime = tempfile::tempdir().unwrap();
         let folder = tempfile::tempdir().unwrap();
         let files = SyncFiles::at(runtime.path());
-        let state = SyncState {
-            pid: std::process::id(),
-            dir: folder.path().canonicalize().unwrap(),
-            store: "file:///tmp/store".into(),
-            prefix: None,
-            phase: Phase::Idle,
-            generation: Some(4),
-            last_published_ms: Some(now_ms()),
-            pending_changes: 0,
-            held_back: 0,
-            last_error: None,
-            last_error_kind: None,
-            failures: 0,
-            next_retry_ms: None,
-            metrics: None,
-            started_ms: now_ms(),
-            updated_ms: now_ms(),
-        };
+        let mut state = SyncState::starting(
+            folder.path().canonicalize().unwrap(),
+            "file:///tmp/store".into(),
+            None,
+            None,
+        );
+        state.phase = Phase::Idle;
+        state.generation = Some(4);
         files.write(&state).unwrap();
         let path = files.state_path(folder.path());
         assert!(path
