@@ -54,6 +54,11 @@ fn bad_input_is_one_line_and_the_right_exit_code() {
     assert!(one_line_error(&missing, 1).contains("/nonexistent/dags"));
     let no_store = run(runtime, &["sync", work.path().to_str().unwrap()]);
     assert!(one_line_error(&no_store, 1).contains("--to URL"));
+    let bad_prefix = run(
+        runtime,
+        &["sync", ".", "--to", "/tmp/x", "--prefix", "a/../b"],
+    );
+    assert!(one_line_error(&bad_prefix, 1).contains("--prefix"));
     let bad_config = run(
         runtime,
         &[

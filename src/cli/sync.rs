@@ -61,6 +61,10 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
             args.dir.display()
         );
     }
+    if let Some(prefix) = &args.prefix {
+        crate::format::check_path(prefix.trim_matches('/'))
+            .with_context(|| format!("invalid --prefix {prefix:?}"))?;
+    }
     let store = open_store(args.to.as_deref(), config, "--to").await?;
     let metrics_addr = match (args.metrics, &config.sync.metrics) {
         (Some(addr), _) => Some(addr),

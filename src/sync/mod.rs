@@ -464,8 +464,13 @@ impl Daemon {
                     ));
                 }
                 Err(e) => {
-                    let (failure, kind) = Failure::of(&e.into());
-                    self.fail(failure, kind, "cannot read the head generation".into());
+                    let error = PublishError::from(e);
+                    let (failure, kind) = Failure::of(&error);
+                    self.fail(
+                        failure,
+                        kind,
+                        format!("cannot read the head generation: {error}"),
+                    );
                     return false;
                 }
             }
