@@ -115,3 +115,53 @@ fn status_shows_running_and_dead_daemons() {
     assert_eq!(dead.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&dead.stdout).contains("exited"));
 }
+
+#[test]
+fn under_systemd_it_notifies_ready_pings_the_watchdog_and_stops_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("run");
+    let dags = work.path().join("dags");
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::write(dags.join("a.py"), "a").unwrap();
+    let socket_path = work.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = dagfs(&runtime)
+        .args(["sync", dags.to_str().unwrap(), "--to"])
+        .arg(work.path().join("store"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = socket
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("no notification ({e}); got {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    // The daemon has exited: everything it sent is queued.
+    socket.set_nonblocking(true).unwrap();
+    let mut after = Vec::new();
+    while let Ok(n) = socket.recv(&mut buffer) {
+        after.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(
+        after.iter().any(|m| m.contains("STOPPING=1")),
+        "no STOPPING=1 after {seen:?}: {after:?}"
+    );
+}
