@@ -39,7 +39,8 @@ for i in $(seq 0 99); do
     | tee "$work/dags/dag_$i.py" >"$work/pushed/dag_$i.py"
 done
 
-"$DAGFS" -q sync "$work/dags" --to "$url/sync" 2>"$work/sync.log" &
+# SYNC_FLAGS adds flags to the daemon, e.g. SYNC_FLAGS=--no-mirror.
+"$DAGFS" -q sync "$work/dags" --to "$url/sync" ${SYNC_FLAGS:-} 2>"$work/sync.log" &
 sync_pid=$!
 
 python3 - "$work" "$EDITS" "$DAGFS" "$url/push" <<'PY'
