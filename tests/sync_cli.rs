@@ -165,3 +165,55 @@ fn under_systemd_it_notifies_ready_pings_the_watchdog_and_stops_cleanly() {
         "no STOPPING=1 after {seen:?}: {after:?}"
     );
 }
+
+#[test]
+fn the_periodic_rescan_publishes_what_the_watcher_cannot_see() {
+    // A DAG that is a symlink to a file outside the folder: inotify on the folder never
+    // hears about writes to the target, the scan publishes the target's content.
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("run");
+    let dags = work.path().join("dags");
+    let outside = work.path().join("shared");
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("common.py"), "v1").unwrap();
+    std::os::unix::fs::symlink(outside.join("common.py"), dags.join("common.py")).unwrap();
+    let store = work.path().join("store");
+    let mut daemon = dagfs(&runtime)
+        .args([
+            "sync",
+            dags.to_str().unwrap(),
+            "--to",
+            store.to_str().unwrap(),
+        ])
+        .env("DAGFS_SYNC_RESCAN_INTERVAL", "1s")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let in_sync = || {
+        run(
+            &runtime,
+            &[
+                "verify",
+                "--local",
+                dags.to_str().unwrap(),
+                "--store",
+                store.to_str().unwrap(),
+            ],
+        )
+        .status
+        .code()
+            == Some(0)
+    };
+    status_until(&runtime, "the first generation", |r| {
+        r["sync"][0]["generation"] == 1
+    });
+    std::fs::write(outside.join("common.py"), "v2").unwrap();
+    assert!(!in_sync(), "verify sees the new content as a difference");
+    status_until(&runtime, "the rescan to publish the target", |r| {
+        r["sync"][0]["generation"] == 2 && r["sync"][0]["phase"] == "idle"
+    });
+    assert!(in_sync());
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
