@@ -4,8 +4,9 @@
 //! The watcher reports which paths changed, not what they contain: the daemon
 //! ([`crate::sync`]) always re-scans the folder (stat calls only for unchanged files, thanks
 //! to the hash cache), so a missed, reordered or coalesced event can delay a publish but never
-//! make it wrong. Events the watcher cannot account for (inotify queue overflow, a watch that
-//! could not be added) become [`WatchEvent::Rescan`].
+//! make it wrong. Events the watcher cannot account for become [`WatchEvent::Rescan`] (inotify
+//! queue overflow) or [`WatchEvent::WatchLimit`] (a watch that could not be added: the daemon
+//! then rescans often).
 //!
 //! The [`Debouncer`] decides when a batch of changes is due: once the tree has been quiet
 //! for the quiet window, or at the latest the maximum delay after the batch's first event.
@@ -55,6 +56,12 @@ pub enum WatchEvent {
         /// What happened, for the log.
         reason: String,
     },
+    /// The inotify watch limit is reached: directories added from now on (or, at start,
+    /// some of the folder) are not watched; only rescans see their changes.
+    WatchLimit {
+        /// What happened, for the log.
+        reason: String,
+    },
 }
 
 /// A recursive watch on one folder. New subdirectories are watched as they appear (notify
@@ -68,7 +75,8 @@ pub struct Watcher {
 impl Watcher {
     /// Starts watching `root` recursively.
     pub fn new(root: &Path) -> Result<Watcher, WatchError> {
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::unbounded_channel::<(WatchEvent, Instant)>();
+        let limit_tx = tx.clone();
         let root_owned = root.to_path_buf();
         let handler = move |result: notify::Result<notify::Event>| {
             let at = Instant::now();
@@ -82,7 +90,19 @@ impl Watcher {
             detail: describe(&e),
         };
         let mut inner = notify::recommended_watcher(handler).map_err(error)?;
-        inner.watch(root, RecursiveMode::Recursive).map_err(error)?;
+        match inner.watch(root, RecursiveMode::Recursive) {
+            Ok(()) => {}
+            // The watches added so far work; the rest of the folder is left to rescans.
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                let _ = limit_tx.send((
+                    WatchEvent::WatchLimit {
+                        reason: describe(&e),
+                    },
+                    Instant::now(),
+                ));
+            }
+            Err(e) => return Err(error(e)),
+        }
         Ok(Watcher {
             _inner: inner,
             events,
@@ -113,6 +133,11 @@ fn describe(error: &notify::Error) -> String {
 fn translate(root: &Path, result: notify::Result<notify::Event>) -> Vec<WatchEvent> {
     let event = match result {
         Ok(event) => event,
+        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+            return vec![WatchEvent::WatchLimit {
+                reason: describe(&e),
+            }]
+        }
         Err(e) => {
             return vec![WatchEvent::Rescan {
                 subtree: e
@@ -208,6 +233,7 @@ impl Debouncer {
                 None => {}
             },
             WatchEvent::Rescan { subtree, reason } => self.rescans.push((subtree, reason)),
+            WatchEvent::WatchLimit { reason } => self.rescans.push((PathBuf::new(), reason)),
         }
     }
 
@@ -364,6 +390,13 @@ mod tests {
             Ok(notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)),
         );
         assert!(matches!(&overflow[..], [WatchEvent::Rescan { subtree, .. }] if subtree == root));
+        let limit = translate(
+            root,
+            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)),
+        );
+        assert!(
+            matches!(&limit[..], [WatchEvent::WatchLimit { reason }] if reason.contains("max_user_watches"))
+        );
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ use crate::mount::state::now_ms;
 use crate::publish::{self, Desired, Outcome, PublishError, PublishOptions};
 use crate::scan::{self, HashCache, ScanOptions, ScannedFile};
 use crate::store::{ErrorKind, Store};
-use crate::watch::{Debouncer, WatchError, Watcher};
+use crate::watch::{Debouncer, WatchError, WatchEvent, Watcher};
 use state::{Phase, StateError, SyncFiles, SyncState};
 
 /// How the daemon runs.
@@ -163,6 +163,9 @@ impl SyncMetrics {
     }
 }
 
+/// The longest time between full rescans while some directories cannot be watched.
+pub const DEGRADED_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A failed attempt, by what fixes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Failure {
@@ -236,7 +239,12 @@ pub async fn run(
             biased;
             _ = stopping.wait_for(|s| *s) => break,
             event = watcher.next() => match event {
-                Some((event, at)) => daemon.debouncer.record(event, at),
+                Some((event, at)) => {
+                    if let WatchEvent::WatchLimit { reason } = &event {
+                        daemon.degrade(reason);
+                    }
+                    daemon.debouncer.record(event, at);
+                }
                 None => return Err(SyncError::WatcherStopped(daemon.options.dir.clone())),
             },
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -349,6 +357,9 @@ struct Daemon {
     retry_at: Option<Instant>,
     /// Waiting for a local change before trying again.
     blocked: bool,
+    /// How often to rescan everything: the configured interval, shorter when not every
+    /// directory can be watched.
+    rescan_interval: Duration,
     next_rescan: Instant,
 }
 
@@ -372,6 +383,7 @@ impl Daemon {
         Daemon {
             debouncer: Debouncer::new(options.quiet_window, options.max_delay),
             next_rescan: Instant::now() + options.rescan_interval,
+            rescan_interval: options.rescan_interval,
             store,
             mirror,
             options,
@@ -387,6 +399,17 @@ impl Daemon {
             retry_at: None,
             blocked: false,
         }
+    }
+
+    /// Some directories are not watched (inotify limit): rescan at least every
+    /// [`DEGRADED_RESCAN_INTERVAL`] so their changes still go out.
+    fn degrade(&mut self, reason: &str) {
+        let interval = self.rescan_interval.min(DEGRADED_RESCAN_INTERVAL);
+        if interval < self.rescan_interval {
+            tracing::error!(reason, rescan_every = ?interval, "not every directory is watched; rescanning periodically");
+        }
+        self.rescan_interval = interval;
+        self.next_rescan = self.next_rescan.min(Instant::now() + interval);
     }
 
     /// When the loop must wake up next.
@@ -408,7 +431,7 @@ impl Daemon {
     async fn wake(&mut self, watcher: &mut Watcher, stop: watch::Receiver<bool>) -> bool {
         let now = Instant::now();
         if now >= self.next_rescan {
-            self.next_rescan = now + self.options.rescan_interval;
+            self.next_rescan = now + self.rescan_interval;
             if !self.blocked {
                 tracing::debug!("periodic rescan");
                 self.debouncer.request(now);
@@ -452,6 +475,9 @@ impl Daemon {
         };
         // What happened while scanning counts: a file rewritten meanwhile is being written.
         while let Some((event, at)) = watcher.try_next() {
+            if let WatchEvent::WatchLimit { reason } = &event {
+                self.degrade(reason);
+            }
             self.debouncer.record(event, at);
         }
         if self.published.is_none() {
