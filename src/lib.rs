@@ -15,6 +15,9 @@
 //! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
+//! - [`watch`]: watching a DAG folder and debouncing its changes;
+//! - [`sync`]: the `dagfs sync` daemon, its status file and single-instance lock;
+//! - [`metrics`]: the optional Prometheus endpoint of the long-running commands;
 //! - [`cli`]: the command line.
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
@@ -27,12 +30,15 @@ pub mod format;
 pub mod gc;
 pub mod generations;
 pub mod import;
+pub mod metrics;
 pub mod mirror;
 pub mod mount;
 pub mod publish;
 pub mod scan;
 pub mod store;
+pub mod sync;
 pub mod verify;
+pub mod watch;
 
 #[cfg(test)]
 mod testutil;

@@ -28,7 +28,7 @@ use crate::format::{
 };
 use crate::generations::{self, apply, diff, Change, GenerationError};
 use crate::scan::ScannedFile;
-use crate::store::{ErrorKind, Overwrite, Store, StoreError};
+use crate::store::{ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
 /// How many commit races a publish survives before giving up.
 const MAX_COMMIT_ROUNDS: usize = 20;
@@ -297,28 +297,35 @@ pub async fn publish(
         return Ok(unchanged(base.as_ref()));
     }
     let (added, changed, removed) = count(&changes);
-    let uploaded = upload_objects(store, &changes, desired, options.concurrency).await?;
+    // The manifest of the first round is written to the staging area while the objects
+    // upload: committing it is then one rename, not a second small-file write in a row.
+    let first = next_manifest(base.as_ref(), &changes, options)?;
+    let (uploaded, staged) = futures::join!(
+        upload_objects(store, &changes, desired, options.concurrency),
+        stage_manifest(store, first.as_ref()),
+    );
+    let uploaded = match uploaded {
+        Ok(uploaded) => uploaded,
+        Err(e) => {
+            discard(store, staged).await;
+            return Err(e);
+        }
+    };
     let (objects_uploaded, bytes_uploaded) = (uploaded.count, uploaded.bytes);
 
+    let mut prepared = first.map(|manifest| (manifest, staged));
     for _ in 0..MAX_COMMIT_ROUNDS {
-        let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
-        let tree = apply(base_tree, &changes);
-        if base.as_ref().is_some_and(|m| m.entries == tree) {
-            // Someone else published exactly this change already.
-            return Ok(unchanged(base.as_ref()));
-        }
-        let generation = base.as_ref().map_or(1, |m| m.generation + 1);
-        let manifest = Manifest::new(
-            Header {
-                generation,
-                parent: base.as_ref().map(|m| m.generation),
-                created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                author: options.author.clone(),
-                message: options.message.clone(),
+        let (manifest, staged) = match prepared.take() {
+            Some(prepared) => prepared,
+            None => match next_manifest(base.as_ref(), &changes, options)? {
+                Some(manifest) => (manifest, None),
+                // Someone else published exactly this change already.
+                None => return Ok(unchanged(base.as_ref())),
             },
-            tree,
-        )?;
-        if commit(store, &manifest).await? {
+        };
+        let generation = manifest.generation;
+        let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
+        if commit(store, &manifest, staged).await? {
             restore_reused(store, &uploaded.reused, desired).await?;
             tracing::info!(generation, tree_id = %manifest.tree_id, added, changed, removed, objects_uploaded, bytes_uploaded, "published");
             return Ok(Outcome {
@@ -524,14 +531,93 @@ async fn read_verified(source: &Source, digest: Digest) -> Result<Bytes, Publish
     Ok(bytes)
 }
 
-/// Tries to commit `manifest` under its generation number. `Ok(true)`: it is committed (maybe
-/// by an earlier attempt whose answer was lost); `Ok(false)`: another manifest holds the number.
-async fn commit(store: &dyn Store, manifest: &Manifest) -> Result<bool, PublishError> {
+/// The manifest that applies `changes` to `base`, as the next generation; `None` if `base`
+/// already holds them.
+fn next_manifest(
+    base: Option<&Manifest>,
+    changes: &[Change],
+    options: &PublishOptions,
+) -> Result<Option<Manifest>, PublishError> {
+    let base_tree = base.map_or(&[][..], |m| &m.entries[..]);
+    let tree = apply(base_tree, changes);
+    if base.is_some_and(|m| m.entries == tree) {
+        return Ok(None);
+    }
+    let manifest = Manifest::new(
+        Header {
+            generation: base.map_or(1, |m| m.generation + 1),
+            parent: base.map(|m| m.generation),
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            author: options.author.clone(),
+            message: options.message.clone(),
+        },
+        tree,
+    )?;
+    Ok(Some(manifest))
+}
+
+/// Writes `manifest` under a fresh key of the staging area; `None` when there is nothing to
+/// stage or staging failed (the commit then writes the manifest itself).
+async fn stage_manifest(store: &dyn Store, manifest: Option<&Manifest>) -> Option<String> {
+    let manifest = manifest?;
+    let key = format!("{STAGING_DIR}/manifest-{}", uuid::Uuid::new_v4());
+    match store
+        .put(&key, Bytes::from(manifest.to_bytes()), Overwrite::Deny)
+        .await
+    {
+        Ok(()) => Some(key),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not stage the manifest; writing it at commit");
+            None
+        }
+    }
+}
+
+/// Removes a staged manifest that was not committed (best effort: `gc` collects leftovers).
+async fn discard(store: &dyn Store, staged: Option<String>) {
+    if let Some(key) = staged {
+        if let Err(e) = store.delete(&key, false).await {
+            tracing::debug!(key, error = %e, "could not remove a staged manifest");
+        }
+    }
+}
+
+/// Tries to commit `manifest` under its generation number, by renaming its `staged` copy
+/// into place or else by writing it there. `Ok(true)`: it is committed (maybe by an earlier
+/// attempt whose answer was lost); `Ok(false)`: another manifest holds the number.
+async fn commit(
+    store: &dyn Store,
+    manifest: &Manifest,
+    mut staged: Option<String>,
+) -> Result<bool, PublishError> {
+    let committed = try_commit(store, manifest, &mut staged).await;
+    if !matches!(committed, Ok(true)) {
+        discard(store, staged).await;
+    }
+    committed
+}
+
+async fn try_commit(
+    store: &dyn Store,
+    manifest: &Manifest,
+    staged: &mut Option<String>,
+) -> Result<bool, PublishError> {
     let key = manifest_key(manifest.generation);
     let bytes = Bytes::from(manifest.to_bytes());
     let mut attempt = 0;
     loop {
-        let error = match store.put(&key, bytes.clone(), Overwrite::Deny).await {
+        let written = match staged.as_deref() {
+            Some(from) => match store.rename(from, &key, Overwrite::Deny).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // No `generations/` yet (the first generation): write it directly.
+                    discard(store, staged.take()).await;
+                    continue;
+                }
+                renamed => renamed,
+            },
+            None => store.put(&key, bytes.clone(), Overwrite::Deny).await,
+        };
+        let error = match written {
             Ok(()) => return Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists || e.kind().is_transient() => e,
             Err(e) => return Err(e.into()),
@@ -624,6 +710,28 @@ mod tests {
         rival: std::sync::Mutex<Option<Desired>>,
     }
 
+    impl RacingStore {
+        /// Before the first write of a manifest (put or rename), the rival commits.
+        async fn race(&self, key: &str) {
+            if !key.starts_with("generations/") {
+                return;
+            }
+            let rival = self.rival.lock().unwrap().take();
+            if let Some(rival) = rival {
+                publish(
+                    &self.inner,
+                    &rival,
+                    &PublishOptions {
+                        author: "bob@other".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
     #[async_trait::async_trait]
     impl Store for RacingStore {
         fn url(&self) -> &str {
@@ -635,21 +743,7 @@ mod tests {
             data: Bytes,
             overwrite: Overwrite,
         ) -> crate::store::StoreResult<()> {
-            if key.starts_with("generations/") {
-                let rival = self.rival.lock().unwrap().take();
-                if let Some(rival) = rival {
-                    publish(
-                        &self.inner,
-                        &rival,
-                        &PublishOptions {
-                            author: "bob@other".into(),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
-                }
-            }
+            self.race(key).await;
             self.inner.put(key, data, overwrite).await
         }
         async fn create_exclusive(&self, key: &str, data: Bytes) -> crate::store::StoreResult<()> {
@@ -678,6 +772,7 @@ mod tests {
             to: &str,
             overwrite: Overwrite,
         ) -> crate::store::StoreResult<()> {
+            self.race(to).await;
             self.inner.rename(from, to, overwrite).await
         }
         async fn delete(&self, key: &str, recursive: bool) -> crate::store::StoreResult<bool> {
@@ -730,6 +825,13 @@ mod tests {
                 ("a.py".into(), Digest::of(b"theirs")),
                 ("b.py".into(), Digest::of(b"ours"))
             ]
+        );
+        let staged = crate::store::list_if_exists(&store.inner, STAGING_DIR)
+            .await
+            .unwrap();
+        assert!(
+            staged.is_empty(),
+            "staged manifests left behind: {staged:?}"
         );
     }
 

@@ -20,7 +20,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -252,7 +252,6 @@ fn walk_error(root: &Path, err: walkdir::Error) -> ScanError {
 /// built-in debris patterns, plus every `.airflowignore` of the directories above the entry.
 pub struct IgnoreFilter {
     options: ScanOptions,
-    builtin: GlobSet,
     /// (depth of the directory holding the ignore file, its rules), outermost first.
     rules: Vec<(usize, IgnoreRules)>,
 }
@@ -260,13 +259,8 @@ pub struct IgnoreFilter {
 impl IgnoreFilter {
     /// No `.airflowignore` read yet.
     pub fn new(options: &ScanOptions) -> IgnoreFilter {
-        let mut builder = GlobSetBuilder::new();
-        for pattern in IGNORED_FILES {
-            builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
-        }
         IgnoreFilter {
             options: options.clone(),
-            builtin: builder.build().expect("built-in patterns are valid"),
             rules: Vec::new(),
         }
     }
@@ -286,12 +280,7 @@ impl IgnoreFilter {
             self.rules.pop();
         }
         let name = rel.rsplit('/').next().unwrap_or(rel);
-        let by_name = if is_dir {
-            IGNORED_DIRS.contains(&name)
-        } else {
-            self.builtin.is_match(name)
-        };
-        by_name || self.rules.iter().any(|(_, r)| r.ignores(rel, is_dir))
+        is_builtin_ignored(name, is_dir) || self.rules.iter().any(|(_, r)| r.ignores(rel, is_dir))
     }
 
     /// Adds the rules of the `.airflowignore` (content `text`) of directory `dir` (`""` for
@@ -305,6 +294,24 @@ impl IgnoreFilter {
         self.rules
             .push((depth, IgnoreRules::parse(dir, text, self.options.syntax)));
     }
+}
+
+/// Whether scans always leave out a file or directory of this name (build and VCS debris,
+/// editor temporaries), whatever `.airflowignore` says.
+pub fn is_builtin_ignored(name: &str, is_dir: bool) -> bool {
+    static FILE_PATTERNS: OnceLock<GlobSet> = OnceLock::new();
+    if is_dir {
+        return IGNORED_DIRS.contains(&name);
+    }
+    FILE_PATTERNS
+        .get_or_init(|| {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in IGNORED_FILES {
+                builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
+            }
+            builder.build().expect("built-in patterns are valid")
+        })
+        .is_match(name)
 }
 
 /// The rules of one `.airflowignore` file.

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod mount;
+mod status;
+mod sync;
 
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
@@ -56,7 +58,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch a DAG folder and publish every change as a new generation.
-    Sync,
+    Sync(sync::SyncArgs),
     /// Publish a DAG folder once as a new generation (if anything changed).
     Push(commands::PushArgs),
     /// Import a plain DAG folder (e.g. the NFS-gateway one on HDFS) as a new generation.
@@ -78,7 +80,7 @@ enum Command {
     /// Materialise one generation as a local directory (for Airflow workers).
     Checkout(mount::CheckoutArgs),
     /// Show what sync, mount and failover are doing on this host.
-    Status,
+    Status(status::StatusArgs),
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
     Run,
 }
@@ -86,7 +88,7 @@ enum Command {
 impl Command {
     fn name(&self) -> &'static str {
         match self {
-            Command::Sync => "sync",
+            Command::Sync(_) => "sync",
             Command::Push(_) => "push",
             Command::Import(_) => "import",
             Command::Mount(_) => "mount",
@@ -97,7 +99,7 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Gc(_) => "gc",
             Command::Checkout(_) => "checkout",
-            Command::Status => "status",
+            Command::Status(_) => "status",
             Command::Run => "run",
         }
     }
@@ -146,7 +148,18 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
         };
     }
+    if let Command::Status(args) = command {
+        // status has its own exit codes: 0 all well, 1 something exited or reports an error.
+        return match status::status(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("dagfs status: {}", one_line(&e));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     let result = match command {
+        Command::Sync(args) => sync::sync(args, &config).await,
         Command::Push(args) => commands::push(args, &config).await,
         Command::Import(args) => commands::import(args, &config).await,
         Command::Log(args) => commands::log(args, &config).await,
