@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod mount;
+mod run;
 mod status;
 mod sync;
 
@@ -82,7 +83,7 @@ enum Command {
     /// Show what sync, mount and failover are doing on this host.
     Status(status::StatusArgs),
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
-    Run,
+    Run(run::RunArgs),
 }
 
 impl Command {
@@ -100,7 +101,7 @@ impl Command {
             Command::Gc(_) => "gc",
             Command::Checkout(_) => "checkout",
             Command::Status(_) => "status",
-            Command::Run => "run",
+            Command::Run(_) => "run",
         }
     }
 }
@@ -168,6 +169,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Gc(args) => commands::gc(args, &config).await,
         Command::Mount(args) => mount::mount(args, &config).await,
         Command::Checkout(args) => mount::checkout(args, &config).await,
+        Command::Run(args) => run::run(args, &config).await,
         _ => {
             // Each command arrives with the issue that builds it; until then it says so.
             eprintln!(
@@ -184,6 +186,21 @@ async fn run(command: Command, config: Config) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Registers SIGTERM and SIGINT handlers now (from then on they mean "stop cleanly", never
+/// "die") and returns a future that resolves when either arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
 }
 
 /// The error and its causes on one line, each cause once: library errors often repeat their

@@ -40,23 +40,6 @@ pub struct MountArgs {
     allow_other: bool,
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub(super) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-    }
-}
-
 /// `dagfs mount URL MOUNTPOINT`.
 pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
     let store: Arc<dyn crate::store::Store> =
@@ -81,7 +64,7 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         config: mount_config,
         state_dir: StateDir::default(),
     };
-    mount::run(store, options, shutdown_signal()).await?;
+    mount::run(store, options, super::shutdown_signal()?).await?;
     Ok(())
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tokio::signal::unix::{signal, SignalKind};
 
 use super::commands::open_store;
 use crate::config::Config;
@@ -44,14 +43,7 @@ pub struct SyncArgs {
 /// `dagfs sync`.
 pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
     // Handlers first: from here on SIGTERM means "stop cleanly", never "die".
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-        }
-    };
+    let shutdown = super::shutdown_signal()?;
 
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("cannot watch {}; check the path", args.dir.display()))?;
@@ -78,8 +70,21 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
     let server = metrics_addr
         .map(|addr| metrics::serve(addr, Arc::new(registry), health.clone()))
         .transpose()?;
+    let message = args
+        .message
+        .unwrap_or_else(|| format!("dagfs sync of {}", dir.display()));
+    let mut options = sync_options(dir, message, config);
+    options.publish.prefix = args.prefix;
+    options.mirror &= !args.no_mirror;
+    options.metrics_addr = server.as_ref().map(|s| s.addr().to_string());
+    sync::run(store, options, sync_metrics, health, shutdown).await?;
+    Ok(())
+}
+
+/// The daemon's options for folder `dir` from the configuration (`dagfs sync`, `dagfs run`).
+pub(super) fn sync_options(dir: PathBuf, message: String, config: &Config) -> SyncOptions {
     let sync = &config.sync;
-    let options = SyncOptions {
+    SyncOptions {
         quiet_window: sync.quiet_window,
         max_delay: sync.max_delay,
         rescan_interval: sync.rescan_interval,
@@ -88,17 +93,12 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
         shutdown_grace: sync.shutdown_grace,
         scan: config.scan.options(),
         publish: PublishOptions {
-            message: args
-                .message
-                .unwrap_or_else(|| format!("dagfs sync of {}", dir.display())),
-            prefix: args.prefix,
+            message,
             concurrency: config.publish.concurrency,
             ..PublishOptions::default()
         },
-        mirror: config.publish.mirror && !args.no_mirror,
-        metrics_addr: server.as_ref().map(|s| s.addr().to_string()),
+        mirror: config.publish.mirror,
+        metrics_addr: None,
         dir,
-    };
-    sync::run(store, options, sync_metrics, health, shutdown).await?;
-    Ok(())
+    }
 }
