@@ -179,6 +179,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// Objects fetched at once before a switch.
     pub concurrency: usize,
+    /// Address of the Prometheus endpoint (`/metrics`, `/healthz`); unset: none.
+    pub metrics: Option<String>,
 }
 
 impl Default for MountConfig {
@@ -191,6 +193,7 @@ impl Default for MountConfig {
             keep_generations: 3,
             threads: 4,
             concurrency: 16,
+            metrics: None,
         }
     }
 }
@@ -370,6 +373,7 @@ impl Config {
             ));
         }
         self.sync.validate()?;
+        check_metrics_addr("mount.metrics", &self.mount.metrics)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid(format!(
                 "log.level = {:?}: {e}; expected a level (error, warn, info, debug, trace) or filter directives like \"info,hdfs_native=warn\"",
@@ -417,14 +421,19 @@ impl SyncConfig {
                 )));
             }
         }
-        if let Some(addr) = &self.metrics {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::Invalid(format!(
-                    "sync.metrics = {addr:?}: expected an address like \"127.0.0.1:9464\" or \"[::]:9464\""
-                )));
-            }
+        check_metrics_addr("sync.metrics", &self.metrics)
+    }
+}
+
+/// A `metrics` key holds a socket address, or nothing.
+fn check_metrics_addr(key: &str, addr: &Option<String>) -> Result<(), ConfigError> {
+    match addr {
+        Some(addr) if addr.parse::<std::net::SocketAddr>().is_err() => {
+            Err(ConfigError::Invalid(format!(
+                "{key} = {addr:?}: expected an address like \"127.0.0.1:9464\" or \"[::]:9464\""
+            )))
         }
-        Ok(())
+        _ => Ok(()),
     }
 }
 

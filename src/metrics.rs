@@ -19,6 +19,13 @@ use std::thread::JoinHandle;
 
 pub use prometheus_client::registry::Registry;
 
+/// Labels of the error counters: the kind of error (`unavailable`, `timeout`, `corrupt`...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KindLabels {
+    /// The kind.
+    pub kind: &'static str,
+}
+
 /// OpenMetrics text format, as `prometheus_client::encoding::text` writes it.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

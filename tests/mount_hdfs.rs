@@ -79,7 +79,20 @@ fn serves_identical_bytes_and_switches_atomically() {
     .unwrap();
     push(cluster, &runtime, &dags, &url);
 
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut mount = Mount::start_with(
+        cluster,
+        &runtime,
+        &url,
+        &mnt,
+        &tmp.path().join("cache"),
+        &["--metrics", &metrics],
+    );
     let state = mount.serving(1);
     assert!(state.is_current() && state.online, "{state:?}");
     assert_eq!(

@@ -446,36 +446,12 @@ async fn a_slowly_written_file_is_never_published_half_written() {
     );
 }
 
-/// Samples of a Prometheus scrape of `addr`, by metric name.
+/// [`support::scrape_metrics`] off the async threads.
 async fn scrape(addr: &str) -> BTreeMap<String, f64> {
     let addr = addr.to_string();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-        let scrape =
-            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
-        scrape
-            .samples
-            .into_iter()
-            .filter_map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some((s.metric, v)),
-                _ => None,
-            })
-            .collect()
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || support::scrape_metrics(&addr))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,8 @@ use clap::Args;
 
 use super::commands::open_store;
 use crate::config::Config;
-use crate::mount::{self, state::StateDir, MountOptions};
+use crate::metrics::{Health, Registry};
+use crate::mount::{self, metrics::MountMetrics, state::StateDir, MountOptions};
 
 /// Arguments of `dagfs mount`.
 #[derive(Debug, Args)]
@@ -38,6 +39,9 @@ pub struct MountArgs {
     /// `user_allow_other` in /etc/fuse.conf.
     #[arg(long)]
     allow_other: bool,
+    /// Serve Prometheus metrics and /healthz on this address [default: mount.metrics].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// `dagfs mount URL MOUNTPOINT`.
@@ -56,6 +60,17 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         .cache_dir
         .or_else(|| config.mount.cache_dir.clone())
         .unwrap_or_else(|| mount::default_cache_dir(store.url()));
+    let metrics_addr = match (args.metrics, &config.mount.metrics) {
+        (Some(addr), _) => Some(addr),
+        // Validated with the configuration.
+        (None, Some(addr)) => Some(addr.parse()?),
+        (None, None) => None,
+    };
+    let mut registry = Registry::default();
+    let metrics = MountMetrics::register(&mut registry);
+    let _server = metrics_addr
+        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), Health::default()))
+        .transpose()?;
     let options = MountOptions {
         mountpoint: args.mountpoint,
         cache_dir,
@@ -63,6 +78,7 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         allow_other: args.allow_other,
         config: mount_config,
         state_dir: StateDir::default(),
+        metrics,
     };
     mount::run(store, options, super::shutdown_signal()?).await?;
     Ok(())

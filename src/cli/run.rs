@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::commands::open_store;
 use crate::config::Config;
 use crate::metrics::{Health, Registry};
-use crate::mount::{self, state::StateDir, MountOptions};
+use crate::mount::{self, metrics::MountMetrics, state::StateDir, MountOptions};
 use crate::store::Store;
 use crate::sync::{self, SyncMetrics};
 
@@ -115,6 +115,7 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
         allow_other: false,
         config: mount_config,
         state_dir: StateDir::default(),
+        metrics: MountMetrics::register(&mut Registry::default()),
     };
     let mount_done = mount::run(mount_store, options, stopped(stop_rx));
     // Whichever ends first (Ctrl-C, an error, an unmount from outside) stops the other.

@@ -7,8 +7,10 @@
 //! starts, after a reboot) while the store is down. After every poll it writes its
 //! [`state`] for `dagfs failover`, `dagfs status` and the Airflow bundle.
 //!
-//! - [`state`]: the state file other commands read (served generation, head, errors).
+//! - [`state`]: the state file other commands read (served generation, head, errors);
+//! - [`metrics`]: its Prometheus metrics.
 
+pub mod metrics;
 pub mod state;
 
 use std::fs::File;
@@ -23,7 +25,9 @@ use crate::cache::{Cache, CacheError};
 use crate::config::MountConfig;
 use crate::format::{Digest, Manifest};
 use crate::generations;
+use crate::metrics::KindLabels;
 use crate::store::{Store, StoreError};
+use metrics::MountMetrics;
 use state::{MountState, StateDir};
 
 /// Why the mount could not start or stopped with an error.
@@ -69,6 +73,21 @@ pub enum MountError {
     },
 }
 
+impl MountError {
+    /// A short name of what went wrong, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MountError::Store(e) => e.kind().name(),
+            MountError::Cache(CacheError::Store(e)) => e.kind().name(),
+            MountError::Cache(CacheError::Corrupt { .. }) => "corrupt",
+            MountError::Cache(_) => "cache",
+            MountError::Tree { .. } => "tree",
+            MountError::Mountpoint { .. } | MountError::Fuse { .. } => "mount",
+            MountError::NothingToServe { .. } => "unavailable",
+        }
+    }
+}
+
 /// What to mount, where and how.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
@@ -84,6 +103,8 @@ pub struct MountOptions {
     pub config: MountConfig,
     /// Where the state file goes.
     pub state_dir: StateDir,
+    /// Where the metrics go (served on `--metrics` when given).
+    pub metrics: MountMetrics,
 }
 
 /// The default cache directory for `url`: one per store under `/var/cache/dagfs` for root,
@@ -106,16 +127,19 @@ struct CacheSource {
     store: Arc<dyn Store>,
     runtime: tokio::runtime::Handle,
     fetch_timeout: Duration,
+    metrics: MountMetrics,
 }
 
 impl ContentSource for CacheSource {
     fn open(&self, content: &ContentId, size: u64) -> std::io::Result<File> {
         let digest = Digest::from(content.0);
         let path = self.cache.object_path(&digest);
+        self.metrics.cache_reads.inc();
         match File::open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             other => return other,
         }
+        self.metrics.cache_misses.inc();
         tracing::warn!(object = %digest, size, "object missing from the cache; fetching it again");
         let fetch = tokio::time::timeout(
             self.fetch_timeout,
@@ -289,6 +313,7 @@ pub async fn run(
         store: Arc::clone(&store),
         runtime: tokio::runtime::Handle::current(),
         fetch_timeout: options.config.fetch_timeout,
+        metrics: options.metrics.clone(),
     };
     let fs_options = dagfs_fuse::MountOptions {
         ttl: options.config.kernel_ttl,
@@ -336,6 +361,8 @@ pub async fn run(
     tracing::info!(mountpoint = %mountpoint.display(), generation = ?served.generation(),
         files = files.len(), files_cached_in = %cache.root().display(), "mounted");
     write_state(&options.state_dir, &mut served.state);
+    options.metrics.set_generations(served.generation(), head);
+    options.metrics.online.set(i64::from(served.state.online));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let ended_outside = poll_loop(
@@ -404,6 +431,8 @@ async fn poll_loop(
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
         let result = poll_once(store.as_ref(), cache, fs, mounted, options, served).await;
+        let metrics = &options.metrics;
+        metrics.set_generations(served.generation(), served.state.head);
         let state = &mut served.state;
         match result {
             Ok(()) => {
@@ -422,8 +451,13 @@ async fn poll_loop(
                 }
                 state.online = !matches!(&e, MountError::Store(s) if s.kind().is_transient());
                 state.last_error = Some(line);
+                metrics
+                    .errors
+                    .get_or_create(&KindLabels { kind: e.kind() })
+                    .inc();
             }
         }
+        metrics.online.set(i64::from(state.online));
         write_state(&options.state_dir, state);
     }
 }
@@ -472,6 +506,11 @@ async fn poll_once(
         dirs_invalidated = report.dirs_invalidated,
         "switched to a new generation"
     );
+    options.metrics.switches.inc();
+    options
+        .metrics
+        .switch_seconds
+        .observe(started.elapsed().as_secs_f64());
     let state = &mut served.state;
     state.generation = manifest.as_ref().map(|m| m.generation);
     state.tree_id = manifest.as_ref().map(|m| m.tree_id.to_string());

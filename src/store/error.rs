@@ -32,6 +32,20 @@ impl ErrorKind {
         matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout)
     }
 
+    /// A short snake_case name, for metrics labels and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Other => "other",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "not found",

@@ -31,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::format::Entry;
 use crate::generations::{self, GenerationError};
-use crate::metrics::{Health, Registry};
+use crate::metrics::{Health, KindLabels, Registry};
 use crate::mount::state::now_ms;
 use crate::publish::{self, Desired, Outcome, PublishError, PublishOptions};
 use crate::scan::{self, HashCache, ScanOptions, ScannedFile};
@@ -90,12 +89,6 @@ pub enum SyncError {
     WatcherStopped(PathBuf),
 }
 
-/// Labels of the error counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
-    kind: &'static str,
-}
-
 /// The sync daemon's metrics, registered in a shared [`Registry`].
 #[derive(Clone, Debug)]
 pub struct SyncMetrics {
@@ -103,7 +96,7 @@ pub struct SyncMetrics {
     objects: Counter,
     bytes: Counter,
     publish_seconds: Histogram,
-    errors: Family<ErrorLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
     pending: Gauge,
     generation: Gauge,
 }
@@ -665,7 +658,7 @@ impl Daemon {
     fn fail(&mut self, failure: Failure, kind: &'static str, error: String) {
         self.metrics
             .errors
-            .get_or_create(&ErrorLabels { kind })
+            .get_or_create(&KindLabels { kind })
             .inc();
         let now = Instant::now();
         if failure == Failure::Changed {

@@ -11,3 +11,29 @@ pub async fn list_keys(store: &dyn Store, dir: &str) -> Vec<String> {
     let entries = store.list(dir).await.expect("list");
     entries.into_iter().map(|e| e.key).collect()
 }
+
+/// `GET /metrics` from `addr`, parsed with a Prometheus text parser: samples by metric name.
+pub fn scrape_metrics(addr: &str) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some((s.metric, v)),
+            _ => None,
+        })
+        .collect()
+}

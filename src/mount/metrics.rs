@@ -1,0 +1,106 @@
+//! The mount's Prometheus metrics (`dagfs mount --metrics ADDR`), under `dagfs_mount_*`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+use crate::metrics::{KindLabels, Registry};
+
+/// What the mount reports. Clones share the same series.
+#[derive(Clone, Debug)]
+pub struct MountMetrics {
+    /// Generation served.
+    pub generation: Gauge,
+    /// Head generation seen by the last successful poll.
+    pub head: Gauge,
+    /// Head minus served: alert when it stays above 0.
+    pub lag: Gauge,
+    /// 1 when the last poll reached the store.
+    pub online: Gauge,
+    /// Generation switches.
+    pub switches: Counter,
+    /// Time from noticing a new head to serving it (fetch + switch).
+    pub switch_seconds: Histogram,
+    /// Failed polls and fetches, by kind.
+    pub errors: Family<KindLabels, Counter>,
+    /// File reads served from the cache.
+    pub cache_reads: Counter,
+    /// Reads that found their object missing from the cache and fetched it again.
+    pub cache_misses: Counter,
+}
+
+impl MountMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> MountMetrics {
+        let metrics = MountMetrics {
+            generation: Gauge::default(),
+            head: Gauge::default(),
+            lag: Gauge::default(),
+            online: Gauge::default(),
+            switches: Counter::default(),
+            // 10 ms .. ~80 s: a few changed files take milliseconds, a first fetch minutes.
+            switch_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            errors: Family::default(),
+            cache_reads: Counter::default(),
+            cache_misses: Counter::default(),
+        };
+        let mount = registry.sub_registry_with_prefix("dagfs_mount");
+        mount.register(
+            "generation",
+            "Generation served",
+            metrics.generation.clone(),
+        );
+        mount.register(
+            "head_generation",
+            "Head generation seen by the last successful poll",
+            metrics.head.clone(),
+        );
+        mount.register(
+            "generation_lag",
+            "Head minus the generation served",
+            metrics.lag.clone(),
+        );
+        mount.register(
+            "online",
+            "1 when the last poll reached the store",
+            metrics.online.clone(),
+        );
+        mount.register(
+            "switches",
+            "Switches to a new generation",
+            metrics.switches.clone(),
+        );
+        mount.register(
+            "switch_duration_seconds",
+            "From noticing a new head to serving it (fetch and switch)",
+            metrics.switch_seconds.clone(),
+        );
+        mount.register(
+            "errors",
+            "Failed polls and fetches, by kind",
+            metrics.errors.clone(),
+        );
+        mount.register(
+            "cache_reads",
+            "File reads served from the local cache",
+            metrics.cache_reads.clone(),
+        );
+        mount.register(
+            "cache_misses",
+            "Reads whose object was missing from the cache and fetched again",
+            metrics.cache_misses.clone(),
+        );
+        metrics
+    }
+
+    /// Records the served generation and the head.
+    pub fn set_generations(&self, served: Option<u64>, head: Option<u64>) {
+        let served = served.unwrap_or(0) as i64;
+        self.generation.set(served);
+        if let Some(head) = head {
+            self.head.set(head as i64);
+            self.lag.set((head as i64 - served).max(0));
+        }
+    }
+}
