@@ -137,8 +137,34 @@ impl HdfsStore {
     }
 
     /// Creates `path` (no overwrite, parents created) and writes `data` in bounded chunks,
-    /// closing the writer on success. On failure the partial file is deleted.
+    /// closing the writer on success. On failure the partial file is deleted. A block the
+    /// NameNode will not allocate yet (`NotReplicatedYetException`: the previous block's
+    /// replicas are not reported yet, common on a loaded cluster) is retried from scratch with
+    /// the Java client's schedule (5 attempts, 400 ms doubling), which hdfs-native lacks.
     async fn write_new(
+        &self,
+        op: &'static str,
+        key: &str,
+        path: &str,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let mut delay = Duration::from_millis(400);
+        let mut attempt = 1;
+        loop {
+            match self.write_once(op, key, path, data.clone()).await {
+                Err(e) if attempt < 5 && e.detail().contains("NotReplicatedYetException") => {
+                    tracing::debug!(key, attempt, "block not replicated yet; writing again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt of [`HdfsStore::write_new`].
+    async fn write_once(
         &self,
         op: &'static str,
         key: &str,
