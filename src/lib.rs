@@ -17,6 +17,7 @@
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
 //! - [`watch`]: watching a DAG folder and debouncing its changes;
 //! - [`sync`]: the `dagfs sync` daemon, its status file and single-instance lock;
+//! - [`runtime`]: the runtime directory where daemons publish their state files;
 //! - [`metrics`]: the optional Prometheus endpoint of the long-running commands;
 //! - [`cli`]: the command line.
 //!
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod mount;
 pub mod publish;
+pub mod runtime;
 pub mod scan;
 pub mod store;
 pub mod sync;

@@ -5,30 +5,15 @@
 mod support;
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use support::airflow::{make_dags, repo, venv_bin};
 use support::minidfs::{superuser, MiniDfs};
 use support::mount::{push, Mount};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn venv_bin() -> PathBuf {
-    let out = Command::new(repo().join("scripts/airflow-venv"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/airflow-venv: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
-}
 
 /// Everything Airflow and the bundle need, as environment variables.
 struct Env {
@@ -217,12 +202,7 @@ fn dag_runs_record_generations_and_tasks_run_their_generations_code() {
         tmp.path().join("run"),
     );
     std::fs::create_dir_all(tmp.path().join("witness")).unwrap();
-    let made = Command::new(repo().join("tests/airflow/make_dags.py"))
-        .arg(&dags)
-        .arg("20")
-        .status()
-        .unwrap();
-    assert!(made.success());
+    make_dags(&dags, 20);
     std::fs::write(dags.join("pinned.py"), pinned_source(1)).unwrap();
     push(cluster, &runtime, &dags, &url);
     let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));

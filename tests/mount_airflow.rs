@@ -3,30 +3,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
+use support::airflow::{make_dags, venv_bin};
 use support::minidfs::MiniDfs;
 use support::mount::{push, Mount};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Airflow venv's bin directory (created on first use, then reused).
-fn airflow_bin() -> PathBuf {
-    let out = Command::new(repo().join("scripts/airflow-venv"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/airflow-venv: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
-}
 
 /// `airflow ARGS` with `dags_folder` set, returning parsed JSON stdout.
 fn airflow_json(bin: &Path, home: &Path, dags: &Path, args: &[&str]) -> Value {
@@ -108,7 +92,7 @@ fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, St
 
 #[test]
 fn airflow_parses_the_mount_like_a_local_copy() {
-    let bin = airflow_bin();
+    let bin = venv_bin();
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("mount-airflow");
     let tmp = tempfile::tempdir().unwrap();
@@ -118,12 +102,7 @@ fn airflow_parses_the_mount_like_a_local_copy() {
         tmp.path().join("run"),
         tmp.path().join("airflow-home"),
     );
-    let made = Command::new(repo().join("tests/airflow/make_dags.py"))
-        .arg(&dags)
-        .arg("60")
-        .status()
-        .unwrap();
-    assert!(made.success());
+    make_dags(&dags, 60);
     push(cluster, &runtime, &dags, &url);
     let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
     mount.serving(1);

@@ -12,7 +12,8 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use crate::mount::state::{runtime_dir, MountState};
+use crate::mount::state::MountState;
+use crate::runtime::runtime_dir;
 use crate::sync::state::{SyncState, STATE_PREFIX};
 
 /// Arguments of `dagfs status`.

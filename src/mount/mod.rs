@@ -338,7 +338,7 @@ pub async fn run(
                 source,
             }
         })?;
-    let now = state::now_ms();
+    let now = crate::runtime::now_ms();
     let mut served = Served {
         state: MountState {
             pid: std::process::id(),
@@ -399,7 +399,7 @@ pub async fn run(
 }
 
 fn write_state(states: &StateDir, state: &mut MountState) {
-    state.updated_ms = state::now_ms();
+    state.updated_ms = crate::runtime::now_ms();
     if let Err(e) = states.write(state) {
         tracing::warn!(error = %e, "cannot write the mount state file");
     }
@@ -440,7 +440,7 @@ async fn poll_loop(
                     tracing::info!(generation = ?state.generation, "store reachable again");
                 }
                 state.online = true;
-                state.last_poll_ok_ms = Some(state::now_ms());
+                state.last_poll_ok_ms = Some(crate::runtime::now_ms());
                 state.last_error = None;
             }
             Err(e) => {

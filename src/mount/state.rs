@@ -9,12 +9,10 @@
 //! shows is exactly the generation, nothing more.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Environment variable that overrides the runtime directory.
-pub const RUNTIME_DIR_ENV: &str = "DAGFS_RUNTIME_DIR";
+use crate::runtime::{runtime_dir, write_json};
 
 /// What a mount reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,22 +84,6 @@ pub enum StateError {
     },
 }
 
-/// The directory holding mount state files: `$DAGFS_RUNTIME_DIR`, else `/run/dagfs` for
-/// root, else `$XDG_RUNTIME_DIR/dagfs`, else `dagfs-<uid>` in the temporary directory.
-pub fn runtime_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let uid = rustix::process::getuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/dagfs");
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("dagfs");
-    }
-    std::env::temp_dir().join(format!("dagfs-{}", uid.as_raw()))
-}
-
 /// The mountpoint made absolute without touching it: a dead FUSE mount fails every `stat`,
 /// so the path is not canonicalised.
 pub fn absolute_mountpoint(mountpoint: &Path) -> PathBuf {
@@ -115,7 +97,7 @@ pub struct StateDir {
 }
 
 impl Default for StateDir {
-    /// The host's runtime directory (see [`runtime_dir`]).
+    /// The host's runtime directory (see [`crate::runtime::runtime_dir`]).
     fn default() -> Self {
         StateDir { dir: runtime_dir() }
     }
@@ -138,12 +120,7 @@ impl StateDir {
 
     /// Writes `state` atomically to its state file, creating the directory.
     pub fn write(&self, state: &MountState) -> std::io::Result<()> {
-        let path = self.path(&state.mountpoint);
-        std::fs::create_dir_all(&self.dir)?;
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
-        serde_json::to_writer_pretty(&mut file, state)?;
-        file.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        write_json(&self.path(&state.mountpoint), state)
     }
 
     /// Removes the state file of the mount at `mountpoint` (on clean shutdown).
@@ -213,17 +190,10 @@ fn escape_path(path: &Path) -> String {
     out
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::now_ms;
 
     fn sample(mountpoint: &Path) -> MountState {
         MountState {

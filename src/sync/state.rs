@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mount::state::{now_ms, runtime_dir};
+use crate::runtime::{now_ms, runtime_dir, write_json};
 
 /// Prefix of sync status files in the runtime directory.
 pub const STATE_PREFIX: &str = "sync-";
@@ -197,11 +197,7 @@ impl SyncFiles {
     /// Writes `state` atomically to its status file.
     pub fn write(&self, state: &SyncState) -> Result<(), StateError> {
         let path = self.state_path(&state.dir);
-        std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_error(&self.dir))?;
-        serde_json::to_writer_pretty(&mut file, state).map_err(|e| io_error(&path)(e.into()))?;
-        file.persist(&path).map_err(|e| io_error(&path)(e.error))?;
-        Ok(())
+        write_json(&path, state).map_err(io_error(&path))
     }
 
     /// Removes the status file of the daemon watching `folder` (on clean shutdown).

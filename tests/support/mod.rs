@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
+pub mod airflow;
 pub mod minidfs;
 pub mod mount;
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def runtime_dir() -> Path:
         return Path("/run/dagfs")
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "dagfs"
-    return Path("/tmp") / f"dagfs-{os.getuid()}"
+    return Path(tempfile.gettempdir()) / f"dagfs-{os.getuid()}"
 
 
 def escape_path(path: str) -> str:

@@ -1,0 +1,32 @@
+//! Apache Airflow for the tests: the pinned venv of `scripts/airflow-venv`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bin directory of the Airflow venv (created on first use, then reused).
+pub fn venv_bin() -> PathBuf {
+    let out = Command::new(repo().join("scripts/airflow-venv"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/airflow-venv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
+}
+
+/// Writes the generated multi-DAG folder of `tests/airflow/make_dags.py` (`count` DAGs).
+pub fn make_dags(dir: &Path, count: usize) {
+    let made = Command::new(repo().join("tests/airflow/make_dags.py"))
+        .arg(dir)
+        .arg(count.to_string())
+        .status()
+        .unwrap();
+    assert!(made.success(), "make_dags.py failed");
+}
