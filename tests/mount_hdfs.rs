@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -266,4 +267,50 @@ fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
     assert!(state.online && state.is_current(), "{state:?}");
     assert_eq!(hashes(&mnt), hashes(&dags));
     mount.stop();
+}
+
+#[test]
+fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("mount-lifecycle");
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, mnt, runtime, cache) = (
+        tmp.path().join("dags"),
+        tmp.path().join("mnt"),
+        tmp.path().join("run"),
+        tmp.path().join("cache"),
+    );
+    write_generation(&dags, 1, 5);
+    push(cluster, &runtime, &dags, &url);
+
+    // `fusermount3 -u` by an operator: the mount process notices and exits 0.
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &cache);
+    mount.serving(1);
+    let unmounted = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    let status = mount.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "dagfs mount exited with {status} after an external unmount"
+    );
+
+    // kill -9 leaves a dead FUSE mount ("Transport endpoint is not connected"); a new
+    // mount on the same directory replaces it.
+    let mut crashed = Mount::start(cluster, &runtime, &url, &mnt, &cache);
+    crashed.serving(1);
+    crashed.kill();
+    let err = std::fs::read_dir(&mnt).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(107),
+        "a dead mount answers ENOTCONN: {err}"
+    );
+    let mut replaced = Mount::start(cluster, &runtime, &url, &mnt, &cache);
+    replaced.serving(1);
+    assert_eq!(hashes(&mnt), hashes(&dags));
+    replaced.stop();
 }

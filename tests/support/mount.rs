@@ -63,7 +63,10 @@ impl Mount {
         cache: &Path,
         extra: &[&str],
     ) -> Mount {
-        std::fs::create_dir_all(mountpoint).unwrap();
+        // A dead mount left by a killed process exists but cannot be stat'ed: leave it.
+        if let Err(e) = std::fs::create_dir_all(mountpoint) {
+            assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        }
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         std::fs::create_dir_all(runtime).unwrap();
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
@@ -106,6 +109,27 @@ impl Mount {
         self.wait_for(&format!("generation {generation}"), |s| {
             s.generation == Some(generation)
         })
+    }
+
+    /// Waits for the process to exit on its own, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dagfs mount did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: the kernel mount stays behind, dead.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then wait: the mount must unmount and exit 0.
