@@ -68,8 +68,9 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
     };
     let mut registry = Registry::default();
     let metrics = MountMetrics::register(&mut registry);
+    let health = Health::default();
     let _server = metrics_addr
-        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), Health::default()))
+        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), health.clone()))
         .transpose()?;
     let options = MountOptions {
         mountpoint: args.mountpoint,
@@ -79,6 +80,7 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         config: mount_config,
         state_dir: StateDir::default(),
         metrics,
+        health,
     };
     mount::run(store, options, super::shutdown_signal()?).await?;
     Ok(())

@@ -116,6 +116,7 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
         config: mount_config,
         state_dir: StateDir::default(),
         metrics: MountMetrics::register(&mut Registry::default()),
+        health: Health::default(),
     };
     let mount_done = mount::run(mount_store, options, stopped(stop_rx));
     // Whichever ends first (Ctrl-C, an error, an unmount from outside) stops the other.

@@ -25,7 +25,7 @@ use crate::cache::{Cache, CacheError};
 use crate::config::MountConfig;
 use crate::format::{Digest, Manifest};
 use crate::generations;
-use crate::metrics::KindLabels;
+use crate::metrics::{Health, KindLabels};
 use crate::store::{Store, StoreError};
 use metrics::MountMetrics;
 use state::{MountState, StateDir};
@@ -105,6 +105,9 @@ pub struct MountOptions {
     pub state_dir: StateDir,
     /// Where the metrics go (served on `--metrics` when given).
     pub metrics: MountMetrics,
+    /// What `/healthz` says: unhealthy while polls or fetches fail (the mount keeps serving
+    /// the generation it has).
+    pub health: Health,
 }
 
 /// The default cache directory for `url`: one per store under `/var/cache/dagfs` for root,
@@ -442,6 +445,7 @@ async fn poll_loop(
                 state.online = true;
                 state.last_poll_ok_ms = Some(crate::runtime::now_ms());
                 state.last_error = None;
+                options.health.set_healthy();
             }
             Err(e) => {
                 let line = e.to_string();
