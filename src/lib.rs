@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod election;
 pub mod format;
 pub mod gc;
 pub mod generations;
