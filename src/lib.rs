@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod election;
+pub mod failover;
 pub mod format;
 pub mod gc;
 pub mod generations;
@@ -27,6 +28,7 @@ pub mod mount;
 pub mod publish;
 pub mod scan;
 pub mod store;
+pub mod supervise;
 pub mod verify;
 
 #[cfg(test)]

@@ -142,7 +142,11 @@ pub struct GcArgs {
 }
 
 /// Opens the store named by a flag, or by `store.url`.
-async fn open_store(url: Option<&str>, config: &Config, flag: &str) -> Result<Box<dyn Store>> {
+pub(super) async fn open_store(
+    url: Option<&str>,
+    config: &Config,
+    flag: &str,
+) -> Result<Box<dyn Store>> {
     let Some(url) = url.or(config.store.url.as_deref()) else {
         bail!("no store given: pass {flag} URL or set store.url in the config");
     };

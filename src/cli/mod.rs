@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod failover;
 
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
@@ -63,7 +64,10 @@ enum Command {
     /// Check a local folder, the store and mounts against each other by content hash.
     Verify(commands::VerifyArgs),
     /// Run exactly one Airflow scheduler across hosts, fenced and restarted.
-    Failover,
+    Failover(failover::FailoverArgs),
+    /// Internal: the guard `dagfs failover` runs around each command.
+    #[command(hide = true)]
+    FailoverGuard(failover::GuardArgs),
     /// List the generations in a store, newest first.
     Log(commands::LogArgs),
     /// Show what changed between two generations.
@@ -85,7 +89,8 @@ impl Command {
             Command::Push(_) => "push",
             Command::Mount => "mount",
             Command::Verify(_) => "verify",
-            Command::Failover => "failover",
+            Command::Failover(_) => "failover",
+            Command::FailoverGuard(_) => "failover-guard",
             Command::Log(_) => "log",
             Command::Diff(_) => "diff",
             Command::Rollback(_) => "rollback",
@@ -139,12 +144,16 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
         };
     }
+    if let Command::FailoverGuard(args) = command {
+        return ExitCode::from(failover::guard(args).await);
+    }
     let result = match command {
         Command::Push(args) => commands::push(args, &config).await,
         Command::Log(args) => commands::log(args, &config).await,
         Command::Diff(args) => commands::diff(args, &config).await,
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
+        Command::Failover(args) => failover::failover(args, &config).await,
         _ => {
             // Each command arrives with the issue that builds it; until then it says so.
             eprintln!(
