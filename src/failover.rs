@@ -279,8 +279,9 @@ pub async fn run(
         kill_grace: config.kill_grace,
         guard_exe: options.guard_exe.clone(),
         env: vec![
-            ("DAGFS_FAILOVER_ID".into(), options.id.clone()),
-            ("DAGFS_STORE_URL".into(), store.url().to_string()),
+            // Not DAGFS_<SECTION>_*: those are configuration keys.
+            ("DAGFS_CANDIDATE".into(), options.id.clone()),
+            ("DAGFS_STORE".into(), store.url().to_string()),
         ],
     };
     let mut controller = Controller {
@@ -519,7 +520,7 @@ impl<'a> Controller<'a> {
                     return;
                 };
                 let epoch = lead.term.as_ref().map_or(0, |t| t.epoch);
-                match Unit::start(&self.spec, epoch, lead.lease_until()).await {
+                match Unit::start(&self.spec, epoch, generation, lead.lease_until()).await {
                     Ok(unit) => {
                         tracing::info!(epoch, generation = ?generation, tree_id = ?tree_id, "commands started on the head generation");
                         lead.phase = Phase::Running {

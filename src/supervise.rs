@@ -199,11 +199,13 @@ pub struct Unit {
 
 impl Unit {
     /// Starts every command behind its guard, with `epoch` in their environment
-    /// (`DAGFS_FAILOVER_EPOCH`) and in every line of their output in the log. On an error
-    /// the commands already started are stopped.
+    /// (`DAGFS_EPOCH`, and `DAGFS_GENERATION` for the generation the mount serves) and in
+    /// every line of their output in the log. On an error the commands already started are
+    /// stopped.
     pub async fn start(
         spec: &UnitSpec,
         epoch: u64,
+        generation: Option<u64>,
         lease_until: Option<Clock>,
     ) -> std::io::Result<Unit> {
         let (tx, exits) = mpsc::unbounded_channel();
@@ -223,7 +225,8 @@ impl Unit {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
-                .env("DAGFS_FAILOVER_EPOCH", epoch.to_string());
+                .env("DAGFS_EPOCH", epoch.to_string())
+                .env("DAGFS_GENERATION", generation.map_or(String::new(), |g| g.to_string()));
             if let Some(until) = lease_until {
                 guard
                     .arg("--lease-until-ns")
