@@ -384,8 +384,14 @@ impl<'a> Controller<'a> {
             .is_some_and(|until| Clock::now() < until)
     }
 
+    /// Records the last error; logs it as a warning when it is new (a standby repeating
+    /// the same reason every interval would flood the log).
     fn error(&mut self, error: String) {
-        tracing::warn!(error = %error);
+        if self.last_error.as_deref() == Some(&error) {
+            tracing::debug!(error = %error);
+        } else {
+            tracing::warn!(error = %error);
+        }
         self.last_error = Some(error);
     }
 
@@ -400,9 +406,10 @@ impl<'a> Controller<'a> {
     }
 
     async fn stand_by(&mut self) {
-        let eligible = !self.cooling_down() && self.mount_current();
+        let mount = self.mount_current();
+        let eligible = !self.cooling_down() && mount.is_ok();
         if self.options.all_active {
-            if eligible || !self.cooling_down() {
+            if !self.cooling_down() {
                 self.lead = Some(Lead {
                     term: None,
                     phase: Phase::WaitingForMount {
@@ -423,9 +430,9 @@ impl<'a> Controller<'a> {
                 });
             }
             Ok(Standing::Vacant(_)) if !self.cooling_down() => {
-                tracing::info!(
-                    "leadership is vacant but the local mount is not current: not taking over"
-                );
+                if let Err(reason) = mount {
+                    self.error(format!("leadership is vacant; not taking over: {reason}"));
+                }
             }
             Ok(_) => {}
             Err(e) => self.error(e.to_string()),
@@ -434,10 +441,21 @@ impl<'a> Controller<'a> {
 
     /// Whether the local mount claims to serve its head (the cheap, local part of the gate;
     /// a standby with a lagging mount does not take leadership it could not use).
-    fn mount_current(&self) -> bool {
-        self.mounts
+    fn mount_current(&self) -> Result<(), String> {
+        let mount = self
+            .mounts
             .read(&self.options.mountpoint)
-            .is_ok_and(|m| m.is_current())
+            .map_err(|e| e.to_string())?;
+        if mount.is_current() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the mount at {} serves generation {} but its head is {}",
+                self.options.mountpoint.display(),
+                show(mount.generation),
+                show(mount.head)
+            ))
+        }
     }
 
     async fn lead_step(&mut self) {

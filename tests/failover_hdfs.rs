@@ -537,23 +537,28 @@ fn a_host_whose_mount_lags_does_not_start_the_scheduler() {
     // The mount still serves generation 1 (it saw 2, but has not switched yet).
     a.set_mount(Some(1), Some(2));
     a.start(&world, &[]);
+    world.wait_for("a to stay standby", Duration::from_secs(30), || {
+        a.state().is_some_and(|s| {
+            s.role == Role::Standby
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("serves generation 1 but its head is 2"))
+        })
+    });
+    // A mount that says it is current but serves an old head is caught against the store:
+    // a takes leadership but waits.
+    a.set_mount(Some(1), Some(1));
     world.wait_for("a to lead and wait for its mount", Duration::from_secs(30), || {
         a.state().is_some_and(|s| {
             s.role == Role::WaitingForMount
-                && s.last_error.as_deref().is_some_and(|e| e.contains("generation 1"))
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("store's head is 2"))
         })
     });
-    // A mount that says it is current but serves an old head is caught against the store.
-    a.set_mount(Some(1), Some(1));
     std::thread::sleep(3 * INTERVAL);
     assert!(world.starts().is_empty(), "{}", world.witness());
-    let state = a.state().unwrap();
-    assert_eq!(state.role, Role::WaitingForMount);
-    assert!(
-        state.last_error.unwrap().contains("store's head is 2"),
-        "{}",
-        a.log()
-    );
+    assert_eq!(a.role(), Some(Role::WaitingForMount));
     // Once the mount serves the head, the scheduler starts, and the generation is recorded.
     a.set_mount(Some(2), Some(2));
     world.wait_start("a", 1, Duration::from_secs(10));
