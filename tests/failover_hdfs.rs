@@ -449,8 +449,6 @@ fn a_leader_cut_off_from_hdfs_or_paused_fences_itself_before_a_standby_starts() 
             .iter()
             .position(|h| h.role() == Some(Role::Running))
             .unwrap_or_else(|| panic!("no leader before trial {trial}"));
-        let standby = 1 - leader;
-        let starts_before = world.starts().len();
         // Cut at a random point of the heartbeat cycle, for a random time around the
         // takeover timeout; every fourth trial pauses the controller instead.
         std::thread::sleep(Duration::from_millis(random.below(1000)));
@@ -467,23 +465,26 @@ fn a_leader_cut_off_from_hdfs_or_paused_fences_itself_before_a_standby_starts() 
         } else {
             partition.heal();
         }
+        let healed_ms = now_ms();
         world.assert_no_overlap();
-        // Someone leads again: the old leader (a short outage) or the standby.
+        // Someone leads again (the old leader after a short outage, or the standby), as
+        // its state written after the outage says.
         world.wait_for("a leader after the outage", Duration::from_secs(30), || {
-            hosts.iter().any(|h| h.role() == Some(Role::Running))
-                && world.starts().len() >= starts_before
+            hosts.iter().any(|h| {
+                h.state()
+                    .is_some_and(|s| s.role == Role::Running && s.updated_ms > healed_ms)
+            })
         });
+        let now_leading = hosts
+            .iter()
+            .find(|h| h.role() == Some(Role::Running))
+            .map_or("?", |h| &h.name);
         eprintln!(
-            "trial {trial}: {} {} for {:.1} s, leader now {}",
+            "trial {trial}: {} {} for {:.1} s, leader now {now_leading}",
             if pause { "paused" } else { "cut off" },
             hosts[leader].name,
             outage.as_secs_f64(),
-            hosts
-                .iter()
-                .find(|h| h.role() == Some(Role::Running))
-                .map_or("?", |h| &h.name)
         );
-        let _ = standby;
     }
     world.assert_no_overlap();
     let moved = world
@@ -565,4 +566,132 @@ fn a_host_whose_mount_lags_does_not_start_the_scheduler() {
     world.wait_for("a to record generation 2", Duration::from_secs(5), || {
         a.state().is_some_and(|s| s.generation == Some(2))
     });
+}
+
+/// `GET path` on 127.0.0.1:`port`, the body; `None` on any failure.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// The NameNode's count of client RPCs processed, from its JMX servlet. The launcher does not
+/// print its web port, so every port the MiniDFS JVM (a child of this process) listens on is
+/// asked for the NameNode's `RpcActivityForPort<rpc port>` bean.
+struct NameNodeRpcs {
+    port: u16,
+    query: String,
+}
+
+impl NameNodeRpcs {
+    fn find(cluster: &MiniDfs) -> NameNodeRpcs {
+        let rpc_port = cluster.url().rsplit(':').next().unwrap().to_string();
+        let query = format!("/jmx?qry=Hadoop:service=NameNode,name=RpcActivityForPort{rpc_port}");
+        let out = Command::new("ss").args(["-ltnpH"]).output().expect("ss");
+        let me = std::process::id().to_string();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(pid) = line.split("pid=").nth(1).and_then(|p| p.split(',').next()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().unwrap_or("").split_whitespace().nth(1);
+            if ppid != Some(me.as_str()) {
+                continue;
+            }
+            let Some(port) = line
+                .split_whitespace()
+                .nth(3)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+            else {
+                continue;
+            };
+            let found = NameNodeRpcs {
+                port,
+                query: query.clone(),
+            };
+            if found.count().is_some() {
+                return found;
+            }
+        }
+        panic!("no NameNode JMX servlet found among the MiniDFS JVM's ports");
+    }
+
+    fn count(&self) -> Option<u64> {
+        let body = http_get(self.port, &self.query)?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["beans"][0]["RpcProcessingTimeNumOps"].as_u64()
+    }
+
+    /// NameNode RPCs per second over `window`.
+    fn rate(&self, window: Duration) -> f64 {
+        let before = self.count().unwrap();
+        std::thread::sleep(window);
+        let after = self.count().unwrap();
+        (after - before) as f64 / window.as_secs_f64()
+    }
+}
+
+/// Settings for a 10 s interval (the defaults).
+const DEFAULT_TIMING: [(&str, &str); 5] = [
+    ("DAGFS_FAILOVER_INTERVAL", "10s"),
+    ("DAGFS_FAILOVER_FENCE_AFTER", "30s"),
+    ("DAGFS_FAILOVER_KILL_GRACE", "10s"),
+    ("DAGFS_FAILOVER_SAFETY_MARGIN", "5s"),
+    ("DAGFS_FAILOVER_TAKEOVER_AFTER", "50s"),
+];
+
+/// Takeover times after kill -9 and NameNode RPC rates of idle controllers, for
+/// BENCHMARKS.md: `cargo test --release --test failover_hdfs -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark (about 6 minutes): run with --ignored --nocapture"]
+fn bench_takeover_time_and_idle_rpc_rate() {
+    let _serial = serial();
+    for (label, timing, rounds, window) in [
+        ("1s", &[][..], 3, Duration::from_secs(20)),
+        ("10s", &DEFAULT_TIMING[..], 2, Duration::from_secs(60)),
+    ] {
+        let world = World::new("bench");
+        let rpcs = NameNodeRpcs::find(world.cluster);
+        let baseline = rpcs.rate(window);
+        let mut hosts = vec![world.host("a", None, timing), world.host("b", None, timing)];
+        hosts[0].start(&world, &[]);
+        world.wait_start("a", 1, Duration::from_secs(120));
+        let leader_rate = rpcs.rate(window) - baseline;
+        hosts[1].start(&world, &[]);
+        world.wait_for("b to follow", Duration::from_secs(60), || {
+            hosts[1].state().and_then(|s| s.leader).is_some()
+        });
+        let standby_rate = rpcs.rate(window) - baseline - leader_rate;
+        eprintln!(
+            "interval {label}: NameNode RPC/s: baseline {baseline:.2}, leader +{leader_rate:.2}, standby +{standby_rate:.2}"
+        );
+        let mut leader = 0;
+        for round in 0..rounds {
+            let standby = 1 - leader;
+            let name = hosts[standby].name.clone();
+            let before = world.starts().iter().filter(|(h, _)| *h == name).count();
+            let killed = now_secs();
+            hosts[leader].kill9();
+            let started = world.wait_start(&name, before + 1, Duration::from_secs(180));
+            eprintln!(
+                "interval {label}: takeover {round}: {:.2} s after kill -9",
+                started - killed
+            );
+            hosts[leader].start(&world, &[]);
+            world.wait_for("the restarted host to follow", Duration::from_secs(60), || {
+                hosts[leader].state().and_then(|s| s.leader).is_some()
+            });
+            leader = standby;
+        }
+        world.assert_no_overlap();
+    }
 }
