@@ -13,6 +13,8 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
@@ -88,7 +90,7 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
         }
     };
     let pid = child.id().unwrap_or_default();
-    eprintln!("dagfs failover-guard: started pid {pid}");
+    eprintln!("{GUARD_STARTED}{pid}");
     let mut lease_until = lease_until;
     let mut control = BufReader::new(tokio::io::stdin()).lines();
     let (mut term, mut int) = match (
@@ -226,7 +228,10 @@ impl Unit {
                 .stderr(Stdio::piped())
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .env("DAGFS_EPOCH", epoch.to_string())
-                .env("DAGFS_GENERATION", generation.map_or(String::new(), |g| g.to_string()));
+                .env(
+                    "DAGFS_GENERATION",
+                    generation.map_or(String::new(), |g| g.to_string()),
+                );
             if let Some(until) = lease_until {
                 guard
                     .arg("--lease-until-ns")
@@ -247,18 +252,26 @@ impl Unit {
             };
             tracing::info!(epoch, command = %command, guard_pid = ?info.guard_pid, "started");
             let control = child.stdin.take();
+            let group = Arc::new(AtomicU32::new(0));
             for (stream, reader) in [
                 ("stdout", child.stdout.take().map(|s| Box::new(s) as Box<_>)),
                 ("stderr", child.stderr.take().map(|s| Box::new(s) as Box<_>)),
             ] {
                 if let Some(reader) = reader {
-                    tokio::spawn(log_lines(reader, epoch, command.clone(), stream));
+                    let lines = log_lines(reader, epoch, command.clone(), stream, group.clone());
+                    tokio::spawn(lines);
                 }
             }
             let tx = tx.clone();
             let name = command.clone();
             tokio::spawn(async move {
                 let code = child.wait().await.ok().map(exit_code);
+                // The guard kills its command's group before it exits; if the guard itself
+                // was killed, the controller does it (the group id came in its first line).
+                match group.load(Ordering::SeqCst) {
+                    0 => {}
+                    pgid => signal_group(pgid, Signal::KILL),
+                }
                 let _ = tx.send(MemberExit {
                     command: name,
                     code,
@@ -337,14 +350,22 @@ impl Unit {
     }
 }
 
+/// The first line a guard writes to stderr: the process (group) id of its command.
+const GUARD_STARTED: &str = "dagfs failover-guard: started pid ";
+
+/// Logs a guard's output line by line with the epoch; notes the command's process group.
 async fn log_lines(
     reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     epoch: u64,
     command: String,
     stream: &'static str,
+    group: Arc<AtomicU32>,
 ) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(pid) = line.strip_prefix(GUARD_STARTED) {
+            group.store(pid.trim().parse().unwrap_or(0), Ordering::SeqCst);
+        }
         tracing::info!(target: "dagfs::child", epoch, command = %command, stream, "{line}");
     }
 }

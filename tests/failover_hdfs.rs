@@ -254,7 +254,12 @@ impl Host {
             .arg("--mount")
             .arg(&self.mountpoint)
             .arg("--run")
-            .arg(format!("{} {} {}", standin.display(), self.name, args.join(" ")))
+            .arg(format!(
+                "{} {} {}",
+                standin.display(),
+                self.name,
+                args.join(" ")
+            ))
             .env_remove("DAGFS_CONFIG")
             .env("DAGFS_RUNTIME_DIR", &self.runtime)
             .env("DAGFS_STORE_USER", superuser())
@@ -515,7 +520,12 @@ fn a_scheduler_that_crashes_at_start_moves_leadership_and_its_host_cools_down() 
         a.role() == Some(Role::CoolingDown)
     });
     assert_eq!(world.starts().iter().filter(|(h, _)| h == "a").count(), 3);
-    assert!(a.state().unwrap().last_error.unwrap().contains("stepped down"));
+    assert!(a
+        .state()
+        .unwrap()
+        .last_error
+        .unwrap()
+        .contains("stepped down"));
     // b dies; a, cooling down, must not take leadership back.
     b.kill9();
     let silent_until = Instant::now() + TAKEOVER_AFTER + 3 * INTERVAL;
@@ -549,14 +559,18 @@ fn a_host_whose_mount_lags_does_not_start_the_scheduler() {
     // A mount that says it is current but serves an old head is caught against the store:
     // a takes leadership but waits.
     a.set_mount(Some(1), Some(1));
-    world.wait_for("a to lead and wait for its mount", Duration::from_secs(30), || {
-        a.state().is_some_and(|s| {
-            s.role == Role::WaitingForMount
-                && s.last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("store's head is 2"))
-        })
-    });
+    world.wait_for(
+        "a to lead and wait for its mount",
+        Duration::from_secs(30),
+        || {
+            a.state().is_some_and(|s| {
+                s.role == Role::WaitingForMount
+                    && s.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("store's head is 2"))
+            })
+        },
+    );
     std::thread::sleep(3 * INTERVAL);
     assert!(world.starts().is_empty(), "{}", world.witness());
     assert_eq!(a.role(), Some(Role::WaitingForMount));
@@ -580,7 +594,9 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// The NameNode's count of client RPCs processed, from its JMX servlet. The launcher does not
@@ -602,7 +618,12 @@ impl NameNodeRpcs {
                 continue;
             };
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().unwrap_or("").split_whitespace().nth(1);
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .nth(1);
             if ppid != Some(me.as_str()) {
                 continue;
             }
@@ -662,7 +683,7 @@ fn bench_takeover_time_and_idle_rpc_rate() {
         let world = World::new("bench");
         let rpcs = NameNodeRpcs::find(world.cluster);
         let baseline = rpcs.rate(window);
-        let mut hosts = vec![world.host("a", None, timing), world.host("b", None, timing)];
+        let mut hosts = [world.host("a", None, timing), world.host("b", None, timing)];
         hosts[0].start(&world, &[]);
         world.wait_start("a", 1, Duration::from_secs(120));
         let leader_rate = rpcs.rate(window) - baseline;
@@ -687,9 +708,11 @@ fn bench_takeover_time_and_idle_rpc_rate() {
                 started - killed
             );
             hosts[leader].start(&world, &[]);
-            world.wait_for("the restarted host to follow", Duration::from_secs(60), || {
-                hosts[leader].state().and_then(|s| s.leader).is_some()
-            });
+            world.wait_for(
+                "the restarted host to follow",
+                Duration::from_secs(60),
+                || hosts[leader].state().and_then(|s| s.leader).is_some(),
+            );
             leader = standby;
         }
         world.assert_no_overlap();
