@@ -19,21 +19,7 @@ export DAGFS_MINIDFS_DIR=$work/minidfs
 cleanup() { scripts/minidfs stop >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 - "$work/dags" "$N" <<'PY'
-import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
-rng = random.Random(42)
-for i in range(n):
-    d = os.path.join(root, f"team_{i % 20}", f"pkg_{i % 7}")
-    os.makedirs(d, exist_ok=True)
-    size = rng.randint(2048, 20480)
-    lines = ["from airflow import DAG", "from airflow.operators.bash import BashOperator", ""]
-    while sum(len(l) + 1 for l in lines) < size:
-        k = len(lines)
-        lines.append(f"task_{i}_{k} = BashOperator(task_id='t{k}', bash_command='echo {rng.random()}')")
-    with open(os.path.join(d, f"dag_{i}.py"), "w") as f:
-        f.write("\n".join(lines)[:size])
-PY
+benches/make_tree.py "$work/dags" "$N"
 bytes=$(du -sb "$work/dags" | cut -f1)
 
 # --fast-close: complete() does not wait for the DataNode's block report (HDFS's

@@ -49,6 +49,8 @@ pub struct Config {
     pub scan: ScanConfig,
     /// How generations are published.
     pub publish: PublishConfig,
+    /// How `dagfs mount` serves generations.
+    pub mount: MountConfig,
     /// Logging.
     pub log: LogConfig,
     /// Scheduler failover: election timing, supervision, the identity gate.
@@ -211,6 +213,55 @@ impl Default for PublishConfig {
     }
 }
 
+/// This user's dagfs cache directory: `$XDG_CACHE_HOME/dagfs`, else `~/.cache/dagfs`.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|base| base.join("dagfs"))
+}
+
+/// The `[mount]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountConfig {
+    /// Local verified cache of manifests and objects; unset: one per store under
+    /// `/var/cache/dagfs` (root) or `$XDG_CACHE_HOME/dagfs`.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the store is asked for a new head generation.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// Upper bound on any wait for the store inside a filesystem call (re-fetching an object
+    /// missing from the cache); the call fails with EIO after it.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// How long the kernel caches entries and attributes (switches invalidate at once).
+    #[serde(with = "humantime_serde")]
+    pub kernel_ttl: Duration,
+    /// Generations kept in the cache (the one served and those before it); objects no kept
+    /// generation needs are evicted.
+    pub keep_generations: usize,
+    /// Threads serving kernel requests.
+    pub threads: usize,
+    /// Objects fetched at once before a switch.
+    pub concurrency: usize,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            cache_dir: None,
+            poll: Duration::from_secs(1),
+            fetch_timeout: Duration::from_secs(2),
+            kernel_ttl: Duration::from_secs(10),
+            keep_generations: 3,
+            threads: 4,
+            concurrency: 16,
+        }
+    }
+}
+
 /// The `[store]` section.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -294,7 +345,7 @@ impl Default for LogConfig {
 
 /// Sections that `DAGFS_<SECTION>_<KEY>` variables map into. Other `DAGFS_*` variables (like
 /// `DAGFS_CONFIG`) are not configuration keys.
-const SECTIONS: &[&str] = &["store", "scan", "publish", "log", "failover"];
+const SECTIONS: &[&str] = &["store", "scan", "publish", "mount", "log", "failover"];
 
 /// Which file to read and what to lay over it.
 #[derive(Clone, Debug, Default)]
@@ -356,6 +407,28 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "publish.concurrency = 0: expected at least 1".into(),
             ));
+        }
+        let mount = &self.mount;
+        for (key, value) in [
+            ("mount.poll", mount.poll),
+            ("mount.fetch_timeout", mount.fetch_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = \"0s\": expected a duration greater than zero, e.g. \"1s\""
+                )));
+            }
+        }
+        for (key, value) in [
+            ("mount.keep_generations", mount.keep_generations),
+            ("mount.threads", mount.threads),
+            ("mount.concurrency", mount.concurrency),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = 0: expected at least 1"
+                )));
+            }
         }
         if self.store.timeout.is_zero() {
             return Err(ConfigError::Invalid(

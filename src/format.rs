@@ -97,6 +97,12 @@ impl fmt::Debug for Digest {
     }
 }
 
+impl From<[u8; 32]> for Digest {
+    fn from(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+}
+
 impl FromStr for Digest {
     type Err = FormatError;
 

@@ -9,6 +9,7 @@
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
+//! - [`cache`]: the mount's verified local cache of manifests and objects;
 //! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
@@ -16,6 +17,7 @@
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod election;

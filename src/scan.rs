@@ -427,15 +427,10 @@ impl HashCache {
     /// Where the cache for DAG folder `dir` lives: `$XDG_CACHE_HOME/dagfs` (or
     /// `~/.cache/dagfs`), one file per folder.
     pub fn default_location(dir: &Path) -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        let base = crate::config::user_cache_dir()?;
         let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let id = Digest::of(canonical.as_os_str().as_encoded_bytes());
-        Some(
-            base.join("dagfs")
-                .join(format!("hashes-{}.json", &id.to_string()[..16])),
-        )
+        Some(base.join(format!("hashes-{}.json", &id.to_string()[..16])))
     }
 
     fn lookup(&self, path: &str, stamp: &FileStamp) -> Option<Digest> {

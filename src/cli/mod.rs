@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod failover;
+mod mount;
 
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
@@ -60,7 +61,7 @@ enum Command {
     /// Publish a DAG folder once as a new generation (if anything changed).
     Push(commands::PushArgs),
     /// Serve the committed generation as a read-only FUSE mount.
-    Mount,
+    Mount(mount::MountArgs),
     /// Check a local folder, the store and mounts against each other by content hash.
     Verify(commands::VerifyArgs),
     /// Run exactly one Airflow scheduler across hosts, fenced and restarted.
@@ -87,7 +88,7 @@ impl Command {
         match self {
             Command::Sync => "sync",
             Command::Push(_) => "push",
-            Command::Mount => "mount",
+            Command::Mount(_) => "mount",
             Command::Verify(_) => "verify",
             Command::Failover(_) => "failover",
             Command::FailoverGuard(_) => "failover-guard",
@@ -154,6 +155,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
         Command::Failover(args) => failover::failover(args, &config).await,
+        Command::Mount(args) => mount::mount(args, &config).await,
         _ => {
             // Each command arrives with the issue that builds it; until then it says so.
             eprintln!(

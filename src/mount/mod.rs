@@ -1,5 +1,488 @@
 //! `dagfs mount`: serves the committed generation of a store as a read-only FUSE filesystem.
 //!
+//! The filesystem itself lives in the `dagfs-fuse` crate; this module feeds it: it picks the
+//! generation (the head, or a pinned one), makes every object of it present in the verified
+//! [`Cache`], mounts, then polls the store and switches atomically whenever a new head is
+//! fully cached. Reads are served from the cache only, so the mount keeps serving (and
+//! starts, after a reboot) while the store is down. After every poll it writes its
+//! [`state`] for `dagfs failover`, `dagfs status` and the Airflow bundle.
+//!
 //! - [`state`]: the state file other commands read (served generation, head, errors).
 
 pub mod state;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagfs_fuse::fuse::{FuseOptions, Mounted};
+use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, TreeLabel};
+
+use crate::cache::{Cache, CacheError};
+use crate::config::MountConfig;
+use crate::format::{Digest, Manifest};
+use crate::generations;
+use crate::store::{Store, StoreError};
+use state::{MountState, StateDir};
+
+/// Why the mount could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The mountpoint is unusable.
+    #[error("mountpoint {path}: {detail}")]
+    Mountpoint {
+        /// The mountpoint.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// Nothing to serve: the store is unreachable and the cache holds no complete generation.
+    #[error("cannot serve anything: the store is unreachable ({source}) and the cache {cache} holds no complete generation; start the mount once while HDFS is up")]
+    NothingToServe {
+        /// Why the store failed.
+        source: StoreError,
+        /// The cache directory.
+        cache: PathBuf,
+    },
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The kernel refused the mount.
+    #[error("cannot mount at {path}: {source}; is fuse3 installed (`fusermount3`) and /dev/fuse available?")]
+    Fuse {
+        /// The mountpoint.
+        path: PathBuf,
+        /// The kernel's or fusermount3's error.
+        source: std::io::Error,
+    },
+    /// A manifest does not form a tree (files and directories of one name).
+    #[error("generation {generation} cannot be mounted: {detail}")]
+    Tree {
+        /// The generation.
+        generation: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// What to mount, where and how.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+    /// The verified cache directory.
+    pub cache_dir: PathBuf,
+    /// Serve this generation and do not follow the head.
+    pub pin: Option<u64>,
+    /// Let other users read the mount.
+    pub allow_other: bool,
+    /// The `[mount]` configuration (poll interval, timeouts...).
+    pub config: MountConfig,
+    /// Where the state file goes.
+    pub state_dir: StateDir,
+}
+
+/// The default cache directory for `url`: one per store under `/var/cache/dagfs` for root,
+/// else under the user's cache directory.
+pub fn default_cache_dir(url: &str) -> PathBuf {
+    let name = format!("mount-{}", &Digest::of(url.as_bytes()).to_string()[..16]);
+    let base = if rustix::process::getuid().is_root() {
+        Some(PathBuf::from("/var/cache/dagfs"))
+    } else {
+        crate::config::user_cache_dir()
+    };
+    base.unwrap_or_else(|| std::env::temp_dir().join("dagfs-cache"))
+        .join(name)
+}
+
+/// Serves file bytes from the cache; an object missing there (the cache directory was
+/// cleaned under a running mount) is fetched again, waiting at most `fetch_timeout`.
+struct CacheSource {
+    cache: Cache,
+    store: Arc<dyn Store>,
+    runtime: tokio::runtime::Handle,
+    fetch_timeout: Duration,
+}
+
+impl ContentSource for CacheSource {
+    fn open(&self, content: &ContentId, size: u64) -> std::io::Result<File> {
+        let digest = Digest::from(content.0);
+        let path = self.cache.object_path(&digest);
+        match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        tracing::warn!(object = %digest, size, "object missing from the cache; fetching it again");
+        let fetch = tokio::time::timeout(
+            self.fetch_timeout,
+            self.cache.fetch_object(self.store.as_ref(), &digest),
+        );
+        match self.runtime.block_on(fetch) {
+            Ok(Ok(())) => File::open(&path),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "fetching object {digest} took longer than {:?}",
+                    self.fetch_timeout
+                ),
+            )),
+        }
+    }
+}
+
+fn tree_of(manifest: Option<&Manifest>) -> (TreeLabel, Vec<FileSpec>) {
+    let Some(manifest) = manifest else {
+        return (TreeLabel::default(), Vec::new());
+    };
+    let files = manifest
+        .entries
+        .iter()
+        .map(|e| FileSpec {
+            path: e.path.clone(),
+            mode: e.mode,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            content: ContentId(*e.blake3.as_bytes()),
+        })
+        .collect();
+    let label = TreeLabel {
+        generation: manifest.generation,
+        tree_id: manifest.tree_id.to_string(),
+    };
+    (label, files)
+}
+
+/// Makes sure `mountpoint` can be mounted: a directory, not served by a live dagfs mount; a
+/// dead FUSE mount left by a crashed process ("Transport endpoint is not connected") is
+/// unmounted first.
+fn prepare_mountpoint(mountpoint: &Path, states: &StateDir) -> Result<(), MountError> {
+    let bad = |detail: String| MountError::Mountpoint {
+        path: mountpoint.to_path_buf(),
+        detail,
+    };
+    if let Ok(state) = states.read(mountpoint) {
+        return Err(bad(format!(
+            "already served by dagfs mount pid {} (generation {:?}); stop it first",
+            state.pid, state.generation
+        )));
+    }
+    match std::fs::metadata(mountpoint) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(bad(
+            "not a directory; create an empty directory to mount on".into(),
+        )),
+        Err(e) if e.raw_os_error() == Some(libc_enotconn()) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "replacing a dead mount left by a crashed process");
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint)
+                .status();
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                _ => Err(bad(
+                    "a dead FUSE mount is in the way and `fusermount3 -u -z` failed; unmount it by hand (umount -l)".into(),
+                )),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad(
+            "does not exist; create an empty directory to mount on".into(),
+        )),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// `ENOTCONN`, the error of every call on a FUSE mount whose process died.
+fn libc_enotconn() -> i32 {
+    rustix::io::Errno::NOTCONN.raw_os_error()
+}
+
+/// The mount's running state between polls.
+struct Served {
+    manifest: Option<Manifest>,
+    state: MountState,
+}
+
+impl Served {
+    fn generation(&self) -> Option<u64> {
+        self.manifest.as_ref().map(|m| m.generation)
+    }
+}
+
+/// Picks and caches the first generation: the pinned one, or the head; with the store down,
+/// the newest complete generation in the cache.
+async fn first_generation(
+    store: &dyn Store,
+    cache: &Cache,
+    options: &MountOptions,
+) -> Result<(Option<Manifest>, Option<u64>, Option<String>), MountError> {
+    let concurrency = options.config.concurrency;
+    let head = match generations::head(store).await {
+        Ok(head) => head,
+        Err(e) if e.kind().is_transient() => {
+            let cached = match options.pin {
+                Some(pin) => cache.load_manifest(pin)?.filter(|m| {
+                    m.entries
+                        .iter()
+                        .all(|e| cache.has_object(&e.blake3, e.size))
+                }),
+                None => cache.latest_complete()?,
+            };
+            let Some(manifest) = cached else {
+                return Err(MountError::NothingToServe {
+                    source: e,
+                    cache: cache.root().to_path_buf(),
+                });
+            };
+            tracing::warn!(generation = manifest.generation, error = %e,
+                "store unreachable: serving the last known generation from the cache; it switches once the store is back");
+            return Ok((Some(manifest), None, Some(e.to_string())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let target = options.pin.or(head);
+    let manifest = match target {
+        Some(generation) => Some(fetch(cache, store, generation, concurrency).await?),
+        None => None,
+    };
+    Ok((manifest, head, None))
+}
+
+/// Caches `generation`; files whose objects the store serves corrupt are logged loudly and
+/// served as EIO (their bytes are fetched and verified again on every open).
+async fn fetch(
+    cache: &Cache,
+    store: &dyn Store,
+    generation: u64,
+    concurrency: usize,
+) -> Result<Manifest, MountError> {
+    let cached = cache
+        .fetch_generation(store, generation, concurrency)
+        .await?;
+    if !cached.corrupt.is_empty() {
+        tracing::error!(generation, files = ?cached.corrupt,
+            "the store serves corrupt bytes for these files: reading them fails with EIO; re-publish them");
+    }
+    Ok(cached.manifest)
+}
+
+/// Runs the mount until `shutdown` resolves or someone unmounts it; then unmounts and removes
+/// the state file.
+pub async fn run(
+    store: Arc<dyn Store>,
+    options: MountOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), MountError> {
+    let mountpoint = state::absolute_mountpoint(&options.mountpoint);
+    prepare_mountpoint(&mountpoint, &options.state_dir)?;
+    let cache = Cache::open(&options.cache_dir)?;
+    let (manifest, head, error) = first_generation(store.as_ref(), &cache, &options).await?;
+
+    let (label, files) = tree_of(manifest.as_ref());
+    let source = CacheSource {
+        cache: cache.clone(),
+        store: Arc::clone(&store),
+        runtime: tokio::runtime::Handle::current(),
+        fetch_timeout: options.config.fetch_timeout,
+    };
+    let fs_options = dagfs_fuse::MountOptions {
+        ttl: options.config.kernel_ttl,
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+    };
+    let generation = label.generation;
+    let fs = DagFs::new(source, fs_options, label, &files).map_err(|e| MountError::Tree {
+        generation,
+        detail: e.to_string(),
+    })?;
+    let fs = Arc::new(fs);
+    let fuse_options = FuseOptions {
+        allow_other: options.allow_other,
+        threads: options.config.threads,
+        fs_name: format!("dagfs:{}", store.url()),
+    };
+    let mounted =
+        dagfs_fuse::fuse::mount(Arc::clone(&fs), &mountpoint, &fuse_options).map_err(|source| {
+            MountError::Fuse {
+                path: mountpoint.clone(),
+                source,
+            }
+        })?;
+    let now = state::now_ms();
+    let mut served = Served {
+        state: MountState {
+            pid: std::process::id(),
+            mountpoint: mountpoint.clone(),
+            store: store.url().to_string(),
+            generation: manifest.as_ref().map(|m| m.generation),
+            tree_id: manifest.as_ref().map(|m| m.tree_id.to_string()),
+            manifest_id: manifest.as_ref().map(|m| m.manifest_id.to_string()),
+            head,
+            pinned: options.pin,
+            online: error.is_none(),
+            last_poll_ok_ms: error.is_none().then_some(now),
+            last_error: error,
+            poll_interval_ms: options.config.poll.as_millis() as u64,
+            started_ms: now,
+            updated_ms: now,
+        },
+        manifest,
+    };
+    tracing::info!(mountpoint = %mountpoint.display(), generation = ?served.generation(),
+        files = files.len(), files_cached_in = %cache.root().display(), "mounted");
+    write_state(&options.state_dir, &mut served.state);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let ended_outside = poll_loop(
+        &store,
+        &cache,
+        &fs,
+        &mounted,
+        &options,
+        &mut served,
+        shutdown,
+    )
+    .await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Err(e) = options.state_dir.remove(&mountpoint) {
+        tracing::warn!(error = %e, "cannot remove the mount state file");
+    }
+    if ended_outside {
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside; exiting");
+        return Ok(());
+    }
+    let unmount = tokio::task::spawn_blocking(move || mounted.unmount());
+    match unmount.await.expect("unmount does not panic") {
+        Ok(()) => tracing::info!(mountpoint = %mountpoint.display(), "unmounted"),
+        Err(e) => {
+            // Busy (a process has its cwd or a file open there): detach it lazily.
+            tracing::warn!(error = %e, "unmount failed; detaching the mount lazily");
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&mountpoint)
+                .status();
+        }
+    }
+    Ok(())
+}
+
+fn write_state(states: &StateDir, state: &mut MountState) {
+    state.updated_ms = state::now_ms();
+    if let Err(e) = states.write(state) {
+        tracing::warn!(error = %e, "cannot write the mount state file");
+    }
+}
+
+/// Polls until shutdown; returns whether the mount ended from outside (`fusermount3 -u`).
+async fn poll_loop(
+    store: &Arc<dyn Store>,
+    cache: &Cache,
+    fs: &Arc<DagFs<CacheSource>>,
+    mounted: &Mounted,
+    options: &MountOptions,
+    served: &mut Served,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> bool {
+    let mut ticks = tokio::time::interval(options.config.poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watchdog = sd_notify::watchdog_enabled();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return false,
+            _ = ticks.tick() => {}
+        }
+        if mounted.is_finished() {
+            return true;
+        }
+        if watchdog.is_some() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        let result = poll_once(store.as_ref(), cache, fs, mounted, options, served).await;
+        let state = &mut served.state;
+        match result {
+            Ok(()) => {
+                if !state.online {
+                    tracing::info!(generation = ?state.generation, "store reachable again");
+                }
+                state.online = true;
+                state.last_poll_ok_ms = Some(state::now_ms());
+                state.last_error = None;
+            }
+            Err(e) => {
+                let line = e.to_string();
+                if state.last_error.as_deref() != Some(&line) {
+                    tracing::warn!(error = %line, generation = ?state.generation,
+                        "poll failed; still serving the current generation from the cache");
+                }
+                state.online = !matches!(&e, MountError::Store(s) if s.kind().is_transient());
+                state.last_error = Some(line);
+            }
+        }
+        write_state(&options.state_dir, state);
+    }
+}
+
+/// One poll: read the head; if the mount should serve another generation, cache all of it,
+/// switch, evict what no kept generation needs.
+async fn poll_once(
+    store: &dyn Store,
+    cache: &Cache,
+    fs: &Arc<DagFs<CacheSource>>,
+    mounted: &Mounted,
+    options: &MountOptions,
+    served: &mut Served,
+) -> Result<(), MountError> {
+    let head = generations::head(store).await?;
+    served.state.head = head;
+    let target = options.pin.or(head);
+    if target == served.generation() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let manifest = match target {
+        Some(generation) => {
+            Some(fetch(cache, store, generation, options.config.concurrency).await?)
+        }
+        None => None,
+    };
+    let fetched = started.elapsed();
+    let (label, files) = tree_of(manifest.as_ref());
+    let generation = label.generation;
+    let invalidator = mounted.invalidator();
+    let report =
+        tokio::task::block_in_place(|| fs.switch(label, &files, &invalidator)).map_err(|e| {
+            MountError::Tree {
+                generation,
+                detail: e.to_string(),
+            }
+        })?;
+    tracing::info!(
+        generation,
+        previous = ?served.generation(),
+        files = files.len(),
+        fetch_ms = fetched.as_millis() as u64,
+        switch_ms = (started.elapsed() - fetched).as_millis() as u64,
+        entries_invalidated = report.entries_invalidated,
+        dirs_invalidated = report.dirs_invalidated,
+        "switched to a new generation"
+    );
+    let state = &mut served.state;
+    state.generation = manifest.as_ref().map(|m| m.generation);
+    state.tree_id = manifest.as_ref().map(|m| m.tree_id.to_string());
+    state.manifest_id = manifest.as_ref().map(|m| m.manifest_id.to_string());
+    served.manifest = manifest;
+    if let Some(generation) = served.generation() {
+        match cache.evict(generation, options.config.keep_generations) {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "evicted objects no kept generation needs"),
+            Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Warm-path timings of one tree on local disk and through a dagfs mount, same run.
+
+    mount_bench.py LOCAL_DIR MOUNT_DIR
+
+Prints one JSON object: for each measurement the best of several rounds, local and mount,
+in seconds. Every round runs after a first untimed pass, so both sides are warm (page cache
+for the local disk; kernel and dagfs caches for the mount).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def files(root):
+    out = []
+    for d, _, names in os.walk(root):
+        out.extend(os.path.join(d, n) for n in names)
+    return sorted(os.path.relpath(p, root) for p in out)
+
+
+def best(fn, rounds=5):
+    fn()  # warm up
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def stat_all(root, rel):
+    def run():
+        for p in rel:
+            os.stat(os.path.join(root, p))
+    return run
+
+
+def read_all(root, rel):
+    def run():
+        for p in rel:
+            with open(os.path.join(root, p), "rb") as f:
+                f.read()
+    return run
+
+
+IMPORT = """
+import importlib, sys, time
+sys.path.insert(0, sys.argv[1])
+t = time.perf_counter()
+for i in range(int(sys.argv[2])):
+    importlib.import_module(f"mods.m{i}")
+print(time.perf_counter() - t)
+"""
+
+
+def import_modules(root, count):
+    def run():
+        # A fresh interpreter each time, no bytecode cache: every module is found, read and
+        # compiled, as the DAG processor does on a read-only mount without PYTHONPYCACHEPREFIX.
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONPYCACHEPREFIX", None)
+        out = subprocess.run([sys.executable, "-B", "-c", IMPORT, root, str(count)],
+                             check=True, capture_output=True, text=True, env=env)
+        return float(out.stdout)
+    return run
+
+
+def main():
+    local, mount = sys.argv[1], sys.argv[2]
+    rel = files(local)
+    assert rel == files(mount), "the mount does not show the local tree"
+    result = {"files": len(rel)}
+    result["stat"] = [best(stat_all(local, rel)), best(stat_all(mount, rel))]
+    result["read"] = [best(read_all(local, rel)), best(read_all(mount, rel))]
+    modules = len([p for p in rel if p.startswith("mods/m")])
+    if modules:
+        imp_local, imp_mount = import_modules(local, modules), import_modules(mount, modules)
+        imp_local(), imp_mount()
+        result["import"] = [min(imp_local() for _ in range(3)), min(imp_mount() for _ in range(3))]
+        result["modules"] = modules
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# End-to-end mount benchmark against a real HDFS (MiniDFS on loopback), every number a ratio
+# against a baseline measured in the same run:
+#   - warm `stat` and warm read of every file, and a fresh Python importing 1,000 modules:
+#     the mount vs the same files on local disk (benches/mount_bench.py);
+#   - `airflow dags list --local` over 200 real DAGs: mount vs local disk;
+#   - cold start, empty cache, to a first full listing: `dagfs mount` vs `hadoop fs -get` of
+#     the same objects (FsShell, JVM start included);
+#   - resident memory of the mount process serving N files.
+# Usage: benches/mount_e2e.sh [N]   (default N=10000; 1,000 of them are the import modules).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+N=${1:-10000}
+MODULES=1000
+
+cargo build --release --quiet
+DAGFS=$PWD/target/release/dagfs
+VENV=$(scripts/airflow-venv)
+work=$(mktemp -d /tmp/dagfs-bench-XXXXXX)
+export DAGFS_MINIDFS_DIR=$work/minidfs DAGFS_RUNTIME_DIR=$work/run XDG_CACHE_HOME=$work/xdg
+mounts=()
+cleanup() {
+  for m in "${mounts[@]}"; do fusermount3 -u -z "$m" 2>/dev/null || true; done
+  pkill -f "$DAGFS mount" 2>/dev/null || true
+  scripts/minidfs stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+benches/make_tree.py "$work/dags" $((N - MODULES)) $MODULES
+tests/airflow/make_dags.py "$work/airflow-dags" 200
+scripts/minidfs start --fast-close >/dev/null
+url=$(cat "$DAGFS_MINIDFS_DIR/url")
+export DAGFS_STORE_HADOOP_CONF_DIR=$DAGFS_MINIDFS_DIR/conf DAGFS_STORE_USER=$(id -un)
+"$DAGFS" -q push "$work/dags" --to "$url/dags" --no-mirror
+"$DAGFS" -q push "$work/airflow-dags" --to "$url/airflow" --no-mirror
+
+now() { date +%s.%N; }
+count_files() { find "$1" -type f | wc -l; }
+expected=$(count_files "$work/dags")
+
+# Cold: hadoop fs -get of the same objects vs dagfs mount with an empty cache.
+t0=$(now); scripts/minidfs fs -get /dags/objects "$work/get" >/dev/null; t1=$(now)
+get=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
+mkdir -p "$work/mnt" "$work/amnt"; mounts=("$work/mnt" "$work/amnt")
+t0=$(now)
+"$DAGFS" -q mount "$url/dags" "$work/mnt" --cache-dir "$work/cache" &
+mount_pid=$!
+until [[ -d $work/mnt/mods ]] && [[ $(count_files "$work/mnt") -eq $expected ]]; do sleep 0.05; done
+t1=$(now)
+cold=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
+
+warm=$(python3 benches/mount_bench.py "$work/dags" "$work/mnt")
+rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$mount_pid/status")
+
+"$DAGFS" -q mount "$url/airflow" "$work/amnt" --cache-dir "$work/acache" &
+until [[ -f $work/amnt/.airflowignore ]]; do sleep 0.05; done
+export AIRFLOW_HOME=$work/airflow-home AIRFLOW__CORE__LOAD_EXAMPLES=False PYTHONPYCACHEPREFIX=$work/pycache
+"$VENV/bin/airflow" db migrate >/dev/null 2>&1
+airflow_list() {
+  local best=
+  for _ in 1 2 3; do
+    local t0 t1
+    t0=$(now)
+    AIRFLOW__CORE__DAGS_FOLDER=$1 PYTHONPATH=$1 "$VENV/bin/airflow" dags list -l -o json >/dev/null 2>&1
+    t1=$(now)
+    best=$(python3 -c "b='$best'; t=$t1 - $t0; print(f'{min(t, float(b)) if b else t:.2f}')")
+  done
+  echo "$best"
+}
+af_local=$(airflow_list "$work/airflow-dags")
+af_mount=$(airflow_list "$work/amnt")
+
+python3 - "$warm" "$get" "$cold" "$rss_kb" "$af_local" "$af_mount" <<'PY'
+import json, sys
+w = json.loads(sys.argv[1])
+get, cold, rss_kb, af_local, af_mount = map(float, sys.argv[2:])
+def row(name, local, mount, unit="s"):
+    print(f"| {name} | {local:.3f} {unit} | {mount:.3f} {unit} | {mount / local:.2f}x |")
+print(f"| {w['files']} files | baseline | dagfs mount | ratio |")
+print("|---|---|---|---|")
+row(f"warm `stat` of every file (local disk)", *w["stat"])
+row(f"warm read of every file (local disk)", *w["read"])
+row(f"import {w['modules']} modules, fresh python -B (local disk)", *w["import"])
+row("`airflow dags list --local`, 200 DAGs (local disk)", af_local, af_mount)
+row("cold: empty cache to full listing (`hadoop fs -get` of the objects)", get, cold)
+print(f"| mount process RSS serving {w['files']} files | | {rss_kb / 1024:.1f} MiB | |")
+PY

@@ -1,0 +1,340 @@
+//! Trees: what one generation looks like to the filesystem, with inode numbers.
+//!
+//! A [`Snapshot`] is immutable. Inode numbers come from an [`InodeTable`] that lives as long as
+//! the mount: a directory keeps its number for its path, a file for its (path, content, mode,
+//! size, mtime), so a file inode's attributes and bytes never change and old inodes stay
+//! valid for processes that still hold them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An inode number.
+pub type Ino = u64;
+
+/// The root directory's inode number (FUSE's fixed root).
+pub const ROOT_INO: Ino = 1;
+
+/// The identity of a file's bytes (the dagfs crate uses the blake3 digest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentId(pub [u8; 32]);
+
+/// One file of a tree, as the manifest describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Relative path with `/` separators, no `.`/`..`/empty components.
+    pub path: String,
+    /// Permission bits (`0o644`, `0o755`...).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Which bytes.
+    pub content: ContentId,
+}
+
+/// What a tree is, for logs and status: the dagfs generation and its tree id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeLabel {
+    /// Generation number (0 = the empty tree of an empty store).
+    pub generation: u64,
+    /// Tree id, hex.
+    pub tree_id: String,
+}
+
+/// Attributes of a file or directory, independent of `fuser`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: Ino,
+    /// Directory or regular file.
+    pub is_dir: bool,
+    /// Permission bits.
+    pub mode: u32,
+    /// Size in bytes (directories: number of entries).
+    pub size: u64,
+    /// Modification (and change) time.
+    pub mtime: SystemTime,
+    /// Link count: 1 for files, 2 + subdirectories for directories.
+    pub nlink: u32,
+}
+
+/// A regular file: immutable once allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileNode {
+    /// Its attributes.
+    pub attr: Attr,
+    /// Its bytes.
+    pub content: ContentId,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// File name.
+    pub name: String,
+    /// Inode number.
+    pub ino: Ino,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+}
+
+/// A directory of one snapshot.
+#[derive(Debug)]
+pub struct DirNode {
+    /// Its attributes in this snapshot.
+    pub attr: Attr,
+    /// Parent directory (the root is its own parent).
+    pub parent: Ino,
+    /// Entries sorted by name (a listing handle keeps this `Arc`, so offsets stay stable).
+    pub entries: Arc<Vec<DirEntry>>,
+    index: HashMap<String, usize>,
+}
+
+impl DirNode {
+    /// The entry called `name`.
+    pub fn entry(&self, name: &str) -> Option<&DirEntry> {
+        self.index.get(name).map(|&i| &self.entries[i])
+    }
+}
+
+/// One immutable tree.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Which generation this is.
+    pub label: TreeLabel,
+    /// Directories by inode.
+    pub dirs: HashMap<Ino, DirNode>,
+    /// Files by inode.
+    pub files: HashMap<Ino, Arc<FileNode>>,
+    /// Total bytes of all files (for `statfs`).
+    pub total_bytes: u64,
+}
+
+impl Snapshot {
+    /// Attributes of `ino` if it is part of this snapshot.
+    pub fn attr(&self, ino: Ino) -> Option<Attr> {
+        self.dirs
+            .get(&ino)
+            .map(|d| d.attr)
+            .or_else(|| self.files.get(&ino).map(|f| f.attr))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum InodeKey {
+    Dir(String),
+    File {
+        path: String,
+        content: ContentId,
+        mode: u32,
+        size: u64,
+        mtime_ns: i64,
+    },
+}
+
+/// Allocates inode numbers for the life of the mount (never reused).
+#[derive(Debug)]
+pub struct InodeTable {
+    numbers: HashMap<InodeKey, Ino>,
+    next: Ino,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        let mut numbers = HashMap::new();
+        numbers.insert(InodeKey::Dir(String::new()), ROOT_INO);
+        InodeTable {
+            numbers,
+            next: ROOT_INO + 1,
+        }
+    }
+}
+
+impl InodeTable {
+    fn number(&mut self, key: InodeKey) -> Ino {
+        let next = &mut self.next;
+        *self.numbers.entry(key).or_insert_with(|| {
+            let ino = *next;
+            *next += 1;
+            ino
+        })
+    }
+}
+
+/// Why a list of files is not a tree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TreeError(pub String);
+
+fn time_of(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Builds the snapshot of `files`. `previous` (the snapshot being replaced) decides directory
+/// mtimes: a directory whose entries are unchanged keeps its mtime; one whose entries changed
+/// gets `now` (at least 1 ns later than before), so Python's import cache notices. In a first
+/// snapshot a directory's mtime is the newest mtime below it.
+pub fn build(
+    label: TreeLabel,
+    files: &[FileSpec],
+    inodes: &mut InodeTable,
+    previous: Option<&Snapshot>,
+    now: SystemTime,
+) -> Result<Snapshot, TreeError> {
+    // Directory path -> (name -> (ino, is_dir)), and the newest mtime below each directory.
+    let mut children: BTreeMap<String, BTreeMap<String, (Ino, bool)>> = BTreeMap::new();
+    let mut newest: HashMap<String, SystemTime> = HashMap::new();
+    children.insert(String::new(), BTreeMap::new());
+    let mut file_nodes = HashMap::with_capacity(files.len());
+    let mut total_bytes = 0;
+    for spec in files {
+        let (dir, name) = match spec.path.rsplit_once('/') {
+            Some((dir, name)) => (dir, name),
+            None => ("", spec.path.as_str()),
+        };
+        if name.is_empty()
+            || spec
+                .path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(TreeError(format!("bad path {:?} in tree", spec.path)));
+        }
+        let ino = inodes.number(InodeKey::File {
+            path: spec.path.clone(),
+            content: spec.content,
+            mode: spec.mode,
+            size: spec.size,
+            mtime_ns: spec.mtime_ns,
+        });
+        let mtime = time_of(spec.mtime_ns);
+        // Register the file and every missing ancestor directory.
+        let mut child_name = name.to_string();
+        let mut child = (ino, false);
+        let mut parent = dir.to_string();
+        loop {
+            let newest_here = newest.entry(parent.clone()).or_insert(mtime);
+            *newest_here = (*newest_here).max(mtime);
+            let listing = children.entry(parent.clone()).or_default();
+            if let Some(existing) = listing.insert(child_name.clone(), child) {
+                if existing != child && !(existing.1 && child.1) {
+                    return Err(TreeError(format!(
+                        "{:?} is both a file and a directory in the tree",
+                        join(&parent, &child_name)
+                    )));
+                }
+            }
+            if parent.is_empty() {
+                break;
+            }
+            let dir_ino = inodes.number(InodeKey::Dir(parent.clone()));
+            let (grand, name) = match parent.rsplit_once('/') {
+                Some((g, n)) => (g.to_string(), n.to_string()),
+                None => (String::new(), parent.clone()),
+            };
+            child_name = name;
+            child = (dir_ino, true);
+            parent = grand;
+        }
+        total_bytes += spec.size;
+        file_nodes.insert(
+            ino,
+            Arc::new(FileNode {
+                attr: Attr {
+                    ino,
+                    is_dir: false,
+                    mode: spec.mode & 0o7777,
+                    size: spec.size,
+                    mtime,
+                    nlink: 1,
+                },
+                content: spec.content,
+            }),
+        );
+    }
+
+    let mut dirs = HashMap::with_capacity(children.len());
+    for (path, listing) in children {
+        let ino = inodes.number(InodeKey::Dir(path.clone()));
+        let parent = match path.rsplit_once('/') {
+            _ if path.is_empty() => ROOT_INO,
+            Some((grand, _)) => inodes.number(InodeKey::Dir(grand.to_string())),
+            None => ROOT_INO,
+        };
+        let entries: Vec<DirEntry> = listing
+            .into_iter()
+            .map(|(name, (ino, is_dir))| DirEntry { name, ino, is_dir })
+            .collect();
+        let old = previous.and_then(|p| p.dirs.get(&ino));
+        let mtime = match old {
+            Some(old) if *old.entries == entries => old.attr.mtime,
+            Some(old) => now.max(old.attr.mtime + Duration::from_nanos(1)),
+            None if previous.is_some() => now,
+            None => newest.get(&path).copied().unwrap_or(now),
+        };
+        let subdirs = entries.iter().filter(|e| e.is_dir).count() as u32;
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        dirs.insert(
+            ino,
+            DirNode {
+                attr: Attr {
+                    ino,
+                    is_dir: true,
+                    mode: 0o755,
+                    size: entries.len() as u64,
+                    mtime,
+                    nlink: 2 + subdirs,
+                },
+                parent,
+                entries: Arc::new(entries),
+                index,
+            },
+        );
+    }
+    Ok(Snapshot {
+        label,
+        dirs,
+        files: file_nodes,
+        total_bytes,
+    })
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// What the kernel must forget when `old` is replaced by `new`: entries `(parent, name)` whose
+/// inode changed or vanished, and directories whose listing or attributes changed.
+pub fn changes(old: &Snapshot, new: &Snapshot) -> (Vec<(Ino, String)>, Vec<Ino>) {
+    let mut entries = Vec::new();
+    let mut dirs = Vec::new();
+    for (&ino, old_dir) in &old.dirs {
+        let new_dir = new.dirs.get(&ino);
+        for entry in old_dir.entries.iter() {
+            let kept = new_dir.and_then(|d| d.entry(&entry.name)).map(|e| e.ino);
+            if kept != Some(entry.ino) {
+                entries.push((ino, entry.name.clone()));
+            }
+        }
+        if new_dir.is_none_or(|d| d.attr != old_dir.attr) {
+            dirs.push(ino);
+        }
+    }
+    entries.sort();
+    dirs.sort();
+    (entries, dirs)
+}

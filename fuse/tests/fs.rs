@@ -1,0 +1,295 @@
+//! The filesystem logic driven through its API, without FUSE (fast).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagfs_fuse::fs::Listed;
+use dagfs_fuse::tree::ROOT_INO;
+use dagfs_fuse::{
+    ContentId, ContentSource, DagFs, FileSpec, FsError, Invalidator, MountOptions, TreeLabel,
+};
+
+/// Contents in a temporary directory, one file per content id.
+struct DirSource {
+    dir: tempfile::TempDir,
+    known: std::sync::Mutex<HashMap<ContentId, PathBuf>>,
+}
+
+impl DirSource {
+    fn new() -> Arc<Self> {
+        Arc::new(DirSource {
+            dir: tempfile::tempdir().unwrap(),
+            known: Default::default(),
+        })
+    }
+
+    fn spec(&self, path: &str, bytes: &[u8]) -> FileSpec {
+        let mut id = [0u8; 32];
+        for (i, b) in bytes.iter().enumerate() {
+            id[i % 32] = id[i % 32].wrapping_mul(31).wrapping_add(*b);
+        }
+        id[31] = bytes.len() as u8;
+        let file = self
+            .dir
+            .path()
+            .join(format!("{}", self.known.lock().unwrap().len()));
+        std::fs::write(&file, bytes).unwrap();
+        self.known.lock().unwrap().insert(ContentId(id), file);
+        FileSpec {
+            path: path.into(),
+            mode: 0o644,
+            size: bytes.len() as u64,
+            mtime_ns: 1_700_000_000_000_000_000,
+            content: ContentId(id),
+        }
+    }
+}
+
+impl ContentSource for DirSource {
+    fn open(&self, content: &ContentId, _size: u64) -> io::Result<File> {
+        match self.known.lock().unwrap().get(content) {
+            Some(path) => File::open(path),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "not cached")),
+        }
+    }
+}
+
+/// Records invalidations and checks what a request sees while they happen.
+struct Recorder<'a> {
+    fs: &'a DagFs<Arc<DirSource>>,
+    entries: RefCell<Vec<(u64, String)>>,
+    inodes: RefCell<Vec<u64>>,
+    old_seen_during_switch: RefCell<Vec<u64>>,
+}
+
+impl Invalidator for Recorder<'_> {
+    fn inval_entry(&self, parent: u64, name: &str) -> io::Result<()> {
+        let view = self.fs.view();
+        assert_eq!(
+            view.ttl(),
+            Duration::ZERO,
+            "replies during a switch must not be cached"
+        );
+        // Until the switch completes, requests still see the old tree.
+        if let Ok(attr) = self.fs.lookup(&view, parent, name) {
+            self.old_seen_during_switch.borrow_mut().push(attr.ino);
+        }
+        self.entries.borrow_mut().push((parent, name.to_string()));
+        Ok(())
+    }
+
+    fn inval_inode(&self, ino: u64) -> io::Result<()> {
+        self.inodes.borrow_mut().push(ino);
+        Ok(())
+    }
+}
+
+fn options() -> MountOptions {
+    MountOptions {
+        ttl: Duration::from_secs(10),
+        uid: 0,
+        gid: 0,
+    }
+}
+
+fn label(generation: u64) -> TreeLabel {
+    TreeLabel {
+        generation,
+        tree_id: format!("tree-{generation}"),
+    }
+}
+
+fn resolve(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<u64, FsError> {
+    let view = fs.view();
+    let mut ino = ROOT_INO;
+    for part in path.split('/') {
+        ino = fs.lookup(&view, ino, part)?.ino;
+    }
+    Ok(ino)
+}
+
+fn read_all(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<Vec<u8>, FsError> {
+    fs.read(resolve(fs, path)?, 0, 1 << 20)
+}
+
+fn names(fs: &DagFs<Arc<DirSource>>, dir: u64) -> Vec<String> {
+    let fh = fs.opendir(dir).unwrap();
+    let listed: Vec<Listed> = fs.readdir(fh, dir, 0).unwrap();
+    fs.release(fh);
+    listed.into_iter().map(|l| l.name).collect()
+}
+
+struct NoKernel;
+
+impl Invalidator for NoKernel {
+    fn inval_entry(&self, _: u64, _: &str) -> io::Result<()> {
+        Ok(())
+    }
+    fn inval_inode(&self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn serves_files_directories_and_attributes() {
+    let src = DirSource::new();
+    let files = vec![
+        src.spec("a.py", b"print('a')\n"),
+        src.spec("pkg/b.py", b"B"),
+        src.spec("pkg/sub/c.sql", b"select 1"),
+    ];
+    let fs = DagFs::new(src.clone(), options(), label(1), &files).unwrap();
+    assert_eq!(read_all(&fs, "a.py").unwrap(), b"print('a')\n");
+    assert_eq!(read_all(&fs, "pkg/sub/c.sql").unwrap(), b"select 1");
+    assert_eq!(names(&fs, ROOT_INO), [".", "..", "a.py", "pkg"]);
+    let pkg = resolve(&fs, "pkg").unwrap();
+    assert_eq!(names(&fs, pkg), [".", "..", "b.py", "sub"]);
+
+    let view = fs.view();
+    let root = fs.getattr(&view, ROOT_INO).unwrap();
+    assert!(root.is_dir);
+    assert_eq!(root.nlink, 3, "root has one subdirectory");
+    let a = fs.lookup(&view, ROOT_INO, "a.py").unwrap();
+    assert_eq!((a.size, a.mode, a.is_dir), (11, 0o644, false));
+    // A first tree's directory mtime is the newest mtime below it.
+    assert_eq!(root.mtime, a.mtime);
+    assert!(matches!(
+        fs.lookup(&view, ROOT_INO, "missing"),
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(fs.lookup(&view, a.ino, "x"), Err(FsError::NotDir)));
+    drop(view);
+
+    assert!(matches!(fs.read(pkg, 0, 1), Err(FsError::IsDir)));
+    assert!(matches!(fs.opendir(a.ino), Err(FsError::NotDir)));
+    assert!(matches!(fs.read(9999, 0, 1), Err(FsError::NotFound)));
+    assert!(matches!(
+        fs.readdir(9999, ROOT_INO, 0),
+        Err(FsError::BadHandle)
+    ));
+    assert_eq!(
+        fs.read(a.ino, 6, 100).unwrap(),
+        b"'a')\n",
+        "reads at an offset, short at EOF"
+    );
+    assert_eq!(
+        fs.read(a.ino, 100, 10).unwrap(),
+        b"",
+        "reads past the end are empty"
+    );
+    assert_eq!(fs.usage(), (11 + 1 + 8, 3 + 3));
+}
+
+#[test]
+fn a_path_that_is_file_and_directory_is_refused() {
+    let src = DirSource::new();
+    let files = vec![src.spec("x", b"1"), src.spec("x/y", b"2")];
+    let err = DagFs::new(src.clone(), options(), label(1), &files)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("both a file and a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn switch_is_atomic_keeps_open_files_and_invalidates_only_changes() {
+    let src = DirSource::new();
+    let v1 = vec![
+        src.spec("same.py", b"unchanged"),
+        src.spec("edit.py", b"version 1"),
+        src.spec("gone/old.py", b"old"),
+        src.spec("deep/x/y.py", b"y"),
+    ];
+    let fs = DagFs::new(src.clone(), options(), label(1), &v1).unwrap();
+    let same = resolve(&fs, "same.py").unwrap();
+    let edit_v1 = resolve(&fs, "edit.py").unwrap();
+    let deep = resolve(&fs, "deep/x").unwrap();
+    let root_mtime = fs.getattr(&fs.view(), ROOT_INO).unwrap().mtime;
+    let deep_mtime = fs.getattr(&fs.view(), deep).unwrap().mtime;
+
+    let v2 = vec![
+        src.spec("same.py", b"unchanged"),
+        src.spec("edit.py", b"version 2, longer"),
+        src.spec("new.py", b"new"),
+        src.spec("deep/x/y.py", b"y"),
+    ];
+    let recorder = Recorder {
+        fs: &fs,
+        entries: Default::default(),
+        inodes: Default::default(),
+        old_seen_during_switch: Default::default(),
+    };
+    let report = fs.switch(label(2), &v2, &recorder).unwrap();
+    assert_eq!(fs.label(), label(2));
+    assert_eq!(fs.view().ttl(), Duration::from_secs(10));
+
+    // Changed or removed names are forgotten by the kernel; unchanged ones are not.
+    let mut entries = recorder.entries.borrow().clone();
+    entries.sort();
+    let invalidated: Vec<&str> = entries.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(invalidated, ["edit.py", "gone", "old.py"]);
+    assert_eq!(report.entries_invalidated, 3);
+    // While invalidating, requests still saw the old tree (the old inodes).
+    assert!(recorder.old_seen_during_switch.borrow().contains(&edit_v1));
+    // The root (listing changed) and the removed directory; not the untouched `deep/x`.
+    assert!(recorder.inodes.borrow().contains(&ROOT_INO));
+    assert!(!recorder.inodes.borrow().contains(&deep));
+
+    // Same path, same bytes: same inode. Same path, new bytes: new inode.
+    assert_eq!(resolve(&fs, "same.py").unwrap(), same);
+    let edit_v2 = resolve(&fs, "edit.py").unwrap();
+    assert_ne!(edit_v2, edit_v1);
+    assert_eq!(read_all(&fs, "edit.py").unwrap(), b"version 2, longer");
+    assert_eq!(read_all(&fs, "new.py").unwrap(), b"new");
+    assert!(matches!(
+        resolve(&fs, "gone/old.py"),
+        Err(FsError::NotFound)
+    ));
+    // A process holding the old inode (opened before the switch) reads what it opened.
+    assert_eq!(fs.read(edit_v1, 0, 100).unwrap(), b"version 1");
+    assert_eq!(fs.getattr(&fs.view(), edit_v1).unwrap().size, 9);
+
+    // Directory mtimes move forward exactly where the listing changed.
+    let view = fs.view();
+    assert!(fs.getattr(&view, ROOT_INO).unwrap().mtime > root_mtime);
+    assert_eq!(fs.getattr(&view, deep).unwrap().mtime, deep_mtime);
+    drop(view);
+
+    // Switching to the same tree again changes nothing.
+    let again = fs.switch(label(3), &v2, &NoKernel).unwrap();
+    assert_eq!((again.entries_invalidated, again.dirs_invalidated), (0, 0));
+}
+
+#[test]
+fn a_directory_listing_handle_keeps_its_snapshot() {
+    let src = DirSource::new();
+    let v1: Vec<FileSpec> = (0..5)
+        .map(|i| src.spec(&format!("f{i}.py"), b"x"))
+        .collect();
+    let fs = DagFs::new(src.clone(), options(), label(1), &v1).unwrap();
+    let fh = fs.opendir(ROOT_INO).unwrap();
+    let first = fs.readdir(fh, ROOT_INO, 0).unwrap();
+    fs.switch(label(2), &v1[..2], &NoKernel).unwrap();
+    // Continuing the listing from an offset gives the rest of the same listing.
+    let rest = fs.readdir(fh, ROOT_INO, 4).unwrap();
+    assert_eq!(rest, first[4..]);
+    fs.release(fh);
+    assert_eq!(names(&fs, ROOT_INO), [".", "..", "f0.py", "f1.py"]);
+}
+
+#[test]
+fn unreadable_content_is_an_io_error() {
+    let src = DirSource::new();
+    let mut spec = src.spec("a.py", b"x");
+    spec.content = ContentId([7; 32]);
+    let fs = DagFs::new(src.clone(), options(), label(1), &[spec]).unwrap();
+    let ino = resolve(&fs, "a.py").unwrap();
+    assert!(matches!(fs.read(ino, 0, 1), Err(FsError::Io)));
+}

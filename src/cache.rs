@@ -1,0 +1,337 @@
+//! The mount's local verified cache: manifests and objects of the generations it serves,
+//! content-addressed on local disk like the store, every object checked with blake3 when it
+//! is fetched. Reads never go to the store; a switch first makes every object of the new
+//! generation present here, so the mount keeps serving while HDFS is down.
+//!
+//! Layout under the cache root: `objects/xx/<blake3 hex>`, `generations/<20 digits>` (manifest
+//! copies), `tmp/` (downloads in progress, renamed into place once verified).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use futures::stream::{self, StreamExt};
+
+use crate::format::{manifest_key, object_key, parse_manifest_name, Digest, FormatError, Manifest};
+use crate::generations::{self, GenerationError};
+use crate::store::{Store, StoreError};
+
+/// Why the cache could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Local disk trouble.
+    #[error("cache {path}: {source}; check the disk and the cache directory's permissions")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A generation could not be read from the store.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// The store serves bytes that do not match their digest, twice in a row.
+    #[error("object {digest} in {url} is corrupt ({detail}); it is not served. Re-publish the file (`dagfs push --force`) or restore the object, then check with `dagfs verify --store {url} --deep`")]
+    Corrupt {
+        /// The object's digest.
+        digest: String,
+        /// The store.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A cached manifest is damaged.
+    #[error("cached manifest {path} is damaged ({source}); delete it, it is fetched again")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+}
+
+/// A generation made present in the cache.
+#[derive(Clone, Debug)]
+pub struct CachedGeneration {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Paths whose objects the store served corrupt: not cached, read as EIO.
+    pub corrupt: Vec<String>,
+}
+
+/// The cache directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file in `tmp` renamed into place).
+async fn write_atomically(tmp: &Path, path: &Path, bytes: Vec<u8>) -> Result<(), CacheError> {
+    let (tmp, path) = (tmp.to_path_buf(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let parent = path.parent().expect("cache files live in directories");
+        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        let mut file = tempfile::NamedTempFile::new_in(&tmp).map_err(io_error(&tmp))?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(io_error(file.path()))?;
+        file.persist(&path).map_err(|e| CacheError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    })
+    .await
+    .expect("cache writer does not panic")
+}
+
+impl Cache {
+    /// Opens (creating) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Cache, CacheError> {
+        for dir in ["objects", "generations", "tmp"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(io_error(&path))?;
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where object `digest` is kept.
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(object_key(digest))
+    }
+
+    fn manifest_path(&self, generation: u64) -> PathBuf {
+        self.root.join(manifest_key(generation))
+    }
+
+    /// Whether object `digest` is present with `size` bytes.
+    pub fn has_object(&self, digest: &Digest, size: u64) -> bool {
+        std::fs::metadata(self.object_path(digest)).is_ok_and(|m| m.len() == size)
+    }
+
+    /// Fetches object `digest` from `store` into the cache, verifying its bytes; a mismatch is
+    /// fetched once more (a transient bad read) before it is reported as corrupt.
+    pub async fn fetch_object(&self, store: &dyn Store, digest: &Digest) -> Result<(), CacheError> {
+        let mut detail = String::new();
+        for attempt in 1..=2 {
+            let bytes = store.read(&object_key(digest)).await?;
+            let actual = Digest::of(&bytes);
+            if actual == *digest {
+                let path = self.object_path(digest);
+                return write_atomically(&self.root.join("tmp"), &path, bytes.to_vec()).await;
+            }
+            detail = format!("its {} bytes hash to {actual}", bytes.len());
+            tracing::error!(object = %digest, attempt, %detail, url = store.url(), "store served corrupt object bytes");
+        }
+        Err(CacheError::Corrupt {
+            digest: digest.to_string(),
+            url: store.url().to_string(),
+            detail,
+        })
+    }
+
+    /// Fetches generation `generation`: its manifest and every object it needs that is not
+    /// cached yet, `concurrency` at a time. Objects the store serves corrupt are left out and
+    /// named in the result (the mount answers EIO for those files, never wrong bytes); any
+    /// other failure is an error and nothing is switched.
+    pub async fn fetch_generation(
+        &self,
+        store: &dyn Store,
+        generation: u64,
+        concurrency: usize,
+    ) -> Result<CachedGeneration, CacheError> {
+        let manifest = match self.load_manifest(generation) {
+            Ok(Some(manifest)) => manifest,
+            _ => {
+                let manifest = generations::load(store, generation).await?;
+                let path = self.manifest_path(generation);
+                write_atomically(&self.root.join("tmp"), &path, manifest.to_bytes()).await?;
+                manifest
+            }
+        };
+        let missing: HashSet<&Digest> = manifest
+            .entries
+            .iter()
+            .filter(|e| !self.has_object(&e.blake3, e.size))
+            .map(|e| &e.blake3)
+            .collect();
+        let fetched = missing.len();
+        let results: Vec<(&Digest, Result<(), CacheError>)> = stream::iter(missing)
+            .map(|digest| async move { (digest, self.fetch_object(store, digest).await) })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        let mut corrupt = HashSet::new();
+        for (digest, result) in results {
+            match result {
+                Ok(()) => {}
+                Err(CacheError::Corrupt { .. }) => {
+                    corrupt.insert(*digest);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let corrupt: Vec<String> = manifest
+            .entries
+            .iter()
+            .filter(|e| corrupt.contains(&e.blake3))
+            .map(|e| e.path.clone())
+            .collect();
+        tracing::debug!(
+            generation,
+            fetched,
+            corrupt = corrupt.len(),
+            "generation cached"
+        );
+        Ok(CachedGeneration { manifest, corrupt })
+    }
+
+    /// The cached manifest of `generation`, if there is one.
+    pub fn load_manifest(&self, generation: u64) -> Result<Option<Manifest>, CacheError> {
+        let path = self.manifest_path(generation);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        let manifest =
+            Manifest::from_bytes(&bytes).map_err(|source| CacheError::Manifest { path, source })?;
+        Ok(Some(manifest))
+    }
+
+    /// Cached generations, oldest first.
+    pub fn generations(&self) -> Result<Vec<u64>, CacheError> {
+        let dir = self.root.join("generations");
+        let mut found: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(io_error(&dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_manifest_name(e.file_name().to_str()?))
+            .collect();
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// The newest cached generation whose objects are all present: what a mount serves when
+    /// it starts while the store is unreachable.
+    pub fn latest_complete(&self) -> Result<Option<Manifest>, CacheError> {
+        for generation in self.generations()?.into_iter().rev() {
+            if let Ok(Some(manifest)) = self.load_manifest(generation) {
+                if manifest
+                    .entries
+                    .iter()
+                    .all(|e| self.has_object(&e.blake3, e.size))
+                {
+                    return Ok(Some(manifest));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Keeps the newest `keep` cached generations up to and including `served` (and `served`
+    /// itself); deletes other manifests and every object none of the kept ones needs.
+    /// Returns the number of objects deleted. Open files keep their bytes (unlinked inodes).
+    pub fn evict(&self, served: u64, keep: usize) -> Result<usize, CacheError> {
+        let all = self.generations()?;
+        let kept: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|&g| g <= served)
+            .rev()
+            .take(keep.max(1))
+            .chain(all.iter().copied().filter(|&g| g > served))
+            .collect();
+        let mut needed = HashSet::new();
+        for &generation in &kept {
+            if let Some(manifest) = self.load_manifest(generation)? {
+                needed.extend(manifest.entries.iter().map(|e| e.blake3.to_string()));
+            }
+        }
+        for generation in all.iter().filter(|g| !kept.contains(g)) {
+            let path = self.manifest_path(*generation);
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        let mut deleted = 0;
+        let objects = self.root.join("objects");
+        for entry in walkdir::WalkDir::new(&objects).min_depth(2).max_depth(2) {
+            let entry = entry.map_err(|e| CacheError::Io {
+                path: objects.clone(),
+                source: e.into(),
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && !needed.contains(name.as_ref()) {
+                std::fs::remove_file(entry.path()).map_err(io_error(entry.path()))?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LocalStore, Overwrite};
+    use crate::testutil::publish_files;
+
+    #[tokio::test]
+    async fn fetches_verifies_serves_offline_and_evicts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
+        publish_files(&store, tmp.path(), &[("a.py", "A1"), ("b.py", "B")]).await;
+        publish_files(&store, tmp.path(), &[("a.py", "A2"), ("b.py", "B")]).await;
+
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap().manifest;
+        let g2 = cache.fetch_generation(&store, 2, 4).await.unwrap().manifest;
+        for e in g1.entries.iter().chain(&g2.entries) {
+            assert!(cache.has_object(&e.blake3, e.size), "{}", e.path);
+        }
+        assert_eq!(cache.latest_complete().unwrap().unwrap().generation, 2);
+
+        // A corrupt object in the store is never cached.
+        let a2 = g2.entries.iter().find(|e| e.path == "a.py").unwrap().blake3;
+        std::fs::remove_file(cache.object_path(&a2)).unwrap();
+        store
+            .put(
+                &object_key(&a2),
+                bytes::Bytes::from_static(b"A3"),
+                Overwrite::Allow,
+            )
+            .await
+            .unwrap();
+        let err = cache.fetch_object(&store, &a2).await.unwrap_err();
+        assert!(matches!(err, CacheError::Corrupt { .. }), "{err}");
+        assert!(!cache.object_path(&a2).exists());
+        // Generation 2 is no longer complete locally: the latest complete one is 1.
+        assert_eq!(cache.latest_complete().unwrap().unwrap().generation, 1);
+        // Fetching generation 2 again names the corrupt file instead of failing.
+        let again = cache.fetch_generation(&store, 2, 4).await.unwrap();
+        assert_eq!(again.corrupt, ["a.py"]);
+
+        // Serving 1 keeps newer generations (fetched ahead) and nothing is deleted.
+        assert_eq!(cache.evict(1, 1).unwrap(), 0);
+        // Serving 2 and keeping one generation drops generation 1 and A1, its own object.
+        assert_eq!(cache.evict(2, 1).unwrap(), 1);
+        assert_eq!(cache.generations().unwrap(), [2]);
+        let b = g1.entries.iter().find(|e| e.path == "b.py").unwrap();
+        assert!(
+            cache.has_object(&b.blake3, b.size),
+            "still needed by generation 2"
+        );
+    }
+}

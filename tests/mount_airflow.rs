@@ -1,0 +1,148 @@
+//! Real Airflow (from PyPI, `scripts/airflow-venv`) parsing DAGs through a dagfs mount of a
+//! real HDFS: it must find the same DAGs and the same import errors as on a local copy.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use support::minidfs::MiniDfs;
+use support::mount::{push, Mount};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Airflow venv's bin directory (created on first use, then reused).
+fn airflow_bin() -> PathBuf {
+    let out = Command::new(repo().join("scripts/airflow-venv"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/airflow-venv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
+}
+
+/// `airflow ARGS` with `dags_folder` set, returning parsed JSON stdout.
+fn airflow_json(bin: &Path, home: &Path, dags: &Path, args: &[&str]) -> Value {
+    let out = airflow(bin, home, dags).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The JSON document is the last line; warnings may come before it.
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .unwrap_or_else(|| {
+            panic!(
+                "airflow {args:?} printed no JSON: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(json).unwrap()
+}
+
+fn airflow(bin: &Path, home: &Path, dags: &Path) -> Command {
+    let mut command = Command::new(bin.join("airflow"));
+    command
+        .env("AIRFLOW_HOME", home)
+        .env("AIRFLOW__CORE__DAGS_FOLDER", dags)
+        .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        // DAGs import their shared helpers from the folder, as deployments arrange.
+        .env("PYTHONPATH", dags)
+        // A read-only mount cannot hold __pycache__: what operators set (OPERATIONS.md).
+        .env("PYTHONPYCACHEPREFIX", home.join("pycache"));
+    command
+}
+
+/// (dag ids, import errors as (relative path, last line of the error)) of `dags`.
+fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, String)>) {
+    let listed = airflow_json(
+        bin,
+        home,
+        dags,
+        &["dags", "list", "-l", "-o", "json", "--columns", "dag_id"],
+    );
+    let mut ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dag_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let errors = airflow_json(
+        bin,
+        home,
+        dags,
+        &["dags", "list-import-errors", "-l", "-o", "json"],
+    );
+    let prefix = format!("{}/", dags.display());
+    let mut errors: Vec<(String, String)> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let path = e["filepath"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches(&prefix)
+                .to_string();
+            let last = e["error"]
+                .as_str()
+                .unwrap()
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
+            (path, last)
+        })
+        .collect();
+    errors.sort();
+    (ids, errors)
+}
+
+#[test]
+fn airflow_parses_the_mount_like_a_local_copy() {
+    let bin = airflow_bin();
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("mount-airflow");
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, mnt, runtime, home) = (
+        tmp.path().join("dags"),
+        tmp.path().join("mnt"),
+        tmp.path().join("run"),
+        tmp.path().join("airflow-home"),
+    );
+    let made = Command::new(repo().join("tests/airflow/make_dags.py"))
+        .arg(&dags)
+        .arg("60")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    push(cluster, &runtime, &dags, &url);
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    mount.serving(1);
+
+    let migrated = airflow(&bin, &home, &dags)
+        .args(["db", "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "airflow db migrate: {}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+
+    let (local_ids, local_errors) = parsed(&bin, &home, &dags);
+    let (mount_ids, mount_errors) = parsed(&bin, &home, &mnt);
+    assert_eq!(local_ids.len(), 60, "{local_ids:?}");
+    assert_eq!(local_errors.len(), 2, "{local_errors:?}");
+    assert_eq!(mount_ids, local_ids);
+    assert_eq!(mount_errors, local_errors);
+    mount.stop();
+}

@@ -1,0 +1,256 @@
+//! `dagfs mount` for real: a FUSE mount of generations in a real HDFS (MiniDFS), read through
+//! the kernel like the DAG processor does.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagfs::format::{object_key, Digest};
+use dagfs::store::{Overwrite, Store};
+
+use support::minidfs::{MiniDfs, MiniDfsOptions};
+use support::mount::{push, Mount};
+
+/// The bound the mount promises for any filesystem call while HDFS is down.
+const CALL_BOUND: Duration = Duration::from_secs(2);
+
+/// Content of file `i` in generation `generation`: a header naming both, then filler.
+fn content(generation: u64, i: usize) -> Vec<u8> {
+    let mut text = format!("# gen={generation} file={i}\n");
+    while text.len() < 200 + (i * 397) % 12_000 {
+        text.push_str(&format!("x_{i} = {generation}  # filler\n"));
+    }
+    text.into_bytes()
+}
+
+fn rel(i: usize) -> String {
+    format!("team{}/dag_{i:03}.py", i % 7)
+}
+
+fn write_generation(dir: &Path, generation: u64, files: usize) {
+    for i in 0..files {
+        let path = dir.join(rel(i));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content(generation, i)).unwrap();
+    }
+}
+
+/// blake3 of every file under `root`, by relative path.
+fn hashes(root: &Path) -> BTreeMap<String, Digest> {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            (rel, Digest::of(&std::fs::read(e.path()).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn serves_identical_bytes_and_switches_atomically() {
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("mount-atomic");
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, mnt, runtime) = (
+        tmp.path().join("dags"),
+        tmp.path().join("mnt"),
+        tmp.path().join("run"),
+    );
+    const FILES: usize = 100;
+    write_generation(&dags, 1, FILES);
+    std::fs::write(dags.join("run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        dags.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    push(cluster, &runtime, &dags, &url);
+
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    let state = mount.serving(1);
+    assert!(state.is_current() && state.online, "{state:?}");
+    assert_eq!(
+        hashes(&mnt),
+        hashes(&dags),
+        "mount differs from the published folder"
+    );
+    let local = std::fs::metadata(dags.join("run.sh")).unwrap();
+    let mounted = std::fs::metadata(mnt.join("run.sh")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (mounted.mode() & 0o777, mounted.mtime(), mounted.len()),
+        (0o755, local.mtime(), local.len())
+    );
+    let err = std::fs::write(mnt.join("new.py"), "x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(30),
+        "writes fail with EROFS: {err}"
+    );
+    let root_mtime = std::fs::metadata(&mnt).unwrap().modified().unwrap();
+
+    // A reader loops over the tree while generation 2 (every file changed) is published.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, mnt) = (Arc::clone(&stop), mnt.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut passes_after_stop = 0;
+            while passes_after_stop < 2 {
+                if stop.load(Ordering::SeqCst) {
+                    passes_after_stop += 1;
+                }
+                for i in 0..FILES {
+                    let bytes = std::fs::read(mnt.join(rel(i))).unwrap();
+                    let generation = if bytes == content(1, i) {
+                        1
+                    } else if bytes == content(2, i) {
+                        2
+                    } else {
+                        panic!(
+                            "{} is neither generation's content ({} bytes)",
+                            rel(i),
+                            bytes.len()
+                        );
+                    };
+                    seen.push(generation);
+                }
+            }
+            seen
+        })
+    };
+    write_generation(&dags, 2, FILES);
+    std::fs::write(dags.join("added.py"), "added").unwrap();
+    push(cluster, &runtime, &dags, &url);
+    mount.serving(2);
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+
+    // One cut: once any file showed generation 2, no file showed generation 1 again.
+    let first_new = seen
+        .iter()
+        .position(|&g| g == 2)
+        .expect("generation 2 was never seen");
+    let back = seen[first_new..].iter().filter(|&&g| g == 1).count();
+    assert_eq!(
+        back, 0,
+        "{back} reads went back to generation 1 after generation 2 appeared"
+    );
+    assert!(seen[seen.len() - FILES..].iter().all(|&g| g == 2));
+    assert_eq!(hashes(&mnt), hashes(&dags));
+    assert!(
+        std::fs::metadata(&mnt).unwrap().modified().unwrap() > root_mtime,
+        "root listing changed, so must its mtime"
+    );
+    mount.stop();
+}
+
+#[test]
+fn corrupt_object_reads_as_eio_never_wrong_bytes() {
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("mount-corrupt");
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, mnt, runtime) = (
+        tmp.path().join("dags"),
+        tmp.path().join("mnt"),
+        tmp.path().join("run"),
+    );
+    std::fs::create_dir_all(&dags).unwrap();
+    std::fs::write(dags.join("good.py"), "good = 1\n").unwrap();
+    std::fs::write(dags.join("bad.py"), "bad = 1\n").unwrap();
+    push(cluster, &runtime, &dags, &url);
+
+    // Same size, other bytes: only the hash can tell.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Box<dyn Store> = rt
+        .block_on(dagfs::store::open(
+            &url,
+            &cluster.options(None, Duration::from_secs(20)),
+        ))
+        .unwrap();
+    let key = object_key(&Digest::of(b"bad = 1\n"));
+    rt.block_on(store.put(
+        &key,
+        bytes::Bytes::from_static(b"bad = 2\n"),
+        Overwrite::Allow,
+    ))
+    .unwrap();
+
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    mount.serving(1);
+    assert_eq!(std::fs::read(mnt.join("good.py")).unwrap(), b"good = 1\n");
+    let err = std::fs::read(mnt.join("bad.py")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(5),
+        "corrupt content must be EIO: {err}"
+    );
+    mount.stop();
+}
+
+#[test]
+fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
+    let cluster = MiniDfs::start(MiniDfsOptions::default());
+    let url = format!("{}/dags-offline", cluster.url());
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, mnt, runtime, cache) = (
+        tmp.path().join("dags"),
+        tmp.path().join("mnt"),
+        tmp.path().join("run"),
+        tmp.path().join("cache"),
+    );
+    write_generation(&dags, 1, 40);
+    push(&cluster, &runtime, &dags, &url);
+    let mut mount = Mount::start(&cluster, &runtime, &url, &mnt, &cache);
+    mount.serving(1);
+    let expected = hashes(&dags);
+
+    cluster.stop_namenode(0);
+    mount.wait_for("the mount to notice the store is down", |s| !s.online);
+    let check_bounded = |mnt: &Path| {
+        let mut slowest = Duration::ZERO;
+        for entry in walkdir::WalkDir::new(mnt) {
+            let started = Instant::now();
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_file() {
+                std::fs::read(entry.path()).unwrap();
+            }
+            slowest = slowest.max(started.elapsed());
+        }
+        assert!(
+            slowest < CALL_BOUND,
+            "a call took {slowest:?} with HDFS down"
+        );
+        assert_eq!(hashes(mnt), expected);
+    };
+    check_bounded(&mnt);
+
+    // A host reboot while HDFS is still down: the mount starts from its cache.
+    mount.stop();
+    let mut mount = Mount::start(&cluster, &runtime, &url, &mnt, &cache);
+    let state = mount.serving(1);
+    assert!(!state.online && state.last_error.is_some(), "{state:?}");
+    check_bounded(&mnt);
+
+    cluster.restart_namenode(0);
+    write_generation(&dags, 2, 40);
+    push(&cluster, &runtime, &dags, &url);
+    let state = mount.serving(2);
+    assert!(state.online && state.is_current(), "{state:?}");
+    assert_eq!(hashes(&mnt), hashes(&dags));
+    mount.stop();
+}

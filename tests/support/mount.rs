@@ -1,0 +1,128 @@
+//! Running `dagfs push` and `dagfs mount` as processes against a MiniDFS cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dagfs::mount::state::{MountState, StateDir};
+
+use super::minidfs::{superuser, MiniDfs};
+
+/// `dagfs ARGS` against `cluster`, with state files in `runtime`.
+pub fn dagfs(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+    command
+        .args(args)
+        .env_remove("DAGFS_CONFIG")
+        .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
+        .env("DAGFS_STORE_USER", superuser())
+        .env("DAGFS_STORE_TIMEOUT", "3s")
+        .env("DAGFS_RUNTIME_DIR", runtime)
+        .env("XDG_CACHE_HOME", runtime.join("xdg-cache"));
+    command
+}
+
+pub fn push(cluster: &MiniDfs, runtime: &Path, dir: &Path, url: &str) {
+    let out = dagfs(cluster, runtime, &["push", "-q", "--no-mirror"])
+        .arg(dir)
+        .args(["--to", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `dagfs mount`, killed and unmounted on drop.
+pub struct Mount {
+    child: Child,
+    mountpoint: PathBuf,
+    states: StateDir,
+}
+
+impl Mount {
+    pub fn start(
+        cluster: &MiniDfs,
+        runtime: &Path,
+        url: &str,
+        mountpoint: &Path,
+        cache: &Path,
+    ) -> Mount {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        std::fs::create_dir_all(runtime).unwrap();
+        let n = STARTED.fetch_add(1, Ordering::SeqCst);
+        let log = std::fs::File::create(runtime.join(format!("mount-{n}.log"))).unwrap();
+        let child = dagfs(cluster, runtime, &["mount", "--poll", "200ms"])
+            .args([url])
+            .arg(mountpoint)
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Mount {
+            child,
+            mountpoint: mountpoint.to_path_buf(),
+            states: StateDir::at(runtime),
+        }
+    }
+
+    /// Waits until the mount's state satisfies `ready`.
+    pub fn wait_for(&mut self, what: &str, ready: impl Fn(&MountState) -> bool) -> MountState {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(state) = self.states.read(&self.mountpoint) {
+                if ready(&state) {
+                    return state;
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("dagfs mount exited with {status} while waiting for {what}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn serving(&mut self, generation: u64) -> MountState {
+        self.wait_for(&format!("generation {generation}"), |s| {
+            s.generation == Some(generation)
+        })
+    }
+
+    /// SIGTERM, then wait: the mount must unmount and exit 0.
+    pub fn stop(mut self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "dagfs mount exited with {status}");
+        assert!(!is_mounted(&self.mountpoint), "still mounted after SIGTERM");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mountpoint)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let path = path.to_str().unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(path))
+}
