@@ -41,6 +41,15 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
+/// A line on the guard's stderr. Never `eprintln!`: once the controller is gone the pipe is
+/// broken, `eprintln!` would panic and the guard would die without stopping its command.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit code of a process as a shell reports it: its code, or 128 + the signal.
 pub fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -85,12 +94,12 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
     {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("dagfs failover-guard: cannot run {SHELL} -c {command:?}: {e}");
+            say!("dagfs failover-guard: cannot run {SHELL} -c {command:?}: {e}");
             return 127;
         }
     };
     let pid = child.id().unwrap_or_default();
-    eprintln!("{GUARD_STARTED}{pid}");
+    say!("{GUARD_STARTED}{pid}");
     let mut lease_until = lease_until;
     let mut control = BufReader::new(tokio::io::stdin()).lines();
     let (mut term, mut int) = match (
@@ -115,10 +124,10 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
                 Ok(Some(line)) => match line.trim().split_once(' ') {
                     Some(("lease", nanos)) => match nanos.parse::<u64>() {
                         Ok(nanos) => lease_until = Some(Clock(Duration::from_nanos(nanos))),
-                        Err(_) => eprintln!("dagfs failover-guard: ignoring {line:?}"),
+                        Err(_) => say!("dagfs failover-guard: ignoring {line:?}"),
                     },
                     _ if line.trim() == "stop" => break StopReason::Asked,
-                    _ => eprintln!("dagfs failover-guard: ignoring {line:?}"),
+                    _ => say!("dagfs failover-guard: ignoring {line:?}"),
                 },
                 _ => break StopReason::ControllerGone,
             },
@@ -131,7 +140,7 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
             _ = int.recv() => break StopReason::Signalled,
         }
     };
-    eprintln!(
+    say!(
         "dagfs failover-guard: stopping pid {pid}: {}",
         reason.describe()
     );

@@ -71,13 +71,16 @@ impl World {
         std::fs::write(
             &standin,
             r#"#!/bin/sh
-# Stand-in scheduler: $1 = host name, $2 = "crash" to fail at once.
+# Stand-in scheduler: $1 = host name, $2 = "crash" to fail at once, "shared" to run
+# without the exclusive lock (--all-active, where every host runs it).
 w="$(dirname "$0")/witness"
 echo "start $1 $(date +%s.%N) epoch=$DAGFS_EPOCH" >> "$w"
 [ "$2" = crash ] && exit 3
-exec flock -n "$(dirname "$0")/alive.lock" sh -c '
+[ "$2" = shared ] && exec sh -c 'while :; do sleep 0.05; done'
+flock -n -E 99 "$(dirname "$0")/alive.lock" sh -c '
   trap "echo stop $1 \$(date +%s.%N) >> \"$0\"; exit 0" TERM
-  while :; do sleep 0.05; done' "$w" "$1" || echo "OVERLAP $1 $(date +%s.%N)" >> "$w"
+  while :; do sleep 0.05; done' "$w" "$1"
+[ $? = 99 ] && echo "OVERLAP $1 $(date +%s.%N)" >> "$w"
 "#,
         )
         .unwrap();
@@ -168,6 +171,7 @@ exec flock -n "$(dirname "$0")/alive.lock" sh -c '
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            all_active: false,
         };
         host.set_mount(Some(1), Some(1));
         host
@@ -209,6 +213,7 @@ struct Host {
     child: Option<Child>,
     log: PathBuf,
     extra: Vec<(String, String)>,
+    all_active: bool,
 }
 
 impl Host {
@@ -260,6 +265,7 @@ impl Host {
                 self.name,
                 args.join(" ")
             ))
+            .args(self.all_active.then_some("--all-active"))
             .env_remove("DAGFS_CONFIG")
             .env("DAGFS_RUNTIME_DIR", &self.runtime)
             .env("DAGFS_STORE_USER", superuser())
@@ -457,7 +463,7 @@ fn a_leader_cut_off_from_hdfs_or_paused_fences_itself_before_a_standby_starts() 
         // Cut at a random point of the heartbeat cycle, for a random time around the
         // takeover timeout; every fourth trial pauses the controller instead.
         std::thread::sleep(Duration::from_millis(random.below(1000)));
-        let outage = Duration::from_millis(1_000 + random.below(7_000));
+        let outage = Duration::from_millis(1_000 + random.below(6_000));
         let pause = trial % 4 == 3;
         if pause {
             hosts[leader].signal("STOP");
@@ -580,6 +586,31 @@ fn a_host_whose_mount_lags_does_not_start_the_scheduler() {
     world.wait_for("a to record generation 2", Duration::from_secs(5), || {
         a.state().is_some_and(|s| s.generation == Some(2))
     });
+}
+
+#[test]
+fn all_active_runs_on_every_host_whose_mount_is_current() {
+    let _serial = serial();
+    let world = World::new("all-active");
+    let mut a = world.host("a", None, &[]);
+    let mut b = world.host("b", None, &[]);
+    b.set_mount(Some(1), Some(2));
+    for host in [&mut a, &mut b] {
+        host.all_active = true;
+        host.start(&world, &["shared"]);
+    }
+    world.wait_start("a", 1, Duration::from_secs(60));
+    world.wait_for("b to wait for its mount", Duration::from_secs(30), || {
+        b.role() == Some(Role::WaitingForMount)
+    });
+    assert_eq!(
+        a.state().unwrap().epoch,
+        None,
+        "no election in --all-active"
+    );
+    b.set_mount(Some(1), Some(1));
+    world.wait_start("b", 1, Duration::from_secs(30));
+    assert_eq!(a.role(), Some(Role::Running));
 }
 
 /// `GET path` on 127.0.0.1:`port`, the body; `None` on any failure.
