@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+use rustix::process::{kill_process, kill_process_group, test_kill_process_group, Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -27,6 +27,9 @@ use crate::election::Clock;
 /// How often a guard compares its lease deadline with the clock; also bounds how late it
 /// notices a deadline after the host was suspended (its timers do not count suspend time).
 const GUARD_TICK: Duration = Duration::from_millis(100);
+
+/// How often a stopping guard looks whether its command's process group is empty yet.
+const GROUP_POLL: Duration = Duration::from_millis(50);
 
 /// Extra time, beyond the kill grace, that stopping a unit waits for its guards.
 const STOP_SLACK: Duration = Duration::from_secs(5);
@@ -147,19 +150,36 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
     stop_group(&mut child, pid, kill_grace).await
 }
 
-/// SIGTERM to the group, SIGKILL after `kill_grace`; returns the command's exit code.
+/// SIGTERM to the group; SIGKILL to what is left of it once the whole group has exited or
+/// `kill_grace` has passed. Returns the command's exit code.
+///
+/// The grace applies to the group, not only to its leader: a shell wrapper that dies at
+/// once on SIGTERM must not cut short its children's clean shutdown. There is no event for
+/// "the group is empty", so it is polled (every [`GROUP_POLL`]) until the deadline.
 async fn stop_group(child: &mut Child, pid: u32, kill_grace: Duration) -> i32 {
     signal_group(pid, Signal::TERM);
-    let status = match tokio::time::timeout(kill_grace, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            signal_group(pid, Signal::KILL);
-            child.wait().await
+    let deadline = tokio::time::Instant::now() + kill_grace;
+    let mut status = None;
+    while tokio::time::Instant::now() < deadline {
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
         }
-    };
-    // Members of the group that ignored SIGTERM while the leader exited.
+        if status.is_some() && !group_exists(pid) {
+            break;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
+    }
     signal_group(pid, Signal::KILL);
+    let status = match status {
+        Some(status) => Ok(status),
+        None => child.wait().await,
+    };
     status.map(exit_code).unwrap_or(1)
+}
+
+/// Whether any process is left in process group `pgid`.
+fn group_exists(pgid: u32) -> bool {
+    Pid::from_raw(pgid as i32).is_some_and(|pid| test_kill_process_group(pid).is_ok())
 }
 
 /// How to start a unit.

@@ -438,6 +438,35 @@ fn kill_9_of_the_leader_hands_over_within_takeover_plus_one_interval() {
 }
 
 #[test]
+fn sigterm_on_the_leader_hands_over_without_waiting_for_the_timeout() {
+    let _serial = serial();
+    let world = World::new("sigterm");
+    let mut a = world.host("a", None, &[]);
+    let mut b = world.host("b", None, &[]);
+    a.start(&world, &[]);
+    world.wait_start("a", 1, Duration::from_secs(60));
+    b.start(&world, &[]);
+    world.wait_for("b to follow a", Duration::from_secs(30), || {
+        b.state()
+            .and_then(|s| s.leader)
+            .is_some_and(|l| l.id == "a")
+    });
+    let stopped = now_secs();
+    a.signal("TERM");
+    let status = a.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", a.log());
+    let started = world.wait_start("b", 1, Duration::from_secs(30));
+    // A released chain is taken over at the standby's next look, not after takeover_after.
+    assert!(
+        started - stopped < TAKEOVER_AFTER.as_secs_f64(),
+        "handover took {:.2} s",
+        started - stopped
+    );
+    assert!(world.witness().contains("stop a"), "{}", world.witness());
+    world.assert_no_overlap();
+}
+
+#[test]
 fn a_leader_cut_off_from_hdfs_or_paused_fences_itself_before_a_standby_starts() {
     let _serial = serial();
     let world = World::new("partition");
