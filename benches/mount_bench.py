@@ -41,6 +41,18 @@ def stat_all(root, rel):
 def read_all(root, rel):
     def run():
         for p in rel:
+            fd = os.open(os.path.join(root, p), os.O_RDONLY)
+            while os.read(fd, 1 << 20):
+                pass
+            os.close(fd)
+    return run
+
+
+def python_read_all(root, rel):
+    """Python's open(): CPython < 3.14 asks every file it opens whether it is a terminal
+    (an ioctl, which FUSE always sends to the filesystem: one round trip per open)."""
+    def run():
+        for p in rel:
             with open(os.path.join(root, p), "rb") as f:
                 f.read()
     return run
@@ -75,6 +87,7 @@ def main():
     result = {"files": len(rel)}
     result["stat"] = [best(stat_all(local, rel)), best(stat_all(mount, rel))]
     result["read"] = [best(read_all(local, rel)), best(read_all(mount, rel))]
+    result["python_read"] = [best(python_read_all(local, rel)), best(python_read_all(mount, rel))]
     modules = len([p for p in rel if p.startswith("mods/m")])
     if modules:
         imp_local, imp_mount = import_modules(local, modules), import_modules(mount, modules)

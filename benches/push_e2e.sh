@@ -5,7 +5,8 @@
 #     folder (FsShell on the MiniDFS classpath, JVM start included), sequential and with
 #     16 threads (dagfs uploads 16 objects at once);
 #   - the same push without the plain mirror;
-#   - a no-op `dagfs push` of the unchanged tree (warm hash cache) vs the initial push.
+#   - a no-op `dagfs push` of the unchanged tree (warm hash cache) vs the initial push;
+#   - `dagfs import` of the plain folder the baseline wrote, initial and unchanged.
 # Usage: benches/push_e2e.sh [N]   (default N=10000). Prints a Markdown table.
 # BASELINE_SEQUENTIAL=1 adds a one-thread `hadoop fs -put` (slow: ~0.2 s per file here).
 set -euo pipefail
@@ -50,6 +51,11 @@ noop=$(elapsed "$t0" "$t1")
 rm -rf "$XDG_CACHE_HOME"
 t0=$(now); "$DAGFS" -q push "$work/dags" --to "$url/dagfs" --no-mirror >/dev/null; t1=$(now)
 noop_cold=$(elapsed "$t0" "$t1")
+# dagfs import of the plain folder the baseline wrote (the NFS-gateway migration), no mirror.
+t0=$(now); "$DAGFS" -q import "$url/baseline16" --to "$url/dagfs-import" --set publish.mirror=false >/dev/null; t1=$(now)
+import=$(elapsed "$t0" "$t1")
+t0=$(now); "$DAGFS" -q import "$url/baseline16" --to "$url/dagfs-import" --set publish.mirror=false >/dev/null; t1=$(now)
+import_noop=$(elapsed "$t0" "$t1")
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}x')"; }
 echo "| $N files, $((bytes / 1024)) KiB | seconds | vs \`hadoop fs -put -t 16\` |"
@@ -60,3 +66,5 @@ echo "| \`dagfs push\`, initial, with mirror | $push | $(ratio "$push" "$put") |
 echo "| \`dagfs push\`, initial, no mirror | $push_nomirror | $(ratio "$push_nomirror" "$put") |"
 echo "| \`dagfs push\`, no change, warm hash cache | $noop | $(ratio "$noop" "$put") |"
 echo "| \`dagfs push\`, no change, cold hash cache | $noop_cold | $(ratio "$noop_cold" "$put") |"
+echo "| \`dagfs import\` of the baseline's folder, initial, no mirror | $import | $(ratio "$import" "$put") |"
+echo "| \`dagfs import\`, no change (list, hash every file, list) | $import_noop | $(ratio "$import_noop" "$put") |"

@@ -33,12 +33,14 @@ pub enum CacheError {
     #[error(transparent)]
     Generation(#[from] GenerationError),
     /// The store serves bytes that do not match their digest, twice in a row.
-    #[error("object {digest} in {url} is corrupt ({detail}); it is not served. Re-publish the file (`dagfs push --force`) or restore the object, then check with `dagfs verify --store {url} --deep`")]
+    #[error("object {digest} in {url} is corrupt ({detail}); it is not served. put the right bytes back with `hadoop fs -put -f FILE {url}/{key}`, then check with `dagfs verify --store {url} --deep`")]
     Corrupt {
         /// The object's digest.
         digest: String,
         /// The store.
         url: String,
+        /// The object's key in the store.
+        key: String,
         /// What was wrong.
         detail: String,
     },
@@ -139,6 +141,7 @@ impl Cache {
         }
         Err(CacheError::Corrupt {
             digest: digest.to_string(),
+            key: object_key(digest),
             url: store.url().to_string(),
             detail,
         })

@@ -51,6 +51,8 @@ pub struct Config {
     pub publish: PublishConfig,
     /// How `dagfs mount` serves generations.
     pub mount: MountConfig,
+    /// The `dagfs sync` daemon.
+    pub sync: SyncConfig,
     /// Logging.
     pub log: LogConfig,
     /// Scheduler failover: election timing, supervision, the identity gate.
@@ -161,6 +163,46 @@ impl FailoverConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// The `[sync]` section: how `dagfs sync` batches changes and survives failures.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Publish once the folder has been quiet this long.
+    #[serde(with = "humantime_serde")]
+    pub quiet_window: Duration,
+    /// But at the latest this long after the first change of a batch.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Full rescan this often, whatever the watcher reported.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// First retry delay after a transient store error.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest retry delay; also the retry delay of errors an administrator must fix.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// On SIGTERM/SIGINT, how long a publish in flight may take before it is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Serve Prometheus metrics on this address (`host:port`); unset serves none.
+    pub metrics: Option<String>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            quiet_window: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+            rescan_interval: Duration::from_secs(300),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            metrics: None,
+        }
     }
 }
 
@@ -345,7 +387,9 @@ impl Default for LogConfig {
 
 /// Sections that `DAGFS_<SECTION>_<KEY>` variables map into. Other `DAGFS_*` variables (like
 /// `DAGFS_CONFIG`) are not configuration keys.
-const SECTIONS: &[&str] = &["store", "scan", "publish", "mount", "log", "failover"];
+const SECTIONS: &[&str] = &[
+    "store", "scan", "publish", "mount", "sync", "log", "failover",
+];
 
 /// Which file to read and what to lay over it.
 #[derive(Clone, Debug, Default)]
@@ -437,11 +481,60 @@ impl Config {
             ));
         }
         self.failover.validate().map_err(ConfigError::Invalid)?;
+        self.sync.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid(format!(
                 "log.level = {:?}: {e}; expected a level (error, warn, info, debug, trace) or filter directives like \"info,hdfs_native=warn\"",
                 self.log.level
             )));
+        }
+        Ok(())
+    }
+}
+
+impl SyncConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("quiet_window", self.quiet_window),
+            ("rescan_interval", self.rescan_interval),
+            ("backoff_initial", self.backoff_initial),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "sync.{key} = \"0s\": expected a duration greater than zero"
+                )));
+            }
+        }
+        let ordered = [
+            (
+                "max_delay",
+                self.max_delay,
+                "quiet_window",
+                self.quiet_window,
+            ),
+            (
+                "backoff_max",
+                self.backoff_max,
+                "backoff_initial",
+                self.backoff_initial,
+            ),
+        ];
+        for (key, value, lower, bound) in ordered {
+            if value < bound {
+                return Err(ConfigError::Invalid(format!(
+                    "sync.{key} = \"{}\" is shorter than sync.{lower} = \"{}\"; make it at least as long",
+                    humantime::format_duration(value),
+                    humantime::format_duration(bound)
+                )));
+            }
+        }
+        if let Some(addr) = &self.metrics {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "sync.metrics = {addr:?}: expected an address like \"127.0.0.1:9464\" or \"[::]:9464\""
+                )));
+            }
         }
         Ok(())
     }
@@ -644,6 +737,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store.timeout"), "{err}");
+        let err = load("[sync]\nmax_delay = \"100ms\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sync.max_delay"), "{err}");
+        let err = load("", &[("DAGFS_SYNC_METRICS", "localhost")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sync.metrics"), "{err}");
         let err = load("[log]\nlevel = \"loud[\"\n", &[], &[])
             .unwrap_err()
             .to_string();

@@ -8,16 +8,22 @@
 //! - [`scan`]: which files of a DAG folder are published, and their digests;
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
+//! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
 //! - [`cache`]: the mount's verified local cache of manifests and objects;
+//! - [`checkout`]: one generation materialised as a local directory (Airflow workers);
 //! - [`mount`]: the read-only FUSE mount of the committed generation, and its state file;
 //! - [`gc`]: removal of old generations and unreferenced objects;
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
+//! - [`watch`]: watching a DAG folder and debouncing its changes;
+//! - [`sync`]: the `dagfs sync` daemon, its status file and single-instance lock;
+//! - [`metrics`]: the optional Prometheus endpoint of the long-running commands;
 //! - [`cli`]: the command line.
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
 
 pub mod cache;
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod election;
@@ -25,13 +31,17 @@ pub mod failover;
 pub mod format;
 pub mod gc;
 pub mod generations;
+pub mod import;
+pub mod metrics;
 pub mod mirror;
 pub mod mount;
 pub mod publish;
 pub mod scan;
 pub mod store;
 pub mod supervise;
+pub mod sync;
 pub mod verify;
+pub mod watch;
 
 #[cfg(test)]
 mod testutil;

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use crate::format::{
 };
 use crate::generations::{self, apply, diff, Change, GenerationError};
 use crate::scan::ScannedFile;
-use crate::store::{ErrorKind, Overwrite, Store, StoreError};
+use crate::store::{ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
 /// How many commit races a publish survives before giving up.
 const MAX_COMMIT_ROUNDS: usize = 20;
@@ -57,10 +58,10 @@ pub enum PublishError {
         paths: Vec<String>,
     },
     /// A file changed or vanished between scan and upload.
-    #[error("{}: changed while being published ({reason}); nothing was committed, push again", .path.display())]
+    #[error("{path}: changed while being published ({reason}); nothing was committed, push again")]
     ChangedDuringPush {
-        /// The local file.
-        path: PathBuf,
+        /// The source file: a local path, or the URL of a file in a source store.
+        path: String,
         /// What happened.
         reason: String,
     },
@@ -100,14 +101,61 @@ fn list(paths: &[String]) -> String {
     text
 }
 
+/// Where the bytes of an object can be read for uploading.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A local file (of a scanned DAG folder).
+    File(PathBuf),
+    /// A file in another store (a plain folder being imported, see [`crate::import`]).
+    Store {
+        /// The source store.
+        store: Arc<dyn Store>,
+        /// The file's key in it.
+        key: String,
+    },
+}
+
+impl Source {
+    /// The file, for messages: a local path or a URL.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Store { store, key } => {
+                format!("{}/{key}", store.url().trim_end_matches('/'))
+            }
+        }
+    }
+
+    /// Reads the whole file; the error says why in words.
+    async fn read(&self) -> Result<Bytes, String> {
+        match self {
+            Source::File(path) => {
+                let path = path.clone();
+                match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+                    Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Source::Store { store, key } => store.read(key).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl From<PathBuf> for Source {
+    fn from(path: PathBuf) -> Source {
+        Source::File(path)
+    }
+}
+
 /// The tree a publisher wants, and where the bytes of its files can be read.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     /// Entries relative to the prefix (or the root).
     pub entries: Vec<Entry>,
-    /// Local files holding the content of each digest; digests without one must already be
-    /// in the store (a rollback's).
-    pub sources: BTreeMap<Digest, PathBuf>,
+    /// Where the content of each digest can be read; digests without a source must already
+    /// be in the store (a rollback's).
+    pub sources: BTreeMap<Digest, Source>,
 }
 
 impl Desired {
@@ -117,7 +165,7 @@ impl Desired {
             entries: files.iter().map(|f| f.entry.clone()).collect(),
             sources: files
                 .iter()
-                .map(|f| (f.entry.blake3, f.local.clone()))
+                .map(|f| (f.entry.blake3, Source::File(f.local.clone())))
                 .collect(),
         }
     }
@@ -249,28 +297,35 @@ pub async fn publish(
         return Ok(unchanged(base.as_ref()));
     }
     let (added, changed, removed) = count(&changes);
-    let uploaded = upload_objects(store, &changes, desired, options.concurrency).await?;
+    // The manifest of the first round is written to the staging area while the objects
+    // upload: committing it is then one rename, not a second small-file write in a row.
+    let first = next_manifest(base.as_ref(), &changes, options)?;
+    let (uploaded, staged) = futures::join!(
+        upload_objects(store, &changes, desired, options.concurrency),
+        stage_manifest(store, first.as_ref()),
+    );
+    let uploaded = match uploaded {
+        Ok(uploaded) => uploaded,
+        Err(e) => {
+            discard(store, staged).await;
+            return Err(e);
+        }
+    };
     let (objects_uploaded, bytes_uploaded) = (uploaded.count, uploaded.bytes);
 
+    let mut prepared = first.map(|manifest| (manifest, staged));
     for _ in 0..MAX_COMMIT_ROUNDS {
-        let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
-        let tree = apply(base_tree, &changes);
-        if base.as_ref().is_some_and(|m| m.entries == tree) {
-            // Someone else published exactly this change already.
-            return Ok(unchanged(base.as_ref()));
-        }
-        let generation = base.as_ref().map_or(1, |m| m.generation + 1);
-        let manifest = Manifest::new(
-            Header {
-                generation,
-                parent: base.as_ref().map(|m| m.generation),
-                created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                author: options.author.clone(),
-                message: options.message.clone(),
+        let (manifest, staged) = match prepared.take() {
+            Some(prepared) => prepared,
+            None => match next_manifest(base.as_ref(), &changes, options)? {
+                Some(manifest) => (manifest, None),
+                // Someone else published exactly this change already.
+                None => return Ok(unchanged(base.as_ref())),
             },
-            tree,
-        )?;
-        if commit(store, &manifest).await? {
+        };
+        let generation = manifest.generation;
+        let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
+        if commit(store, &manifest, staged).await? {
             restore_reused(store, &uploaded.reused, desired).await?;
             tracing::info!(generation, tree_id = %manifest.tree_id, added, changed, removed, objects_uploaded, bytes_uploaded, "published");
             return Ok(Outcome {
@@ -374,7 +429,7 @@ async fn upload_objects(
     concurrency: usize,
 ) -> Result<Uploaded, PublishError> {
     let mut seen = HashSet::new();
-    let needed: Vec<(Entry, Option<PathBuf>)> = changes
+    let needed: Vec<(Entry, Option<Source>)> = changes
         .iter()
         .filter_map(Change::new_entry)
         .filter(|e| seen.insert(e.blake3))
@@ -435,7 +490,7 @@ async fn restore_reused(
 async fn upload_object(
     store: &dyn Store,
     entry: Entry,
-    source: Option<PathBuf>,
+    source: Option<Source>,
 ) -> Result<Option<u64>, PublishError> {
     let key = object_key(&entry.blake3);
     match store.stat(&key).await {
@@ -455,7 +510,7 @@ async fn upload_object(
             path: entry.path.clone(),
         });
     };
-    let bytes = read_verified(source, entry.blake3).await?;
+    let bytes = read_verified(&source, entry.blake3).await?;
     let len = bytes.len() as u64;
     match store.put(&key, bytes, Overwrite::Allow).await {
         Ok(()) => Ok(Some(len)),
@@ -463,33 +518,106 @@ async fn upload_object(
     }
 }
 
-/// Reads a local file and checks it still has the digest the scan found.
-async fn read_verified(path: PathBuf, digest: Digest) -> Result<Bytes, PublishError> {
-    let read_path = path.clone();
-    let read = tokio::task::spawn_blocking(move || std::fs::read(read_path)).await;
+/// Reads a source file and checks it still has the digest the scan found.
+async fn read_verified(source: &Source, digest: Digest) -> Result<Bytes, PublishError> {
     let changed = |reason: String| PublishError::ChangedDuringPush {
-        path: path.clone(),
+        path: source.describe(),
         reason,
     };
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return Err(changed(e.to_string())),
-        Err(e) => return Err(changed(e.to_string())),
-    };
+    let bytes = source.read().await.map_err(changed)?;
     if Digest::of(&bytes) != digest {
         return Err(changed("its content no longer matches the scan".into()));
     }
-    Ok(Bytes::from(bytes))
+    Ok(bytes)
 }
 
-/// Tries to commit `manifest` under its generation number. `Ok(true)`: it is committed (maybe
-/// by an earlier attempt whose answer was lost); `Ok(false)`: another manifest holds the number.
-async fn commit(store: &dyn Store, manifest: &Manifest) -> Result<bool, PublishError> {
+/// The manifest that applies `changes` to `base`, as the next generation; `None` if `base`
+/// already holds them.
+fn next_manifest(
+    base: Option<&Manifest>,
+    changes: &[Change],
+    options: &PublishOptions,
+) -> Result<Option<Manifest>, PublishError> {
+    let base_tree = base.map_or(&[][..], |m| &m.entries[..]);
+    let tree = apply(base_tree, changes);
+    if base.is_some_and(|m| m.entries == tree) {
+        return Ok(None);
+    }
+    let manifest = Manifest::new(
+        Header {
+            generation: base.map_or(1, |m| m.generation + 1),
+            parent: base.map(|m| m.generation),
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            author: options.author.clone(),
+            message: options.message.clone(),
+        },
+        tree,
+    )?;
+    Ok(Some(manifest))
+}
+
+/// Writes `manifest` under a fresh key of the staging area; `None` when there is nothing to
+/// stage or staging failed (the commit then writes the manifest itself).
+async fn stage_manifest(store: &dyn Store, manifest: Option<&Manifest>) -> Option<String> {
+    let manifest = manifest?;
+    let key = format!("{STAGING_DIR}/manifest-{}", uuid::Uuid::new_v4());
+    match store
+        .put(&key, Bytes::from(manifest.to_bytes()), Overwrite::Deny)
+        .await
+    {
+        Ok(()) => Some(key),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not stage the manifest; writing it at commit");
+            None
+        }
+    }
+}
+
+/// Removes a staged manifest that was not committed (best effort: `gc` collects leftovers).
+async fn discard(store: &dyn Store, staged: Option<String>) {
+    if let Some(key) = staged {
+        if let Err(e) = store.delete(&key, false).await {
+            tracing::debug!(key, error = %e, "could not remove a staged manifest");
+        }
+    }
+}
+
+/// Tries to commit `manifest` under its generation number, by renaming its `staged` copy
+/// into place or else by writing it there. `Ok(true)`: it is committed (maybe by an earlier
+/// attempt whose answer was lost); `Ok(false)`: another manifest holds the number.
+async fn commit(
+    store: &dyn Store,
+    manifest: &Manifest,
+    mut staged: Option<String>,
+) -> Result<bool, PublishError> {
+    let committed = try_commit(store, manifest, &mut staged).await;
+    if !matches!(committed, Ok(true)) {
+        discard(store, staged).await;
+    }
+    committed
+}
+
+async fn try_commit(
+    store: &dyn Store,
+    manifest: &Manifest,
+    staged: &mut Option<String>,
+) -> Result<bool, PublishError> {
     let key = manifest_key(manifest.generation);
     let bytes = Bytes::from(manifest.to_bytes());
     let mut attempt = 0;
     loop {
-        let error = match store.put(&key, bytes.clone(), Overwrite::Deny).await {
+        let written = match staged.as_deref() {
+            Some(from) => match store.rename(from, &key, Overwrite::Deny).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // No `generations/` yet (the first generation): write it directly.
+                    discard(store, staged.take()).await;
+                    continue;
+                }
+                renamed => renamed,
+            },
+            None => store.put(&key, bytes.clone(), Overwrite::Deny).await,
+        };
+        let error = match written {
             Ok(()) => return Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists || e.kind().is_transient() => e,
             Err(e) => return Err(e.into()),
@@ -528,7 +656,7 @@ mod tests {
             let local = dir.join(path.replace('/', "_"));
             std::fs::write(&local, content).unwrap();
             let e = entry(path, content);
-            d.sources.insert(e.blake3, local);
+            d.sources.insert(e.blake3, local.into());
             d.entries.push(e);
         }
         d
@@ -582,6 +710,28 @@ mod tests {
         rival: std::sync::Mutex<Option<Desired>>,
     }
 
+    impl RacingStore {
+        /// Before the first write of a manifest (put or rename), the rival commits.
+        async fn race(&self, key: &str) {
+            if !key.starts_with("generations/") {
+                return;
+            }
+            let rival = self.rival.lock().unwrap().take();
+            if let Some(rival) = rival {
+                publish(
+                    &self.inner,
+                    &rival,
+                    &PublishOptions {
+                        author: "bob@other".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
     #[async_trait::async_trait]
     impl Store for RacingStore {
         fn url(&self) -> &str {
@@ -593,21 +743,7 @@ mod tests {
             data: Bytes,
             overwrite: Overwrite,
         ) -> crate::store::StoreResult<()> {
-            if key.starts_with("generations/") {
-                let rival = self.rival.lock().unwrap().take();
-                if let Some(rival) = rival {
-                    publish(
-                        &self.inner,
-                        &rival,
-                        &PublishOptions {
-                            author: "bob@other".into(),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
-                }
-            }
+            self.race(key).await;
             self.inner.put(key, data, overwrite).await
         }
         async fn create_exclusive(&self, key: &str, data: Bytes) -> crate::store::StoreResult<()> {
@@ -636,6 +772,7 @@ mod tests {
             to: &str,
             overwrite: Overwrite,
         ) -> crate::store::StoreResult<()> {
+            self.race(to).await;
             self.inner.rename(from, to, overwrite).await
         }
         async fn delete(&self, key: &str, recursive: bool) -> crate::store::StoreResult<bool> {
@@ -688,6 +825,13 @@ mod tests {
                 ("a.py".into(), Digest::of(b"theirs")),
                 ("b.py".into(), Digest::of(b"ours"))
             ]
+        );
+        let staged = crate::store::list_if_exists(&store.inner, STAGING_DIR)
+            .await
+            .unwrap();
+        assert!(
+            staged.is_empty(),
+            "staged manifests left behind: {staged:?}"
         );
     }
 
@@ -772,7 +916,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::open(dir.path().join("store")).await.unwrap();
             let d = desired(dir.path(), &[("a.py", "scanned"), ("b.py", "kept")]);
-            edit(&d.sources[&Digest::of(b"scanned")]);
+            let Source::File(scanned) = &d.sources[&Digest::of(b"scanned")] else {
+                unreachable!("the test tree is local")
+            };
+            edit(scanned);
             let err = publish(&store, &d, &PublishOptions::default())
                 .await
                 .unwrap_err();

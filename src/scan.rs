@@ -7,6 +7,7 @@
 //! - build and VCS debris: `__pycache__/`, `*.pyc`, `*.pyo`, `.git/`, `.hg/`, `.svn/`;
 //! - editor temporaries: vim (`*.swp`, `*.swo`, `*.swx`, `4913`, `*~`), emacs (`.#*`, `#*#`),
 //!   JetBrains (`*___jb_tmp___`, `*___jb_old___`), `.DS_Store`;
+//! - the marker of a `dagfs checkout` (`.dagfs-checkout.json`);
 //! - whatever `.airflowignore` files exclude, in Airflow's `glob` (gitignore-style, Airflow 3's
 //!   default) or `regexp` syntax; each file applies to its directory and everything below.
 //!
@@ -19,7 +20,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -47,6 +48,8 @@ const IGNORED_FILES: &[&str] = &[
     "*___jb_tmp___",
     "*___jb_old___",
     ".DS_Store",
+    // The marker of a `dagfs checkout`: a checkout pushed again is the same tree.
+    ".dagfs-checkout.json",
 ];
 
 /// Which syntax `.airflowignore` files use (Airflow's `[core] dag_ignore_file_syntax`).
@@ -172,7 +175,6 @@ fn walk(
     root: &Path,
     options: &ScanOptions,
 ) -> Result<Vec<(String, PathBuf, fs::Metadata)>, ScanError> {
-    let builtin = builtin_file_patterns();
     let io_err = |path: &Path, source| ScanError::Io {
         path: path.to_path_buf(),
         source,
@@ -185,47 +187,14 @@ fn walk(
         ));
     }
     let mut found = Vec::new();
-    // Ignore rules in force: (depth of the directory holding the file, its rules).
-    let mut rules: Vec<(usize, IgnoreRules)> = Vec::new();
+    let mut filter = IgnoreFilter::new(options);
     let mut walker = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter();
     while let Some(item) = walker.next() {
         let dirent = item.map_err(|e| walk_error(root, e))?;
-        let depth = dirent.depth();
-        while rules.last().is_some_and(|(d, _)| *d >= depth) {
-            rules.pop();
-        }
         let is_dir = dirent.file_type().is_dir();
-        let name = dirent.file_name();
-        let Some(name) = name.to_str() else {
-            return Err(ScanError::NonUtf8(dirent.path().to_path_buf()));
-        };
-        if depth > 0 {
-            let ignored_by_name = if is_dir {
-                IGNORED_DIRS.contains(&name)
-            } else {
-                builtin.is_match(name)
-            };
-            if ignored_by_name || rules.iter().any(|(_, r)| r.ignores(dirent.path(), is_dir)) {
-                if is_dir {
-                    walker.skip_current_dir();
-                }
-                continue;
-            }
-        }
-        if is_dir {
-            let ignore_file = dirent.path().join(AIRFLOWIGNORE);
-            if options.airflowignore && ignore_file.is_file() {
-                let text = fs::read_to_string(&ignore_file).map_err(|e| io_err(&ignore_file, e))?;
-                rules.push((
-                    depth,
-                    IgnoreRules::parse(dirent.path(), &text, options.syntax),
-                ));
-            }
-            continue;
-        }
         let rel = dirent
             .path()
             .strip_prefix(root)
@@ -233,6 +202,20 @@ fn walk(
             .to_str()
             .ok_or_else(|| ScanError::NonUtf8(dirent.path().to_path_buf()))?
             .to_string();
+        if dirent.depth() > 0 && filter.ignores(&rel, is_dir) {
+            if is_dir {
+                walker.skip_current_dir();
+            }
+            continue;
+        }
+        if is_dir {
+            let ignore_file = dirent.path().join(AIRFLOWIGNORE);
+            if filter.reads_ignore_files() && ignore_file.is_file() {
+                let text = fs::read_to_string(&ignore_file).map_err(|e| io_err(&ignore_file, e))?;
+                filter.add_ignore_file(&rel, &text);
+            }
+            continue;
+        }
         check_path(&rel)?;
         let meta = dirent.metadata().map_err(|e| walk_error(root, e))?;
         if meta.is_file() {
@@ -264,76 +247,144 @@ fn walk_error(root: &Path, err: walkdir::Error) -> ScanError {
     }
 }
 
-fn builtin_file_patterns() -> GlobSet {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in IGNORED_FILES {
-        builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
+/// The ignore rules in force at one point of a depth-first, pre-order walk of a DAG folder
+/// (on local disk or in a store), on `/`-separated paths relative to the folder: the
+/// built-in debris patterns, plus every `.airflowignore` of the directories above the entry.
+pub struct IgnoreFilter {
+    options: ScanOptions,
+    /// (depth of the directory holding the ignore file, its rules), outermost first.
+    rules: Vec<(usize, IgnoreRules)>,
+}
+
+impl IgnoreFilter {
+    /// No `.airflowignore` read yet.
+    pub fn new(options: &ScanOptions) -> IgnoreFilter {
+        IgnoreFilter {
+            options: options.clone(),
+            rules: Vec::new(),
+        }
     }
-    builder.build().expect("built-in patterns are valid")
+
+    /// Whether the walk should read the `.airflowignore` of each directory it enters and
+    /// hand it to [`IgnoreFilter::add_ignore_file`].
+    pub fn reads_ignore_files(&self) -> bool {
+        self.options.airflowignore
+    }
+
+    /// Whether the entry `rel` (not the root) is left out; a directory left out is skipped
+    /// whole. Call it for every entry in walk order: it also forgets the rules of the
+    /// directories the walk has left.
+    pub fn ignores(&mut self, rel: &str, is_dir: bool) -> bool {
+        let depth = rel.split('/').count();
+        while self.rules.last().is_some_and(|(d, _)| *d >= depth) {
+            self.rules.pop();
+        }
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        is_builtin_ignored(name, is_dir) || self.rules.iter().any(|(_, r)| r.ignores(rel, is_dir))
+    }
+
+    /// Adds the rules of the `.airflowignore` (content `text`) of directory `dir` (`""` for
+    /// the root), in force for everything below it.
+    pub fn add_ignore_file(&mut self, dir: &str, text: &str) {
+        let depth = if dir.is_empty() {
+            0
+        } else {
+            dir.split('/').count()
+        };
+        self.rules
+            .push((depth, IgnoreRules::parse(dir, text, self.options.syntax)));
+    }
+}
+
+/// Whether scans always leave out a file or directory of this name (build and VCS debris,
+/// editor temporaries), whatever `.airflowignore` says.
+pub fn is_builtin_ignored(name: &str, is_dir: bool) -> bool {
+    static FILE_PATTERNS: OnceLock<GlobSet> = OnceLock::new();
+    if is_dir {
+        return IGNORED_DIRS.contains(&name);
+    }
+    FILE_PATTERNS
+        .get_or_init(|| {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in IGNORED_FILES {
+                builder.add(Glob::new(pattern).expect("built-in patterns are valid"));
+            }
+            builder.build().expect("built-in patterns are valid")
+        })
+        .is_match(name)
 }
 
 /// The rules of one `.airflowignore` file.
-enum IgnoreRules {
+struct IgnoreRules {
+    /// The directory holding it, relative to the folder (`""` for the root).
+    base: String,
+    matcher: Matcher,
+}
+
+enum Matcher {
     Glob(ignore::gitignore::Gitignore),
-    Regexp {
-        base: PathBuf,
-        patterns: Vec<regex::Regex>,
-    },
+    Regexp(Vec<regex::Regex>),
 }
 
 impl IgnoreRules {
     /// Parses the file in directory `base`. As in Airflow, `#` starts a comment, blank lines
     /// are skipped, and an invalid pattern is skipped with a warning.
-    fn parse(base: &Path, text: &str, syntax: IgnoreSyntax) -> IgnoreRules {
+    fn parse(base: &str, text: &str, syntax: IgnoreSyntax) -> IgnoreRules {
         let lines = text
             .lines()
             .map(|line| line.split('#').next().unwrap_or_default().trim_end())
             .filter(|line| !line.trim().is_empty());
-        match syntax {
+        let matcher = match syntax {
             IgnoreSyntax::Glob => {
-                let mut builder = ignore::gitignore::GitignoreBuilder::new(base);
+                // Paths are matched relative to `base`, so the builder's root is empty.
+                let mut builder = ignore::gitignore::GitignoreBuilder::new("");
                 for line in lines {
                     if let Err(e) = builder.add_line(None, line) {
-                        tracing::warn!(dir = %base.display(), pattern = line, error = %e, "skipping invalid .airflowignore pattern");
+                        tracing::warn!(dir = base, pattern = line, error = %e, "skipping invalid .airflowignore pattern");
                     }
                 }
-                IgnoreRules::Glob(
+                Matcher::Glob(
                     builder
                         .build()
                         .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty()),
                 )
             }
-            IgnoreSyntax::Regexp => {
-                let patterns = lines
+            IgnoreSyntax::Regexp => Matcher::Regexp(
+                lines
                     .filter_map(|line| match regex::Regex::new(line.trim()) {
                         Ok(re) => Some(re),
                         Err(e) => {
-                            tracing::warn!(dir = %base.display(), pattern = line, error = %e, "skipping invalid .airflowignore pattern");
+                            tracing::warn!(dir = base, pattern = line, error = %e, "skipping invalid .airflowignore pattern");
                             None
                         }
                     })
-                    .collect();
-                IgnoreRules::Regexp {
-                    base: base.to_path_buf(),
-                    patterns,
-                }
-            }
+                    .collect(),
+            ),
+        };
+        IgnoreRules {
+            base: base.to_string(),
+            matcher,
         }
     }
 
-    fn ignores(&self, path: &Path, is_dir: bool) -> bool {
-        match self {
-            IgnoreRules::Glob(gitignore) => gitignore.matched(path, is_dir).is_ignore(),
-            IgnoreRules::Regexp { base, patterns } => {
-                let rel = path.strip_prefix(base).unwrap_or(path).to_string_lossy();
-                patterns.iter().any(|re| re.is_match(&rel))
-            }
+    /// Whether `rel` (relative to the folder, below `base`) is ignored.
+    fn ignores(&self, rel: &str, is_dir: bool) -> bool {
+        let below = if self.base.is_empty() {
+            rel
+        } else {
+            rel.strip_prefix(&self.base)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .unwrap_or(rel)
+        };
+        match &self.matcher {
+            Matcher::Glob(gitignore) => gitignore.matched(below, is_dir).is_ignore(),
+            Matcher::Regexp(patterns) => patterns.iter().any(|re| re.is_match(below)),
         }
     }
 }
 
 /// Hashes `paths` on all cores; results in input order.
-fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
+pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
     let results: Vec<Mutex<Option<Result<Digest, ScanError>>>> =
         paths.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);

@@ -1,5 +1,5 @@
-//! Integrity checks by content hash: a local folder against a generation, and the store
-//! against itself (manifests, objects, the mirror).
+//! Integrity checks by content hash: a local folder or a mount against a generation, and the
+//! store against itself (manifests, objects, the mirror).
 //!
 //! A check either completes with a [`Report`] (its findings are the differences) or fails
 //! with [`VerifyError`] when it could not check at all (store unreachable, manifest corrupt).
@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::format::{object_key, Digest, Entry, Manifest};
 use crate::generations::{self, diff, Change, GenerationError};
 use crate::mirror::MIRROR_DIR;
-use crate::scan::{scan_cached, ScanError, ScanOptions};
+use crate::mount::state::{StateDir, StateError};
+use crate::scan::{hash_all, scan_cached, ScanError, ScanOptions};
 use crate::store::{files_under, ErrorKind, Store, StoreError};
 
 /// Objects checked at once.
@@ -31,6 +32,9 @@ pub enum VerifyError {
     /// The local folder could not be scanned.
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// The mount's state could not be read (not running, exited).
+    #[error(transparent)]
+    Mount(#[from] StateError),
     /// The store has no generation to check against.
     #[error("{0} has no generations yet; publish one with `dagfs push`")]
     Empty(String),
@@ -65,6 +69,8 @@ pub enum FindingKind {
     MirrorDiffers,
     /// The mirror holds a file the head does not have.
     MirrorExtra,
+    /// A mount serves another generation than expected (or than the head).
+    WrongGeneration,
 }
 
 /// What a check found.
@@ -110,18 +116,7 @@ pub async fn verify_local(
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
     let local: Vec<Entry> = files.iter().map(|f| f.entry.clone()).collect();
-    let findings = diff(&manifest.entries, &local)
-        .into_iter()
-        .map(|change| match change {
-            Change::Added(e) => finding(FindingKind::Added, &e.path, "not in the generation"),
-            Change::Removed(e) => finding(FindingKind::Removed, &e.path, "not in the folder"),
-            Change::Changed(old, new) => finding(
-                FindingKind::Changed,
-                &new.path,
-                &describe_change(&old, &new),
-            ),
-        })
-        .collect();
+    let findings = tree_findings(&manifest.entries, &local, "the folder");
     Ok(Report {
         generation: manifest.generation,
         tree_id: manifest.tree_id.to_string(),
@@ -131,6 +126,118 @@ pub async fn verify_local(
         findings,
         orphans: 0,
     })
+}
+
+/// The differences between the generation's entries and what a folder or mount (`place`)
+/// holds.
+fn tree_findings(expected: &[Entry], actual: &[Entry], place: &str) -> Vec<Finding> {
+    diff(expected, actual)
+        .into_iter()
+        .map(|change| match change {
+            Change::Added(e) => finding(FindingKind::Added, &e.path, "not in the generation"),
+            Change::Removed(e) => {
+                finding(FindingKind::Removed, &e.path, &format!("not in {place}"))
+            }
+            Change::Changed(old, new) => finding(
+                FindingKind::Changed,
+                &new.path,
+                &describe_change(&old, &new),
+            ),
+        })
+        .collect()
+}
+
+/// What a dagfs mount serves against the generation it claims to serve (or `generation`),
+/// read through the mount and hashed, plus whether that generation is the store's head.
+pub async fn verify_mount(
+    store: &dyn Store,
+    mountpoint: &Path,
+    states: &StateDir,
+    generation: Option<u64>,
+) -> Result<Report, VerifyError> {
+    let state = states.read(mountpoint)?;
+    let head = generations::head(store).await?;
+    let expected = match generation.or(state.generation) {
+        Some(g) => generations::load(store, g).await?,
+        None => return Err(VerifyError::Empty(store.url().to_string())),
+    };
+    let root = mountpoint.to_path_buf();
+    let served = match tokio::task::spawn_blocking(move || hash_tree(&root)).await {
+        Ok(served) => served?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let mut findings = tree_findings(&expected.entries, &served, "the mount");
+    let shown = mountpoint.display().to_string();
+    if state.generation != Some(expected.generation) {
+        findings.push(finding(
+            FindingKind::WrongGeneration,
+            &shown,
+            &format!(
+                "the mount says it serves generation {:?}, expected {}",
+                state.generation, expected.generation
+            ),
+        ));
+    }
+    if generation.is_none() && state.generation != head {
+        findings.push(finding(
+            FindingKind::WrongGeneration,
+            &shown,
+            &format!(
+                "the mount serves generation {:?} but the head is {head:?}{}",
+                state.generation,
+                state
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" (its last error: {e})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Report {
+        generation: expected.generation,
+        tree_id: expected.tree_id.to_string(),
+        generations_checked: vec![expected.generation],
+        checked: served.len(),
+        bytes_hashed: served.iter().map(|e| e.size).sum(),
+        findings,
+        orphans: 0,
+    })
+}
+
+/// Every regular file under `root` as a manifest entry (sorted by path), its bytes read and
+/// hashed on all cores: what a mount or a checkout really holds.
+pub(crate) fn hash_tree(root: &Path) -> Result<Vec<Entry>, ScanError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.map_err(|e| ScanError::Io {
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+        if entry.file_type().is_file() {
+            let meta = entry.metadata().map_err(|e| ScanError::Io {
+                path: entry.path().to_path_buf(),
+                source: e.into(),
+            })?;
+            files.push((entry.into_path(), meta));
+        }
+    }
+    let digests = hash_all(files.iter().map(|(path, _)| path.as_path()).collect())?;
+    let mut entries = Vec::with_capacity(files.len());
+    for ((path, meta), blake3) in files.iter().zip(digests) {
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root");
+        entries.push(Entry {
+            path: rel.to_string_lossy().into_owned(),
+            mode: meta.mode() & 0o777,
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            blake3,
+        });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
 }
 
 fn finding(kind: FindingKind, path: &str, detail: &str) -> Finding {

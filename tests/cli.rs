@@ -101,13 +101,6 @@ fn unknown_key_is_rejected() {
 }
 
 #[test]
-fn unbuilt_commands_say_so_and_exit_2() {
-    let output = dagfs(&["run"], &[]);
-    let text = assert_one_line_usage_error(&output);
-    assert!(text.contains("not implemented yet"), "{text}");
-}
-
-#[test]
 fn failover_refuses_unsafe_timing_in_one_line() {
     let args = [
         "failover",

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dagfs::store::{ErrorKind, LocalStore, Overwrite, Store};
 
-use support::minidfs::{superuser, MiniDfs};
+use support::minidfs::MiniDfs;
 
 /// Environment variable handing the prepared local root to the unprivileged child.
 const CHILD_ROOT: &str = "DAGFS_TEST_LOCKED_ROOT";
@@ -69,21 +69,12 @@ async fn hdfs_permission_denied() {
         .await
         .unwrap();
 
-    let path = url.strip_prefix(cluster.url()).unwrap();
-    let client = hdfs_native::ClientBuilder::new()
-        .with_url(cluster.url())
-        .with_config_dir(cluster.conf_dir().display().to_string())
-        .with_user(superuser())
-        .build()
-        .unwrap();
-    client
-        .set_permission(&format!("{path}/locked"), 0o555)
-        .await
-        .unwrap();
-    client
-        .set_permission(&format!("{path}/locked/secret"), 0o000)
-        .await
-        .unwrap();
+    cluster
+        .set_permission(&format!("{url}/locked"), 0o555)
+        .await;
+    cluster
+        .set_permission(&format!("{url}/locked/secret"), 0o000)
+        .await;
 
     let other = dagfs::store::open(&url, &cluster.options(Some("mallory"), timeout))
         .await

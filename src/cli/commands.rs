@@ -1,4 +1,4 @@
-//! The generation commands: `push`, `log`, `diff`, `rollback`, `gc`.
+//! The generation commands: `push`, `import`, `log`, `diff`, `rollback`, `gc`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::format::Manifest;
 use crate::gc::GcOptions;
 use crate::generations::{self, Change};
+use crate::import::ImportOptions;
 use crate::mirror::{self, MirrorOutcome};
+use crate::mount::state::StateDir;
 use crate::publish::{self, Desired, Outcome, PublishOptions};
 use crate::scan;
 use crate::store::Store;
@@ -48,6 +50,28 @@ pub struct PushArgs {
     allow_empty: bool,
 }
 
+/// Arguments of `dagfs import`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The folder is only read; it is imported as one consistent state (listed, hashed, \
+listed again; retried if it moved). Files keep their HDFS permission bits and modification times, \
+so the generation equals a `dagfs push` of the same files with the same modes and mtimes \
+(e.g. fetched with `hdfs dfs -get -p`)."
+)]
+pub struct ImportArgs {
+    /// URL of the plain DAG folder to import, e.g. hdfs://nameservice/airflow/dags.
+    source: String,
+    /// Store URL [default: store.url from the config]; must not overlap the folder.
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// Message recorded with the generation [default: "import of SOURCE"].
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Arguments of `dagfs verify`.
 #[derive(Debug, Args)]
 #[command(
@@ -68,7 +92,8 @@ pub struct VerifyArgs {
     /// Check against this generation instead of the head.
     #[arg(long, value_name = "G")]
     generation: Option<u64>,
-    /// Check what a dagfs mount serves (arrives with `dagfs mount`).
+    /// Check what the dagfs mount at this mountpoint serves: read every file through it, hash,
+    /// compare with the generation it claims (or --generation), and whether that is the head.
     #[arg(long, value_name = "MOUNTPOINT")]
     mount: Option<PathBuf>,
     /// Print JSON.
@@ -258,6 +283,35 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
     .await
 }
 
+/// `dagfs import`.
+pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
+    let target_url = args.to.as_deref().or(config.store.url.as_deref());
+    if let Some(target_url) = target_url {
+        // Before opening anything: an overlap is a usage mistake, whatever the stores hold.
+        crate::import::check_separate(&args.source, target_url)?;
+    }
+    let target = open_store(args.to.as_deref(), config, "--to").await?;
+    let source: std::sync::Arc<dyn Store> =
+        crate::store::open(&args.source, &config.store.hdfs_options())
+            .await?
+            .into();
+    let bar = progress();
+    bar.set_message(format!("importing {}", source.url()));
+    let options = ImportOptions {
+        scan: config.scan.options(),
+        publish: PublishOptions {
+            message: args
+                .message
+                .unwrap_or_else(|| format!("import of {}", args.source)),
+            concurrency: config.publish.concurrency,
+            ..PublishOptions::default()
+        },
+        ..ImportOptions::default()
+    };
+    let outcome = crate::import::import(source, &*target, &options).await?;
+    finish_publish(&*target, outcome, config.publish.mirror, args.json, &bar).await
+}
+
 /// `dagfs rollback`.
 pub async fn rollback(args: RollbackArgs, config: &Config) -> Result<()> {
     let store = open_store(args.store.as_deref(), config, "--store").await?;
@@ -441,13 +495,17 @@ struct VerifySummary<'a> {
 
 /// `dagfs verify`: returns 0 when everything checked is identical, 1 when something differs.
 pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
-    if args.mount.is_some() {
-        bail!("--mount needs `dagfs mount`, which this build does not have yet");
+    if args.local.is_none() && args.store.is_none() && args.mount.is_none() {
+        bail!("nothing to check: pass --local DIR, --store URL and/or --mount MOUNTPOINT");
     }
-    if args.local.is_none() && args.store.is_none() {
-        bail!("nothing to check: pass --local DIR and/or --store URL");
-    }
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let states = StateDir::default();
+    // A mount knows its store: `verify --mount M` alone needs no URL.
+    let mount_url = match (&args.mount, &args.store, &config.store.url) {
+        (Some(mountpoint), None, None) => Some(states.read(mountpoint)?.store),
+        _ => None,
+    };
+    let url = args.store.as_deref().or(mount_url.as_deref());
+    let store = open_store(url, config, "--store").await?;
     let bar = progress();
     let mut reports = Vec::new();
     if let Some(dir) = &args.local {
@@ -457,12 +515,19 @@ pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
             .with_context(|| format!("cannot check {}", dir.display()))?;
         reports.push(("local", report));
     }
+    if let Some(mountpoint) = &args.mount {
+        bar.set_message(format!("hashing {}", mountpoint.display()));
+        let report = verify::verify_mount(&*store, mountpoint, &states, args.generation)
+            .await
+            .with_context(|| format!("cannot check {}", mountpoint.display()))?;
+        reports.push(("mount", report));
+    }
     if args.store.is_some() {
         bar.set_message(format!("checking {}", store.url()));
-        reports.push((
-            "store",
-            verify::verify_store(&*store, args.generation, args.deep).await?,
-        ));
+        let report = verify::verify_store(&*store, args.generation, args.deep)
+            .await
+            .with_context(|| format!("cannot check {}", store.url()))?;
+        reports.push(("store", report));
     }
     bar.finish_and_clear();
     let differences: usize = reports.iter().map(|(_, r)| r.findings.len()).sum();
@@ -474,10 +539,10 @@ pub async fn verify(args: VerifyArgs, config: &Config) -> Result<u8> {
         println!("{}", serde_json::to_string(&summaries)?);
     } else {
         for (check, r) in &reports {
-            let what = if *check == "local" {
-                "files"
-            } else {
+            let what = if *check == "store" {
                 "objects"
+            } else {
+                "files"
             };
             println!(
                 "{check}: generation {} (tree {}): {} {what} checked, {} hashed, {} differences{}",

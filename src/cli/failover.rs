@@ -57,6 +57,7 @@ pub struct GuardArgs {
 
 /// `dagfs failover`: runs until SIGTERM or SIGINT, then hands over.
 pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
+    let shutdown = super::shutdown_signal()?;
     let store = super::commands::open_store(args.store.as_deref(), config, "--store").await?;
     let options = FailoverOptions {
         id: args.id.unwrap_or_else(|| {
@@ -71,21 +72,6 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         config: config.failover.clone(),
         runtime_dir: runtime_dir(),
         guard_exe: std::env::current_exe().context("cannot find the dagfs executable")?,
-    };
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
     };
     failover::run(store.as_ref(), options, shutdown).await?;
     Ok(())

@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod failover;
 mod mount;
+mod run;
+mod status;
+mod sync;
 
 use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
@@ -57,9 +60,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch a DAG folder and publish every change as a new generation.
-    Sync,
+    Sync(sync::SyncArgs),
     /// Publish a DAG folder once as a new generation (if anything changed).
     Push(commands::PushArgs),
+    /// Import a plain DAG folder (e.g. the NFS-gateway one on HDFS) as a new generation.
+    Import(commands::ImportArgs),
     /// Serve the committed generation as a read-only FUSE mount.
     Mount(mount::MountArgs),
     /// Check a local folder, the store and mounts against each other by content hash.
@@ -77,17 +82,20 @@ enum Command {
     Rollback(commands::RollbackArgs),
     /// Delete old generations and the objects only they used.
     Gc(commands::GcArgs),
+    /// Materialise one generation as a local directory (for Airflow workers).
+    Checkout(mount::CheckoutArgs),
     /// Show what sync, mount and failover are doing on this host.
-    Status,
+    Status(status::StatusArgs),
     /// Try dagfs on one machine: sync a DAG folder and mount it in one process.
-    Run,
+    Run(run::RunArgs),
 }
 
 impl Command {
     fn name(&self) -> &'static str {
         match self {
-            Command::Sync => "sync",
+            Command::Sync(_) => "sync",
             Command::Push(_) => "push",
+            Command::Import(_) => "import",
             Command::Mount(_) => "mount",
             Command::Verify(_) => "verify",
             Command::Failover(_) => "failover",
@@ -96,8 +104,9 @@ impl Command {
             Command::Diff(_) => "diff",
             Command::Rollback(_) => "rollback",
             Command::Gc(_) => "gc",
-            Command::Status => "status",
-            Command::Run => "run",
+            Command::Checkout(_) => "checkout",
+            Command::Status(_) => "status",
+            Command::Run(_) => "run",
         }
     }
 }
@@ -148,21 +157,30 @@ async fn run(command: Command, config: Config) -> ExitCode {
     if let Command::FailoverGuard(args) = command {
         return ExitCode::from(failover::guard(args).await);
     }
+    if let Command::Status(args) = command {
+        // status has its own exit codes: 0 all well, 1 something exited or reports an error.
+        return match status::status(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("dagfs status: {}", one_line(&e));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     let result = match command {
+        Command::Sync(args) => sync::sync(args, &config).await,
         Command::Push(args) => commands::push(args, &config).await,
+        Command::Import(args) => commands::import(args, &config).await,
         Command::Log(args) => commands::log(args, &config).await,
         Command::Diff(args) => commands::diff(args, &config).await,
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
         Command::Failover(args) => failover::failover(args, &config).await,
         Command::Mount(args) => mount::mount(args, &config).await,
-        _ => {
-            // Each command arrives with the issue that builds it; until then it says so.
-            eprintln!(
-                "dagfs {name}: not implemented yet in this build of dagfs {}",
-                env!("CARGO_PKG_VERSION")
-            );
-            return ExitCode::from(EXIT_USAGE);
+        Command::Checkout(args) => mount::checkout(args, &config).await,
+        Command::Run(args) => run::run(args, &config).await,
+        Command::Verify(_) | Command::Status(_) | Command::FailoverGuard(_) => {
+            unreachable!("handled above with their own exit codes")
         }
     };
     match result {
@@ -172,6 +190,21 @@ async fn run(command: Command, config: Config) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Registers SIGTERM and SIGINT handlers now (from then on they mean "stop cleanly", never
+/// "die") and returns a future that resolves when either arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
 }
 
 /// The error and its causes on one line, each cause once: library errors often repeat their
@@ -185,6 +218,16 @@ fn one_line(error: &anyhow::Error) -> String {
                 line.push_str(": ");
             }
             line.push_str(&text);
+        }
+    }
+    if let Some(store) = error
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
+    {
+        if store.kind().is_transient() {
+            line.push_str(
+                "; is the store reachable? check the URL, HADOOP_CONF_DIR and that the NameNode is up",
+            );
         }
     }
     line.replace('\n', " ")

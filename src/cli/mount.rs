@@ -1,4 +1,5 @@
-//! `dagfs mount`: the command line of the FUSE mount.
+//! `dagfs mount` and `dagfs checkout`: the commands that serve generations on scheduler and
+//! worker hosts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,23 +40,6 @@ pub struct MountArgs {
     allow_other: bool,
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub(super) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-    }
-}
-
 /// `dagfs mount URL MOUNTPOINT`.
 pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
     let store: Arc<dyn crate::store::Store> =
@@ -80,6 +64,68 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         config: mount_config,
         state_dir: StateDir::default(),
     };
-    mount::run(store, options, shutdown_signal()).await?;
+    mount::run(store, options, super::shutdown_signal()?).await?;
+    Ok(())
+}
+
+/// Arguments of `dagfs checkout`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Builds the tree beside DIR, verifies it against the generation's tree \
+id, then renames it into place: DIR is either absent or complete. Running it again, or \
+concurrently, for the same generation and DIR is safe. Prints the generation and tree id."
+)]
+pub struct CheckoutArgs {
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The generation [default: the head].
+    #[arg(long, value_name = "G")]
+    generation: Option<u64>,
+    /// The directory to create.
+    dir: PathBuf,
+    /// Verified object cache, shared with mounts of the same store [default: as `dagfs mount`].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `dagfs checkout --generation N DIR`.
+pub async fn checkout(args: CheckoutArgs, config: &Config) -> Result<()> {
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let cache_dir = args
+        .cache_dir
+        .or_else(|| config.mount.cache_dir.clone())
+        .unwrap_or_else(|| mount::default_cache_dir(store.url()));
+    let cache = crate::cache::Cache::open(&cache_dir)?;
+    let (made, created) = crate::checkout::checkout(
+        store.as_ref(),
+        &cache,
+        &args.dir,
+        args.generation,
+        config.mount.concurrency,
+    )
+    .await?;
+    if args.json {
+        let mut value = serde_json::to_value(&made)?;
+        value["path"] = serde_json::Value::from(args.dir.display().to_string());
+        value["created"] = serde_json::Value::from(created);
+        println!("{value}");
+    } else {
+        println!(
+            "{} generation {} (tree {}) at {}: {} files",
+            if created {
+                "checked out"
+            } else {
+                "already checked out:"
+            },
+            made.generation,
+            &made.tree_id[..12],
+            args.dir.display(),
+            made.files
+        );
+    }
     Ok(())
 }

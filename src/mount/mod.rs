@@ -266,7 +266,7 @@ async fn fetch(
         .await?;
     if !cached.corrupt.is_empty() {
         tracing::error!(generation, files = ?cached.corrupt,
-            "the store serves corrupt bytes for these files: reading them fails with EIO; re-publish them");
+            "the store serves corrupt bytes for these files: reading them fails with EIO; `dagfs verify --store URL --deep` names their objects; put the right bytes back with `hadoop fs -put -f`");
     }
     Ok(cached.manifest)
 }

@@ -127,12 +127,13 @@ impl StateDir {
         StateDir { dir: dir.into() }
     }
 
-    /// The state file of the mount at `mountpoint`.
+    /// The state file of the mount at `mountpoint`: `mount-<escaped path>.json`, the path
+    /// escaped as `systemd-escape --path` does (`/srv/airflow/dags` -> `srv-airflow-dags`), so
+    /// operators and the Airflow bundle find it without dagfs.
     pub fn path(&self, mountpoint: &Path) -> PathBuf {
         let absolute = absolute_mountpoint(mountpoint);
-        let hash = blake3::hash(absolute.as_os_str().as_encoded_bytes());
         self.dir
-            .join(format!("mount-{}.json", &hash.to_hex()[..16]))
+            .join(format!("mount-{}.json", escape_path(&absolute)))
     }
 
     /// Writes `state` atomically to its state file, creating the directory.
@@ -183,6 +184,35 @@ impl StateDir {
     }
 }
 
+/// `systemd-escape --path`: slashes become `-`; bytes other than ASCII letters, digits, `_`
+/// and `.` (and a leading `.`) become `\xNN`; the root is `-`.
+fn escape_path(path: &Path) -> String {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let trimmed: Vec<&[u8]> = bytes
+        .split(|&b| b == b'/')
+        .filter(|part| !part.is_empty())
+        .collect();
+    if trimmed.is_empty() {
+        return "-".to_string();
+    }
+    let mut out = String::new();
+    for (i, part) in trimmed.iter().enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, &b) in part.iter().enumerate() {
+            let plain =
+                b.is_ascii_alphanumeric() || b == b'_' || (b == b'.' && !(i == 0 && j == 0));
+            if plain {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -212,6 +242,24 @@ mod tests {
             started_ms: now_ms(),
             updated_ms: now_ms(),
         }
+    }
+
+    #[test]
+    fn state_files_are_named_like_systemd_escape_path() {
+        let states = StateDir::at("/run/dagfs");
+        let name = |p: &str| {
+            states
+                .path(Path::new(p))
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(name("/srv/airflow/dags"), "mount-srv-airflow-dags.json");
+        assert_eq!(name("/srv/my-dags/"), "mount-srv-my\\x2ddags.json");
+        assert_eq!(name("/"), "mount--.json");
+        assert_eq!(name("/a/.hidden"), "mount-a-.hidden.json");
     }
 
     #[test]

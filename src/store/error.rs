@@ -55,12 +55,21 @@ impl fmt::Display for ErrorKind {
 /// A failed store operation: its kind, the operation, the key it touched, and the backend's
 /// own words.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} '{key}': {kind}{}", detail_suffix(.detail))]
+#[error("{op} '{key}': {kind}{}{}", detail_suffix(.detail), hint(*.kind))]
 pub struct StoreError {
     kind: ErrorKind,
     op: &'static str,
     key: String,
     detail: String,
+}
+
+/// What to check when the store cannot be reached.
+fn hint(kind: ErrorKind) -> &'static str {
+    if kind.is_transient() {
+        "; is the store reachable? check the URL, HADOOP_CONF_DIR and that the NameNode is up"
+    } else {
+        ""
+    }
 }
 
 fn detail_suffix(detail: &str) -> String {

@@ -199,6 +199,7 @@ impl HdfsStore {
             kind,
             len: status.length as u64,
             modified: UNIX_EPOCH + Duration::from_millis(status.modification_time),
+            mode: u32::from(status.permission) & 0o777,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -89,6 +90,7 @@ fn entry_info(key: String, meta: &fs::Metadata) -> io::Result<EntryInfo> {
         kind,
         len: if meta.is_dir() { 0 } else { meta.len() },
         modified: meta.modified()?,
+        mode: meta.mode() & 0o777,
     })
 }
 

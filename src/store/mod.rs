@@ -67,6 +67,8 @@ pub struct EntryInfo {
     pub len: u64,
     /// Last modification time as the store reports it.
     pub modified: SystemTime,
+    /// Unix permission bits (`0o644`; HDFS keeps them too).
+    pub mode: u32,
 }
 
 impl EntryInfo {

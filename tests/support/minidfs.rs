@@ -172,6 +172,17 @@ impl MiniDfs {
         }
     }
 
+    /// `hadoop fs ARGS` (Hadoop's own FsShell) against this cluster, as the superuser.
+    pub fn hadoop_fs(&self, args: &[&str]) -> std::process::Output {
+        let classpath = format!("{}:{}", self.conf_dir.display(), classpath());
+        Command::new("java")
+            .args(["-cp", &classpath, "org.apache.hadoop.fs.FsShell"])
+            .args(args)
+            .env("HADOOP_USER_NAME", superuser())
+            .output()
+            .expect("run hadoop fs")
+    }
+
     /// Sends a launcher command (`stop-namenode 0`...) and waits for its `OK`.
     pub fn command(&self, command: &str) {
         let mut control = self.control.lock().unwrap();
@@ -212,6 +223,20 @@ impl MiniDfs {
     /// Makes NameNode `index` a standby (HA clusters).
     pub fn transition_to_standby(&self, index: usize) {
         self.command(&format!("transition-to-standby {index}"));
+    }
+
+    /// Sets the permission bits of `url` (a URL under this cluster) as the superuser.
+    pub async fn set_permission(&self, url: &str, mode: u32) {
+        let path = url
+            .strip_prefix(self.url.as_str())
+            .unwrap_or_else(|| panic!("{url} is not on this cluster ({})", self.url));
+        let client = hdfs_native::ClientBuilder::new()
+            .with_url(&self.url)
+            .with_config_dir(self.conf_dir.display().to_string())
+            .with_user(superuser())
+            .build()
+            .unwrap();
+        client.set_permission(path, mode).await.unwrap();
     }
 }
 

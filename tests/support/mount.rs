@@ -51,6 +51,18 @@ impl Mount {
         mountpoint: &Path,
         cache: &Path,
     ) -> Mount {
+        Mount::start_with(cluster, runtime, url, mountpoint, cache, &[])
+    }
+
+    /// Starts `dagfs mount` with `extra` arguments (`--pin G`...).
+    pub fn start_with(
+        cluster: &MiniDfs,
+        runtime: &Path,
+        url: &str,
+        mountpoint: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> Mount {
         std::fs::create_dir_all(mountpoint).unwrap();
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         std::fs::create_dir_all(runtime).unwrap();
@@ -61,6 +73,7 @@ impl Mount {
             .arg(mountpoint)
             .arg("--cache-dir")
             .arg(cache)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

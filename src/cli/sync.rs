@@ -1,0 +1,104 @@
+//! `dagfs sync`: runs the sync daemon in the foreground until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::commands::open_store;
+use crate::config::Config;
+use crate::metrics::{self, Health, Registry};
+use crate::publish::PublishOptions;
+use crate::sync::{self, SyncMetrics, SyncOptions};
+
+/// Arguments of `dagfs sync`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Runs in the foreground (systemd Type=notify: READY after the initial push, \
+WATCHDOG pings when WatchdogSec= is set). SIGTERM/SIGINT finish or abandon the publish in \
+flight and exit 0. `dagfs status` shows what it is doing; [sync] in the config tunes it."
+)]
+pub struct SyncArgs {
+    /// The DAG folder to watch and publish.
+    dir: PathBuf,
+    /// Store URL [default: store.url from the config].
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// Publish the folder as this subtree of the store; other subtrees are left alone.
+    #[arg(long, value_name = "PATH")]
+    prefix: Option<String>,
+    /// Message recorded with each generation [default: "dagfs sync of DIR"].
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Serve Prometheus metrics and /healthz on this address [default: sync.metrics].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Do not update the plain mirror.
+    #[arg(long)]
+    no_mirror: bool,
+}
+
+/// `dagfs sync`.
+pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
+    // Handlers first: from here on SIGTERM means "stop cleanly", never "die".
+    let shutdown = super::shutdown_signal()?;
+
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("cannot watch {}; check the path", args.dir.display()))?;
+    if !dir.is_dir() {
+        bail!(
+            "cannot watch {}: not a directory; pass the DAG folder",
+            args.dir.display()
+        );
+    }
+    if let Some(prefix) = &args.prefix {
+        crate::format::check_path(prefix.trim_matches('/'))
+            .with_context(|| format!("invalid --prefix {prefix:?}"))?;
+    }
+    let store = open_store(args.to.as_deref(), config, "--to").await?;
+    let metrics_addr = match (args.metrics, &config.sync.metrics) {
+        (Some(addr), _) => Some(addr),
+        // Validated with the configuration.
+        (None, Some(addr)) => Some(addr.parse()?),
+        (None, None) => None,
+    };
+    let mut registry = Registry::default();
+    let sync_metrics = SyncMetrics::register(&mut registry);
+    let health = Health::default();
+    let server = metrics_addr
+        .map(|addr| metrics::serve(addr, Arc::new(registry), health.clone()))
+        .transpose()?;
+    let message = args
+        .message
+        .unwrap_or_else(|| format!("dagfs sync of {}", dir.display()));
+    let mut options = sync_options(dir, message, config);
+    options.publish.prefix = args.prefix;
+    options.mirror &= !args.no_mirror;
+    options.metrics_addr = server.as_ref().map(|s| s.addr().to_string());
+    sync::run(store, options, sync_metrics, health, shutdown).await?;
+    Ok(())
+}
+
+/// The daemon's options for folder `dir` from the configuration (`dagfs sync`, `dagfs run`).
+pub(super) fn sync_options(dir: PathBuf, message: String, config: &Config) -> SyncOptions {
+    let sync = &config.sync;
+    SyncOptions {
+        quiet_window: sync.quiet_window,
+        max_delay: sync.max_delay,
+        rescan_interval: sync.rescan_interval,
+        backoff_initial: sync.backoff_initial,
+        backoff_max: sync.backoff_max,
+        shutdown_grace: sync.shutdown_grace,
+        scan: config.scan.options(),
+        publish: PublishOptions {
+            message,
+            concurrency: config.publish.concurrency,
+            ..PublishOptions::default()
+        },
+        mirror: config.publish.mirror,
+        metrics_addr: None,
+        dir,
+    }
+}

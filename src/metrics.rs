@@ -1,0 +1,222 @@
+//! The optional Prometheus endpoint every long-running dagfs command shares (`--metrics ADDR`).
+//!
+//! A command builds one [`Registry`] (from `prometheus-client`, the Prometheus project's own
+//! Rust client), registers its metrics into it (sync's are in [`crate::sync::SyncMetrics`];
+//! mount and failover add theirs the same way), and calls [`serve`], which answers
+//!
+//! - `GET /metrics`: the registry in the OpenMetrics text format (which Prometheus scrapes
+//!   natively);
+//! - `GET /healthz`: `200 ok`, or `503` and the reason while the command has marked itself
+//!   unhealthy through its [`Health`].
+//!
+//! The HTTP side is `tiny_http` on one thread of its own rather than a hand-written server or
+//! a full framework: two read-only GET routes need no async stack, no TLS, no routing layer,
+//! and a scrape must keep answering even while the async runtime is busy with a slow HDFS.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+pub use prometheus_client::registry::Registry;
+
+/// OpenMetrics text format, as `prometheus_client::encoding::text` writes it.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The endpoint could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {detail}; pick a free address with --metrics HOST:PORT")]
+pub struct MetricsError {
+    /// The address asked for.
+    addr: SocketAddr,
+    /// Why.
+    detail: String,
+}
+
+/// Whether a command considers itself healthy, as `/healthz` reports it. Clones share state.
+#[derive(Clone, Debug, Default)]
+pub struct Health(Arc<Mutex<Option<String>>>);
+
+impl Health {
+    /// Marks the command healthy.
+    pub fn set_healthy(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Marks the command unhealthy, with a one-line reason.
+    pub fn set_unhealthy(&self, reason: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
+    }
+
+    /// The reason the command is unhealthy, if it is.
+    pub fn problem(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A running endpoint; dropping it stops the server thread.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serves `registry` and `health` on `addr` until the returned handle is dropped.
+pub fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: Health,
+) -> Result<MetricsServer, MetricsError> {
+    let server = tiny_http::Server::http(addr).map_err(|e| MetricsError {
+        addr,
+        detail: e.to_string(),
+    })?;
+    let bound = match server.server_addr() {
+        tiny_http::ListenAddr::IP(bound) => bound,
+        #[allow(unreachable_patterns)] // unix sockets exist only with a tiny_http feature
+        _ => addr,
+    };
+    let server = Arc::new(server);
+    let serving = Arc::clone(&server);
+    let thread = std::thread::Builder::new()
+        .name("dagfs-metrics".into())
+        .spawn(move || {
+            for request in serving.incoming_requests() {
+                let response = respond(request.method(), request.url(), &registry, &health);
+                if let Err(e) = request.respond(response) {
+                    tracing::debug!(error = %e, "metrics client went away");
+                }
+            }
+        })
+        .map_err(|e| MetricsError {
+            addr,
+            detail: e.to_string(),
+        })?;
+    tracing::info!(addr = %bound, "serving metrics on /metrics and /healthz");
+    Ok(MetricsServer {
+        server,
+        thread: Some(thread),
+        addr: bound,
+    })
+}
+
+fn respond(
+    method: &tiny_http::Method,
+    url: &str,
+    registry: &Registry,
+    health: &Health,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let path = url.split('?').next().unwrap_or_default();
+    let text = |status: u16, body: String, content_type: &str| {
+        let header = tiny_http::Header::from_bytes("Content-Type", content_type)
+            .expect("static header is valid");
+        tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header)
+    };
+    if *method != tiny_http::Method::Get && *method != tiny_http::Method::Head {
+        return text(405, "only GET\n".into(), "text/plain");
+    }
+    match path {
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => text(200, body, CONTENT_TYPE),
+                Err(e) => text(500, format!("cannot encode metrics: {e}\n"), "text/plain"),
+            }
+        }
+        "/healthz" => match health.problem() {
+            None => text(200, "ok\n".into(), "text/plain"),
+            Some(problem) => text(503, format!("{problem}\n"), "text/plain"),
+        },
+        _ => text(404, "try /metrics or /healthz\n".into(), "text/plain"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use std::io::{Read, Write};
+
+    fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[test]
+    fn serves_registered_metrics_and_health_over_http() {
+        let mut registry = Registry::default();
+        let counter = Counter::<u64>::default();
+        registry.register("dagfs_test_events", "Events seen", counter.clone());
+        counter.inc_by(7);
+        let health = Health::default();
+        let server = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(registry),
+            health.clone(),
+        )
+        .unwrap();
+
+        let (status, body) = get(server.addr(), "/metrics");
+        assert_eq!(status, 200);
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "dagfs_test_events_total")
+            .unwrap_or_else(|| panic!("no counter in {body}"));
+        // prometheus-parse reads the classic format, where `# TYPE` names the sample itself;
+        // OpenMetrics names the family (`dagfs_test_events`), so the sample parses untyped.
+        assert!(
+            matches!(sample.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v == 7.0),
+            "{:?}",
+            sample.value
+        );
+
+        assert_eq!(get(server.addr(), "/healthz"), (200, "ok\n".into()));
+        health.set_unhealthy("store unreachable");
+        assert_eq!(
+            get(server.addr(), "/healthz"),
+            (503, "store unreachable\n".into())
+        );
+        assert_eq!(get(server.addr(), "/nope").0, 404);
+
+        let taken = server.addr();
+        let error = serve(taken, Arc::new(Registry::default()), Health::default())
+            .err()
+            .expect("the address is taken");
+        assert!(error.to_string().contains("--metrics"), "{error}");
+    }
+}

@@ -1,0 +1,102 @@
+//! `dagfs run`, the one-machine trial, as a new user runs it: no setup, an edit shows up in
+//! the mount, Ctrl-C unmounts and exits 0. Once with the embedded local store, once on HDFS.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::minidfs::{superuser, MiniDfs};
+use support::mount::is_mounted;
+
+fn wait_until(what: &str, child: &mut Child, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("dagfs run exited with {status} while waiting for {what}");
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `dagfs run ARGS` in `dir`, edits the example DAG, checks the mount shows the edit,
+/// then Ctrl-C.
+fn trial(dir: &Path, args: &[&str], env: &[(&str, String)]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+        .arg("run")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DAGFS_CONFIG")
+        .env("DAGFS_RUNTIME_DIR", dir.join("run"))
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let (dags, mnt) = (dir.join("dags"), dir.join("mnt"));
+    let example = "example_dag.py";
+    wait_until("the example DAG in the mount", &mut child, || {
+        mnt.join(example).is_file()
+    });
+    assert_eq!(
+        std::fs::read(dags.join(example)).unwrap(),
+        std::fs::read(mnt.join(example)).unwrap()
+    );
+
+    let mut text = std::fs::read_to_string(dags.join(example)).unwrap();
+    text.push_str("# an edit\n");
+    std::fs::write(dags.join(example), &text).unwrap();
+    wait_until("the edit in the mount", &mut child, || {
+        std::fs::read_to_string(mnt.join(example)).is_ok_and(|t| t == text)
+    });
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("run.log")).unwrap();
+    assert!(status.success(), "dagfs run exited with {status}: {log}");
+    assert!(!is_mounted(&mnt), "still mounted after Ctrl-C");
+    assert!(
+        log.contains("dagfs run: publishing"),
+        "says what it does: {log}"
+    );
+}
+
+#[test]
+fn trial_on_the_embedded_store_needs_no_setup() {
+    let tmp = tempfile::tempdir().unwrap();
+    trial(tmp.path(), &[], &[]);
+    assert!(
+        tmp.path().join(".dagfs/store/generations").is_dir(),
+        "the embedded store"
+    );
+}
+
+#[test]
+fn trial_on_hdfs_with_a_url() {
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("run");
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "DAGFS_STORE_HADOOP_CONF_DIR",
+            cluster.conf_dir().display().to_string(),
+        ),
+        ("DAGFS_STORE_USER", superuser()),
+    ];
+    trial(
+        tmp.path(),
+        &["--dags", "dags", "--mount", "mnt", "--store", &url],
+        &env,
+    );
+    assert!(
+        !tmp.path().join(".dagfs/store").exists(),
+        "HDFS, not the embedded store"
+    );
+}
