@@ -615,6 +615,19 @@ fn a_host_whose_mount_lags_does_not_start_the_scheduler() {
     world.wait_for("a to record generation 2", Duration::from_secs(5), || {
         a.state().is_some_and(|s| s.generation == Some(2))
     });
+    // `dagfs status` on that host shows the controller, its role and epoch.
+    let status = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+        .arg("status")
+        .env_remove("DAGFS_CONFIG")
+        .env("DAGFS_RUNTIME_DIR", &a.runtime)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("failover") && shown.contains("running") && shown.contains("epoch 1"),
+        "{shown}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 #[test]
