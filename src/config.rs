@@ -51,10 +51,119 @@ pub struct Config {
     pub publish: PublishConfig,
     /// How `dagfs mount` serves generations.
     pub mount: MountConfig,
-    /// Logging.
-    pub log: LogConfig,
     /// The `dagfs sync` daemon.
     pub sync: SyncConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Scheduler failover: election timing, supervision, the identity gate.
+    pub failover: FailoverConfig,
+}
+
+/// The `[failover]` section: timing of the election and the supervision of the commands.
+///
+/// Safety rests on `fence_after + kill_grace + safety_margin <= takeover_after`: a leader
+/// that last renewed at T has killed its commands by T + fence_after + kill_grace, and no
+/// standby starts before it has seen the same heartbeat for takeover_after on its own clock.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// How often the leader renews its heartbeat and standbys look at it.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A leader whose last successful renewal started this long ago stops its commands.
+    #[serde(with = "humantime_serde")]
+    pub fence_after: Duration,
+    /// Time between SIGTERM and SIGKILL when commands are stopped.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// Slack on top of fence_after + kill_grace before a standby may take over.
+    #[serde(with = "humantime_serde")]
+    pub safety_margin: Duration,
+    /// A standby takes over after the heartbeat has not changed for this long.
+    #[serde(with = "humantime_serde")]
+    pub takeover_after: Duration,
+    /// How long a new leader waits for its mount to serve the head before stepping down.
+    #[serde(with = "humantime_serde")]
+    pub gate_timeout: Duration,
+    /// Restarts of the commands allowed within restart_window before stepping down.
+    pub restart_limit: u32,
+    /// The window restart_limit counts in.
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    /// Delay before the first restart; it doubles with each further restart in the window.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff: Duration,
+    /// After stepping down for failing commands, the host does not lead again for this long.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Shell command checking the commands' health every interval (exit 0 = healthy).
+    pub health_command: Option<String>,
+    /// Upper bound on one health check.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Consecutive failed health checks that count as a crash of the commands.
+    pub health_failures: u32,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            interval: Duration::from_secs(10),
+            fence_after: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(10),
+            safety_margin: Duration::from_secs(5),
+            takeover_after: Duration::from_secs(50),
+            gate_timeout: Duration::from_secs(300),
+            restart_limit: 3,
+            restart_window: Duration::from_secs(600),
+            restart_backoff: Duration::from_secs(1),
+            cooldown: Duration::from_secs(600),
+            health_command: None,
+            health_timeout: Duration::from_secs(30),
+            health_failures: 3,
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// Checks the timing inequalities the protocol's safety rests on; the error is one line
+    /// naming the keys and a fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if self.interval.is_zero() || self.kill_grace.is_zero() {
+            return Err(
+                "failover.interval and failover.kill_grace must be greater than zero".into(),
+            );
+        }
+        if self.fence_after < 2 * self.interval {
+            return Err(format!(
+                "failover.fence_after = {} is less than 2 x failover.interval ({}): a leader would fence itself after one slow renewal; raise fence_after or lower interval",
+                show(self.fence_after),
+                show(2 * self.interval)
+            ));
+        }
+        if self.safety_margin < Duration::from_secs(1) {
+            return Err(format!(
+                "failover.safety_margin = {} is below the minimum of 1s",
+                show(self.safety_margin)
+            ));
+        }
+        let needed = self.fence_after + self.kill_grace + self.safety_margin;
+        if self.takeover_after < needed {
+            return Err(format!(
+                "unsafe failover timing: takeover_after = {} must be at least fence_after + kill_grace + safety_margin = {}, or two schedulers could run at once; raise failover.takeover_after to {} or lower the others",
+                show(self.takeover_after),
+                show(needed),
+                show(needed)
+            ));
+        }
+        if self.restart_limit == 0 || self.health_failures == 0 {
+            return Err(
+                "failover.restart_limit and failover.health_failures must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The `[sync]` section: how `dagfs sync` batches changes and survives failures.
@@ -281,7 +390,9 @@ impl Default for LogConfig {
 
 /// Sections that `DAGFS_<SECTION>_<KEY>` variables map into. Other `DAGFS_*` variables (like
 /// `DAGFS_CONFIG`) are not configuration keys.
-const SECTIONS: &[&str] = &["store", "scan", "publish", "mount", "sync", "log"];
+const SECTIONS: &[&str] = &[
+    "store", "scan", "publish", "mount", "sync", "log", "failover",
+];
 
 /// Which file to read and what to lay over it.
 #[derive(Clone, Debug, Default)]
@@ -372,6 +483,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.failover.validate().map_err(ConfigError::Invalid)?;
         self.sync.validate()?;
         check_metrics_addr("mount.metrics", &self.mount.metrics)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -654,6 +766,26 @@ mod tests {
             load("[store", &[], &[]),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn unsafe_failover_timing_is_refused() {
+        let config = load("", &[], &[]).unwrap();
+        assert!(config.failover.validate().is_ok());
+        let err = load("[failover]\ntakeover_after = \"40s\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("takeover_after") && err.contains("45s"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let err = load("", &[], &["failover.fence_after=15s"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fence_after"), "{err}");
+        let fast = "[failover]\ninterval = \"1s\"\nfence_after = \"3s\"\nkill_grace = \"1s\"\nsafety_margin = \"1s\"\ntakeover_after = \"5s\"\n";
+        assert!(load(fast, &[], &[]).is_ok());
     }
 
     #[test]

@@ -101,10 +101,22 @@ fn unknown_key_is_rejected() {
 }
 
 #[test]
-fn unbuilt_commands_say_so_and_exit_2() {
-    let output = dagfs(&["failover"], &[]);
+fn failover_refuses_unsafe_timing_in_one_line() {
+    let args = [
+        "failover",
+        "--store",
+        "/nonexistent",
+        "--mount",
+        "/mnt",
+        "--run",
+        "true",
+    ];
+    let output = dagfs(&args, &[("DAGFS_FAILOVER_TAKEOVER_AFTER", "20s")]);
     let text = assert_one_line_usage_error(&output);
-    assert!(text.contains("not implemented yet"), "{text}");
+    assert!(
+        text.contains("failover.takeover_after") && text.contains("45s"),
+        "{text}"
+    );
 }
 
 #[test]

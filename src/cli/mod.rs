@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod failover;
 mod mount;
 mod run;
 mod status;
@@ -69,7 +70,10 @@ enum Command {
     /// Check a local folder, the store and mounts against each other by content hash.
     Verify(commands::VerifyArgs),
     /// Run exactly one Airflow scheduler across hosts, fenced and restarted.
-    Failover,
+    Failover(failover::FailoverArgs),
+    /// Internal: the guard `dagfs failover` runs around each command.
+    #[command(hide = true)]
+    FailoverGuard(failover::GuardArgs),
     /// List the generations in a store, newest first.
     Log(commands::LogArgs),
     /// Show what changed between two generations.
@@ -94,7 +98,8 @@ impl Command {
             Command::Import(_) => "import",
             Command::Mount(_) => "mount",
             Command::Verify(_) => "verify",
-            Command::Failover => "failover",
+            Command::Failover(_) => "failover",
+            Command::FailoverGuard(_) => "failover-guard",
             Command::Log(_) => "log",
             Command::Diff(_) => "diff",
             Command::Rollback(_) => "rollback",
@@ -149,6 +154,9 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
         };
     }
+    if let Command::FailoverGuard(args) = command {
+        return ExitCode::from(failover::guard(args).await);
+    }
     if let Command::Status(args) = command {
         // status has its own exit codes: 0 all well, 1 something exited or reports an error.
         return match status::status(args) {
@@ -167,16 +175,12 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Diff(args) => commands::diff(args, &config).await,
         Command::Rollback(args) => commands::rollback(args, &config).await,
         Command::Gc(args) => commands::gc(args, &config).await,
+        Command::Failover(args) => failover::failover(args, &config).await,
         Command::Mount(args) => mount::mount(args, &config).await,
         Command::Checkout(args) => mount::checkout(args, &config).await,
         Command::Run(args) => run::run(args, &config).await,
-        _ => {
-            // Each command arrives with the issue that builds it; until then it says so.
-            eprintln!(
-                "dagfs {name}: not implemented yet in this build of dagfs {}",
-                env!("CARGO_PKG_VERSION")
-            );
-            return ExitCode::from(EXIT_USAGE);
+        Command::Verify(_) | Command::Status(_) | Command::FailoverGuard(_) => {
+            unreachable!("handled above with their own exit codes")
         }
     };
     match result {

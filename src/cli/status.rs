@@ -142,9 +142,24 @@ impl Row {
                 .get(name)
                 .map(|v| v.to_string().trim_matches('"').to_string())
         };
+        // Leading: its epoch; following: whom, and how long the heartbeat has been quiet.
+        let leader = state.get("leader").filter(|l| !l.is_null());
+        let role = match (field("epoch").filter(|e| e != "null"), leader) {
+            (Some(epoch), _) => format!("leading, epoch {epoch}"),
+            (None, Some(leader)) => format!(
+                "leader {} (epoch {}), heartbeat unchanged for {} ms",
+                leader["id"].as_str().unwrap_or("?"),
+                leader["epoch"],
+                leader["heartbeat_age_ms"]
+            ),
+            (None, None) => String::new(),
+        };
+        let error = field("last_error")
+            .filter(|e| e != "null")
+            .map(|e| format!("last error: {e}"));
         Row {
             kind: "failover",
-            subject: field("name").unwrap_or_else(|| file.display().to_string()),
+            subject: field("id").unwrap_or_else(|| file.display().to_string()),
             pid: field("pid").unwrap_or_else(|| "-".into()),
             state: if running {
                 field("role").unwrap_or_else(|| "running".into())
@@ -152,9 +167,11 @@ impl Row {
                 "exited".into()
             },
             generation: field("generation").unwrap_or_else(|| "-".into()),
-            detail: field("last_error")
-                .map(|e| format!("last error: {e}"))
-                .unwrap_or_default(),
+            detail: [Some(role).filter(|r| !r.is_empty()), error]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; "),
             failing: !running,
         }
     }

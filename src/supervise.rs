@@ -1,0 +1,535 @@
+//! Supervision of the failover unit: the commands a leader runs (e.g. `airflow scheduler` and
+//! `airflow dag-processor`), each in its own process group behind a *guard* process, their
+//! output in the controller's log, restarts with backoff, and health checks.
+//!
+//! The guard (`dagfs failover-guard`, one per command) is what enforces the lease: it holds
+//! the lease deadline the controller last sent it and stops its command's process group
+//! (SIGTERM, SIGKILL after the grace) when the deadline passes or the controller goes away
+//! (its stdin closes). It runs as a separate process so that a controller that is paused
+//! (SIGSTOP, a long stall) or killed (SIGKILL) still has its commands stopped on time: a
+//! thread of the controller would be paused with it, and the commands' own process groups
+//! keep them out of reach of signals meant for the controller.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::{kill_process, kill_process_group, test_kill_process_group, Pid, Signal};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::election::Clock;
+
+/// How often a guard compares its lease deadline with the clock; also bounds how late it
+/// notices a deadline after the host was suspended (its timers do not count suspend time).
+const GUARD_TICK: Duration = Duration::from_millis(100);
+
+/// How often a stopping guard looks whether its command's process group is empty yet.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// Extra time, beyond the kill grace, that stopping a unit waits for its guards.
+const STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// The shell that runs each command line.
+const SHELL: &str = "/bin/sh";
+
+fn signal_group(pid: u32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        // ESRCH: the group is already gone, which is what we want.
+        let _ = kill_process_group(pid, signal);
+    }
+}
+
+/// A line on the guard's stderr. Never `eprintln!`: once the controller is gone the pipe is
+/// broken, `eprintln!` would panic and the guard would die without stopping its command.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Exit code of a process as a shell reports it: its code, or 128 + the signal.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Why a guard stopped its command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopReason {
+    LeaseExpired,
+    Asked,
+    ControllerGone,
+    Signalled,
+}
+
+impl StopReason {
+    fn describe(self) -> &'static str {
+        match self {
+            StopReason::LeaseExpired => "the leadership lease expired (fencing)",
+            StopReason::Asked => "the controller asked",
+            StopReason::ControllerGone => "the controller is gone",
+            StopReason::Signalled => "the guard was signalled",
+        }
+    }
+}
+
+/// The body of `dagfs failover-guard`: runs `command` in its own process group until it exits
+/// or must be stopped; returns the exit code to leave with.
+///
+/// Its stdin is the controller's channel: `lease <nanoseconds of CLOCK_BOOTTIME>` moves the
+/// deadline, `stop` stops the command, end of input (the controller died) stops it at once.
+pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Clock>) -> i32 {
+    let mut child = match Command::new(SHELL)
+        .arg("-c")
+        .arg(command)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            say!("dagfs failover-guard: cannot run {SHELL} -c {command:?}: {e}");
+            return 127;
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    say!("{GUARD_STARTED}{pid}");
+    let mut lease_until = lease_until;
+    let mut control = BufReader::new(tokio::io::stdin()).lines();
+    let (mut term, mut int) = match (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        _ => {
+            stop_group(&mut child, pid, kill_grace).await;
+            return 1;
+        }
+    };
+    let mut tick = tokio::time::interval(GUARD_TICK);
+    let reason = loop {
+        tokio::select! {
+            status = child.wait() => {
+                // The command is done; nothing of its group may outlive it.
+                signal_group(pid, Signal::KILL);
+                return status.map(exit_code).unwrap_or(1);
+            }
+            line = control.next_line() => match line {
+                Ok(Some(line)) => match line.trim().split_once(' ') {
+                    Some(("lease", nanos)) => match nanos.parse::<u64>() {
+                        Ok(nanos) => lease_until = Some(Clock(Duration::from_nanos(nanos))),
+                        Err(_) => say!("dagfs failover-guard: ignoring {line:?}"),
+                    },
+                    _ if line.trim() == "stop" => break StopReason::Asked,
+                    _ => say!("dagfs failover-guard: ignoring {line:?}"),
+                },
+                _ => break StopReason::ControllerGone,
+            },
+            _ = tick.tick() => {
+                if lease_until.is_some_and(|until| Clock::now() >= until) {
+                    break StopReason::LeaseExpired;
+                }
+            }
+            _ = term.recv() => break StopReason::Signalled,
+            _ = int.recv() => break StopReason::Signalled,
+        }
+    };
+    say!(
+        "dagfs failover-guard: stopping pid {pid}: {}",
+        reason.describe()
+    );
+    stop_group(&mut child, pid, kill_grace).await
+}
+
+/// SIGTERM to the group; SIGKILL to what is left of it once the whole group has exited or
+/// `kill_grace` has passed. Returns the command's exit code.
+///
+/// The grace applies to the group, not only to its leader: a shell wrapper that dies at
+/// once on SIGTERM must not cut short its children's clean shutdown. There is no event for
+/// "the group is empty", so it is polled (every [`GROUP_POLL`]) until the deadline.
+async fn stop_group(child: &mut Child, pid: u32, kill_grace: Duration) -> i32 {
+    signal_group(pid, Signal::TERM);
+    let deadline = tokio::time::Instant::now() + kill_grace;
+    let mut status = None;
+    while tokio::time::Instant::now() < deadline {
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        if status.is_some() && !group_exists(pid) {
+            break;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
+    }
+    signal_group(pid, Signal::KILL);
+    let status = match status {
+        Some(status) => Ok(status),
+        None => child.wait().await,
+    };
+    status.map(exit_code).unwrap_or(1)
+}
+
+/// Whether any process is left in process group `pgid`.
+fn group_exists(pgid: u32) -> bool {
+    Pid::from_raw(pgid as i32).is_some_and(|pid| test_kill_process_group(pid).is_ok())
+}
+
+/// How to start a unit.
+#[derive(Clone, Debug)]
+pub struct UnitSpec {
+    /// Shell command lines, started together and stopped together.
+    pub commands: Vec<String>,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// The `dagfs` executable that runs the guards.
+    pub guard_exe: PathBuf,
+    /// Extra environment for the commands.
+    pub env: Vec<(String, String)>,
+}
+
+/// A command of a running unit, as reported in the controller's state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    /// The command line.
+    pub command: String,
+    /// Process id of its guard (the command is the guard's only child).
+    pub guard_pid: Option<u32>,
+    /// When it was started, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// A command of the unit that ended.
+#[derive(Debug)]
+pub struct MemberExit {
+    /// The command line.
+    pub command: String,
+    /// Its exit code (128 + signal for a signal), `None` if it could not be waited for.
+    pub code: Option<i32>,
+}
+
+struct Member {
+    info: MemberInfo,
+    control: Option<ChildStdin>,
+}
+
+/// The commands of one leadership term, running.
+pub struct Unit {
+    members: Vec<Member>,
+    exits: mpsc::UnboundedReceiver<MemberExit>,
+    running: usize,
+    kill_grace: Duration,
+}
+
+impl Unit {
+    /// Starts every command behind its guard, with `epoch` in their environment
+    /// (`DAGFS_EPOCH`, and `DAGFS_GENERATION` for the generation the mount serves) and in
+    /// every line of their output in the log. On an error the commands already started are
+    /// stopped.
+    pub async fn start(
+        spec: &UnitSpec,
+        epoch: u64,
+        generation: Option<u64>,
+        lease_until: Option<Clock>,
+    ) -> std::io::Result<Unit> {
+        let (tx, exits) = mpsc::unbounded_channel();
+        let mut unit = Unit {
+            members: Vec::new(),
+            exits,
+            running: 0,
+            kill_grace: spec.kill_grace,
+        };
+        for command in &spec.commands {
+            let mut guard = Command::new(&spec.guard_exe);
+            guard
+                .arg("failover-guard")
+                .arg("--kill-grace")
+                .arg(humantime::format_duration(spec.kill_grace).to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .env("DAGFS_EPOCH", epoch.to_string())
+                .env(
+                    "DAGFS_GENERATION",
+                    generation.map_or(String::new(), |g| g.to_string()),
+                );
+            if let Some(until) = lease_until {
+                guard
+                    .arg("--lease-until-ns")
+                    .arg(until.0.as_nanos().to_string());
+            }
+            guard.arg("--").arg(command);
+            let mut child = match guard.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    unit.stop().await;
+                    return Err(e);
+                }
+            };
+            let info = MemberInfo {
+                command: command.clone(),
+                guard_pid: child.id(),
+                started_ms: crate::runtime::now_ms(),
+            };
+            tracing::info!(epoch, command = %command, guard_pid = ?info.guard_pid, "started");
+            let control = child.stdin.take();
+            let group = Arc::new(AtomicU32::new(0));
+            for (stream, reader) in [
+                ("stdout", child.stdout.take().map(|s| Box::new(s) as Box<_>)),
+                ("stderr", child.stderr.take().map(|s| Box::new(s) as Box<_>)),
+            ] {
+                if let Some(reader) = reader {
+                    let lines = log_lines(reader, epoch, command.clone(), stream, group.clone());
+                    tokio::spawn(lines);
+                }
+            }
+            let tx = tx.clone();
+            let name = command.clone();
+            tokio::spawn(async move {
+                let code = child.wait().await.ok().map(exit_code);
+                // The guard kills its command's group before it exits; if the guard itself
+                // was killed, the controller does it (the group id came in its first line).
+                match group.load(Ordering::SeqCst) {
+                    0 => {}
+                    pgid => signal_group(pgid, Signal::KILL),
+                }
+                let _ = tx.send(MemberExit {
+                    command: name,
+                    code,
+                });
+            });
+            unit.members.push(Member { info, control });
+            unit.running += 1;
+        }
+        Ok(unit)
+    }
+
+    /// The commands, for the controller's state.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members.iter().map(|m| m.info.clone()).collect()
+    }
+
+    /// Moves every guard's deadline to `lease_until`.
+    pub async fn extend(&mut self, lease_until: Clock) {
+        let line = format!("lease {}\n", lease_until.0.as_nanos());
+        self.send(&line).await;
+    }
+
+    async fn send(&mut self, line: &str) {
+        for member in &mut self.members {
+            if let Some(control) = &mut member.control {
+                // A guard that is gone reports its exit through the channel.
+                if control.write_all(line.as_bytes()).await.is_err() {
+                    member.control = None;
+                }
+            }
+        }
+    }
+
+    /// Waits for the next command to end (immediately noticed: each guard is awaited by a
+    /// task, no polling).
+    pub async fn exited(&mut self) -> MemberExit {
+        match self.exits.recv().await {
+            Some(exit) => {
+                self.running = self.running.saturating_sub(1);
+                exit
+            }
+            // Unreachable while the unit holds senders through its tasks; wait forever.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops every command (SIGTERM, SIGKILL after the grace) and waits until all are gone.
+    pub async fn stop(mut self) {
+        self.send("stop\n").await;
+        for member in &mut self.members {
+            member.control = None;
+        }
+        let deadline = tokio::time::Instant::now() + self.kill_grace + STOP_SLACK;
+        while self.running > 0 {
+            match tokio::time::timeout_at(deadline, self.exits.recv()).await {
+                Ok(Some(exit)) => {
+                    self.running -= 1;
+                    tracing::info!(command = %exit.command, code = ?exit.code, "stopped");
+                }
+                _ => break,
+            }
+        }
+        if self.running > 0 {
+            // A guard that did not finish in time: kill it; its command's group then sees
+            // nothing more from it, so say so loudly.
+            for member in &self.members {
+                if let Some(pid) = member.info.guard_pid.and_then(|p| Pid::from_raw(p as i32)) {
+                    let _ = kill_process(pid, Signal::KILL);
+                }
+            }
+            tracing::error!(
+                running = self.running,
+                "guards did not stop within kill_grace + 5s; killed them"
+            );
+        }
+    }
+}
+
+/// The first line a guard writes to stderr: the process (group) id of its command.
+const GUARD_STARTED: &str = "dagfs failover-guard: started pid ";
+
+/// Logs a guard's output line by line with the epoch; notes the command's process group.
+async fn log_lines(
+    reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    epoch: u64,
+    command: String,
+    stream: &'static str,
+    group: Arc<AtomicU32>,
+) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(pid) = line.strip_prefix(GUARD_STARTED) {
+            group.store(pid.trim().parse().unwrap_or(0), Ordering::SeqCst);
+        }
+        tracing::info!(target: "dagfs::child", epoch, command = %command, stream, "{line}");
+    }
+}
+
+/// What to do after the unit failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Start it again after this delay.
+    RestartIn(Duration),
+    /// Too many failures in the window: step down.
+    GiveUp,
+}
+
+/// Restart accounting: at most `limit` restarts within `window`, the delay doubling from
+/// `backoff` with each failure in the window.
+#[derive(Clone, Debug)]
+pub struct RestartPolicy {
+    limit: u32,
+    window: Duration,
+    backoff: Duration,
+    failures: VecDeque<Clock>,
+}
+
+impl RestartPolicy {
+    /// A policy with no failures recorded.
+    pub fn new(limit: u32, window: Duration, backoff: Duration) -> Self {
+        RestartPolicy {
+            limit,
+            window,
+            backoff,
+            failures: VecDeque::new(),
+        }
+    }
+
+    /// Records a failure at `now` and decides.
+    pub fn on_failure(&mut self, now: Clock) -> AfterFailure {
+        while self
+            .failures
+            .front()
+            .is_some_and(|&t| now.since(t) >= self.window)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        let count = self.failures.len() as u32;
+        if count > self.limit {
+            return AfterFailure::GiveUp;
+        }
+        AfterFailure::RestartIn(self.backoff.saturating_mul(1 << (count - 1).min(16)))
+    }
+
+    /// Restarts used in the current window.
+    pub fn restarts(&self) -> u32 {
+        self.failures.len() as u32
+    }
+
+    /// Forgets all failures (a new term).
+    pub fn reset(&mut self) {
+        self.failures.clear();
+    }
+}
+
+/// Runs the health-check command line once; `Err` says why it failed.
+pub async fn health_check(command: &str, timeout: Duration) -> Result<(), String> {
+    let child = Command::new(SHELL)
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run health command {command:?}: {e}"))?;
+    let pid = child.id();
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => Err(format!(
+            "health command exited with {}: {}",
+            exit_code(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(Err(e)) => Err(format!("health command: {e}")),
+        Err(_) => {
+            if let Some(pid) = pid {
+                signal_group(pid, Signal::KILL);
+            }
+            Err(format!(
+                "health command did not finish within {}",
+                humantime::format_duration(timeout)
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_then_give_up_and_old_failures_expire() {
+        let at = |s: u64| Clock(Duration::from_secs(s));
+        let mut policy = RestartPolicy::new(2, Duration::from_secs(60), Duration::from_secs(1));
+        assert_eq!(
+            policy.on_failure(at(0)),
+            AfterFailure::RestartIn(Duration::from_secs(1))
+        );
+        assert_eq!(
+            policy.on_failure(at(10)),
+            AfterFailure::RestartIn(Duration::from_secs(2))
+        );
+        assert_eq!(policy.on_failure(at(20)), AfterFailure::GiveUp);
+        // A minute later the first two failures no longer count.
+        let mut policy = RestartPolicy::new(2, Duration::from_secs(60), Duration::from_secs(1));
+        policy.on_failure(at(0));
+        policy.on_failure(at(10));
+        assert_eq!(
+            policy.on_failure(at(65)),
+            AfterFailure::RestartIn(Duration::from_secs(2))
+        );
+        assert_eq!(policy.restarts(), 2);
+        policy.reset();
+        assert_eq!(policy.restarts(), 0);
+    }
+
+    #[tokio::test]
+    async fn health_check_reports_failure_and_timeout() {
+        assert!(health_check("true", Duration::from_secs(5)).await.is_ok());
+        let err = health_check("echo broken >&2; exit 3", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.contains('3') && err.contains("broken"), "{err}");
+        let err = health_check("sleep 30", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(err.contains("did not finish"), "{err}");
+    }
+}

@@ -1,0 +1,354 @@
+//! Real Airflow under `dagfs failover`: `airflow scheduler` + `airflow dag-processor` on two
+//! candidates sharing a PostgreSQL metadata database (Debian's `postgresql`), each reading
+//! its own dagfs mount of a MiniDFS store. The leader's controller is killed; the other
+//! host's unit comes up, Airflow sees its scheduler alive, and the DAG source Airflow stored
+//! is the file of the generation the new leader recorded.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dagfs::failover::{ControllerState, Role};
+
+use support::minidfs::MiniDfs;
+use support::mount::{dagfs, push, Mount};
+
+const DAG: &str = r#"from datetime import datetime
+
+from airflow.sdk import DAG
+from airflow.providers.standard.operators.empty import EmptyOperator
+
+with DAG("failover_probe", start_date=datetime(2026, 1, 1), schedule=None, catchup=False):
+    EmptyOperator(task_id="noop")
+"#;
+
+/// Airflow names each scheduler job after `DAGFS_CANDIDATE`, so both candidates on this one
+/// machine are told apart by `airflow jobs check --hostname`.
+const HOSTNAME_MODULE: &str = r#"import os
+import socket
+
+
+def name():
+    return os.environ.get("DAGFS_CANDIDATE") or socket.getfqdn()
+"#;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn airflow_bin() -> PathBuf {
+    let out = run(&mut Command::new(repo().join("scripts/airflow-venv")));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
+}
+
+/// `psql` as the postgres superuser.
+fn psql(database: &str, sql: &str) -> String {
+    let out = run(Command::new("runuser").args([
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-tAd",
+        database,
+        "-c",
+        sql,
+    ]));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A database of its own on the local PostgreSQL cluster (started if it is not running),
+/// dropped on drop.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    fn create() -> Database {
+        let clusters = run(Command::new("pg_lsclusters").arg("-h"));
+        let line = String::from_utf8(clusters.stdout).unwrap();
+        let mut words = line.split_whitespace();
+        let (version, cluster) = (words.next().unwrap(), words.next().unwrap());
+        if !line.contains("online") {
+            run(Command::new("pg_ctlcluster").args([version, cluster, "start"]));
+        }
+        let name = format!("airflow_failover_{}", std::process::id());
+        psql(
+            "postgres",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dagfs_test') \
+             THEN CREATE ROLE dagfs_test LOGIN PASSWORD 'dagfs_test'; END IF; END $$",
+        );
+        psql(
+            "postgres",
+            &format!("CREATE DATABASE {name} OWNER dagfs_test"),
+        );
+        Database { name }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgresql+psycopg2://dagfs_test:dagfs_test@127.0.0.1:5432/{}",
+            self.name
+        )
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", "psql", "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .status();
+    }
+}
+
+/// One scheduler host: its mount, Airflow home and controller.
+struct Candidate {
+    name: String,
+    runtime: PathBuf,
+    mountpoint: PathBuf,
+    home: PathBuf,
+    _mount: Mount,
+    controller: Option<Child>,
+}
+
+impl Candidate {
+    fn airflow_env(&self, command: &mut Command, bin: &Path, db: &Database, python: &Path) {
+        command
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("AIRFLOW_HOME", &self.home)
+            .env("AIRFLOW__CORE__DAGS_FOLDER", &self.mountpoint)
+            .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+            .env("AIRFLOW__CORE__HOSTNAME_CALLABLE", "dagfs_host.name")
+            .env("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", db.url())
+            .env("PYTHONPATH", python)
+            .env("PYTHONPYCACHEPREFIX", self.home.join("pycache"))
+            .env("DAGFS_CANDIDATE", &self.name);
+    }
+
+    fn start(&mut self, cluster: &MiniDfs, url: &str, bin: &Path, db: &Database, py: &Path) {
+        let log = std::fs::File::create(self.runtime.join("failover.log")).unwrap();
+        let mut command = dagfs(cluster, &self.runtime, &["failover", "--store", url]);
+        command
+            .args(["--id", &self.name, "--mount"])
+            .arg(&self.mountpoint)
+            .args([
+                "--run",
+                "airflow scheduler",
+                "--run",
+                "airflow dag-processor",
+            ])
+            .env("DAGFS_FAILOVER_INTERVAL", "2s")
+            .env("DAGFS_FAILOVER_FENCE_AFTER", "6s")
+            .env("DAGFS_FAILOVER_KILL_GRACE", "5s")
+            .env("DAGFS_FAILOVER_SAFETY_MARGIN", "2s")
+            .env("DAGFS_FAILOVER_TAKEOVER_AFTER", "13s")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.airflow_env(&mut command, bin, db, py);
+        self.controller = Some(command.spawn().unwrap());
+    }
+
+    fn state(&self) -> Option<ControllerState> {
+        ControllerState::read_all(&self.runtime)
+            .ok()?
+            .into_iter()
+            .next()
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.runtime.join("failover.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// `airflow jobs check --job-type SchedulerJob --hostname NAME` passes.
+    fn scheduler_alive(&self, bin: &Path, db: &Database, py: &Path) -> bool {
+        let mut check = Command::new(bin.join("airflow"));
+        check.args([
+            "jobs",
+            "check",
+            "--job-type",
+            "SchedulerJob",
+            "--hostname",
+            &self.name,
+        ]);
+        self.airflow_env(&mut check, bin, db, py);
+        check.output().is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.controller.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for(
+    what: &str,
+    deadline: Duration,
+    mut done: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) {
+    let until = Instant::now() + deadline;
+    while !done() {
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn airflow_scheduler_and_dag_processor_fail_over_between_two_hosts() {
+    let bin = airflow_bin();
+    let db = Database::create();
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("failover-airflow");
+    let tmp = tempfile::tempdir().unwrap();
+    let dags = tmp.path().join("dags");
+    std::fs::create_dir_all(&dags).unwrap();
+    std::fs::write(dags.join("probe.py"), DAG).unwrap();
+    let python = tmp.path().join("python");
+    std::fs::create_dir_all(&python).unwrap();
+    std::fs::write(python.join("dagfs_host.py"), HOSTNAME_MODULE).unwrap();
+    push(cluster, &tmp.path().join("pusher"), &dags, &url);
+
+    let mut hosts: Vec<Candidate> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let runtime = tmp.path().join(format!("run-{name}"));
+            let mountpoint = tmp.path().join(format!("mnt-{name}"));
+            let cache = tmp.path().join(format!("cache-{name}"));
+            let mut mount = Mount::start(cluster, &runtime, &url, &mountpoint, &cache);
+            mount.serving(1);
+            Candidate {
+                name: name.to_string(),
+                home: tmp.path().join(format!("home-{name}")),
+                runtime,
+                mountpoint,
+                _mount: mount,
+                controller: None,
+            }
+        })
+        .collect();
+
+    let mut migrate = Command::new(bin.join("airflow"));
+    migrate.args(["db", "migrate"]);
+    hosts[0].airflow_env(&mut migrate, &bin, &db, &python);
+    run(&mut migrate);
+
+    hosts[0].start(cluster, &url, &bin, &db, &python);
+    wait_for(
+        "a's scheduler to be alive",
+        Duration::from_secs(180),
+        || hosts[0].scheduler_alive(&bin, &db, &python),
+        || hosts[0].log(),
+    );
+    hosts[1].start(cluster, &url, &bin, &db, &python);
+    wait_for(
+        "b to follow a",
+        Duration::from_secs(60),
+        || {
+            hosts[1]
+                .state()
+                .and_then(|s| s.leader)
+                .is_some_and(|l| l.id == "a")
+        },
+        || hosts[1].log(),
+    );
+
+    // The leader host's controller dies; its guards stop a's Airflow at once.
+    let mut a = hosts[0].controller.take().unwrap();
+    a.kill().unwrap();
+    a.wait().unwrap();
+    wait_for(
+        "b to run the unit",
+        Duration::from_secs(60),
+        || hosts[1].state().is_some_and(|s| s.role == Role::Running),
+        || hosts[1].log(),
+    );
+    wait_for(
+        "b's scheduler to be alive",
+        Duration::from_secs(180),
+        || hosts[1].scheduler_alive(&bin, &db, &python),
+        || hosts[1].log(),
+    );
+    let state = hosts[1].state().unwrap();
+    assert_eq!(state.epoch, Some(2));
+    let generation = state.generation.expect("b recorded its generation");
+    assert_eq!(generation, 1);
+
+    // The source Airflow stored is, byte for byte, the file of that generation (b's mount
+    // serves it; md5 is what dag_code.source_code_hash holds).
+    let served = std::fs::read(hosts[1].mountpoint.join("probe.py")).unwrap();
+    let md5 = run(Command::new("md5sum").arg(hosts[1].mountpoint.join("probe.py")));
+    let md5 = String::from_utf8(md5.stdout).unwrap()[..32].to_string();
+    assert_eq!(served, DAG.as_bytes());
+    let mut stored = String::new();
+    wait_for(
+        "the DAG's source in dag_code",
+        Duration::from_secs(120),
+        || {
+            stored = psql(
+                &db.name,
+                "SELECT source_code_hash FROM dag_code WHERE dag_id = 'failover_probe' \
+                 ORDER BY last_updated DESC LIMIT 1",
+            );
+            !stored.is_empty()
+        },
+        || hosts[1].log(),
+    );
+    assert_eq!(stored, md5);
+    // Nothing of a's unit survived its controller (Airflow itself only notices a dead
+    // scheduler once its heartbeat is older than scheduler_health_check_threshold).
+    assert_eq!(airflow_processes_of("a"), Vec::<String>::new());
+    assert!(!airflow_processes_of("b").is_empty());
+}
+
+/// Command lines of the running Airflow processes started for candidate `name` (by the
+/// `DAGFS_CANDIDATE` the controller put in their environment).
+fn airflow_processes_of(name: &str) -> Vec<String> {
+    let marker = format!("DAGFS_CANDIDATE={name}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = entry.path();
+        let (Ok(environ), Ok(cmdline)) = (
+            std::fs::read(dir.join("environ")),
+            std::fs::read(dir.join("cmdline")),
+        ) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
+        if ours && cmdline.contains("airflow") && !cmdline.contains("failover") {
+            found.push(cmdline);
+        }
+    }
+    found
+}

@@ -1,0 +1,794 @@
+//! `dagfs failover` as real processes against a real HDFS (MiniDFS): several controllers
+//! ("hosts", each with its own runtime directory and, where a host is cut off from HDFS, its
+//! own uid) supervise a stand-in scheduler that records every start in a witness log and
+//! holds an exclusive `flock` while it runs, so two schedulers alive at once are recorded as
+//! `OVERLAP` by the kernel's lock, whatever killed the previous one.
+//!
+//! Timing: interval 1 s, fence_after 3 s, kill_grace 1 s, safety_margin 1 s,
+//! takeover_after 5 s.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dagfs::failover::{ControllerState, Role};
+use dagfs::mount::state::{MountState, StateDir};
+use dagfs::runtime::now_ms;
+
+use support::minidfs::{superuser, MiniDfs};
+
+const INTERVAL: Duration = Duration::from_secs(1);
+const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
+
+/// The tests measure takeover times: one at a time, so they do not compete for the CPU.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A directory every test uid can write.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("dagfs-failover-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// One test's world: a store root with a published generation, a witness log, the stand-in.
+struct World {
+    cluster: &'static MiniDfs,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(test: &str) -> World {
+        let cluster = MiniDfs::shared();
+        let world = World {
+            cluster,
+            url: cluster.unique_root(test),
+            dir: shared_dir(),
+        };
+        let dags = world.dir.path().join("dags");
+        std::fs::create_dir_all(&dags).unwrap();
+        std::fs::write(dags.join("dag.py"), "# generation 1\n").unwrap();
+        world.push(&dags);
+        let standin = world.dir.path().join("scheduler.sh");
+        std::fs::write(
+            &standin,
+            r#"#!/bin/sh
+# Stand-in scheduler: $1 = host name, $2 = "crash" to fail at once, "shared" to run
+# without the exclusive lock (--all-active, where every host runs it).
+w="$(dirname "$0")/witness"
+echo "start $1 $(date +%s.%N) epoch=$DAGFS_EPOCH" >> "$w"
+[ "$2" = crash ] && exit 3
+[ "$2" = shared ] && exec sh -c 'while :; do sleep 0.05; done'
+flock -n -E 99 "$(dirname "$0")/alive.lock" sh -c '
+  trap "echo stop $1 \$(date +%s.%N) >> \"$0\"; exit 0" TERM
+  while :; do sleep 0.05; done' "$w" "$1"
+[ $? = 99 ] && echo "OVERLAP $1 $(date +%s.%N)" >> "$w"
+"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&standin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let witness = world.witness_path();
+        std::fs::write(&witness, "").unwrap();
+        std::fs::set_permissions(&witness, std::fs::Permissions::from_mode(0o666)).unwrap();
+        world
+    }
+
+    fn push(&self, dags: &Path) {
+        let out = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+            .args(["push", "--no-mirror", "--to", &self.url])
+            .arg(dags)
+            .env_remove("DAGFS_CONFIG")
+            .env("DAGFS_STORE_USER", superuser())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn witness_path(&self) -> PathBuf {
+        self.dir.path().join("witness")
+    }
+
+    fn witness(&self) -> String {
+        std::fs::read_to_string(self.witness_path()).unwrap()
+    }
+
+    /// Start events as (host, time), in order.
+    fn starts(&self) -> Vec<(String, f64)> {
+        self.witness()
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some("start")).then(|| {
+                    let host = words.next().unwrap().to_string();
+                    (host, words.next().unwrap().parse().unwrap())
+                })
+            })
+            .collect()
+    }
+
+    /// Every controller's log, for failure messages.
+    fn logs(&self) -> String {
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                logs.push_str(&format!("--- {}\n", path.display()));
+                for line in tail.into_iter().rev() {
+                    logs.push_str(line);
+                    logs.push('\n');
+                }
+            }
+        }
+        logs
+    }
+
+    fn assert_no_overlap(&self) {
+        let witness = self.witness();
+        assert!(
+            !witness.contains("OVERLAP"),
+            "two schedulers were alive at once:\n{witness}"
+        );
+    }
+
+    /// A controller for host `name`; `uid` runs it as that user (to cut it off alone).
+    fn host(&self, name: &str, uid: Option<u32>, extra: &[(&str, &str)]) -> Host {
+        let runtime = self.dir.path().join(format!("run-{name}"));
+        std::fs::create_dir_all(&runtime).unwrap();
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mountpoint = self.dir.path().join(format!("mnt-{name}"));
+        let host = Host {
+            name: name.to_string(),
+            runtime,
+            mountpoint,
+            uid,
+            child: None,
+            log: self.dir.path().join(format!("{name}.log")),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            all_active: false,
+        };
+        host.set_mount(Some(1), Some(1));
+        host
+    }
+
+    fn wait_for(&self, what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + deadline;
+        while !done() {
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}; witness:\n{}\n{}",
+                self.witness(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `host` has started the scheduler `count` times in all; returns the time.
+    fn wait_start(&self, host: &str, count: usize, deadline: Duration) -> f64 {
+        self.wait_for(&format!("start #{count} on {host}"), deadline, || {
+            self.starts().iter().filter(|(h, _)| h == host).count() >= count
+        });
+        self.starts()
+            .iter()
+            .filter(|(h, _)| h == host)
+            .nth(count - 1)
+            .unwrap()
+            .1
+    }
+}
+
+/// One simulated scheduler host.
+struct Host {
+    name: String,
+    runtime: PathBuf,
+    mountpoint: PathBuf,
+    uid: Option<u32>,
+    child: Option<Child>,
+    log: PathBuf,
+    extra: Vec<(String, String)>,
+    all_active: bool,
+}
+
+impl Host {
+    /// Writes this host's mount state (as `dagfs mount` would), readable by its uid.
+    fn set_mount(&self, generation: Option<u64>, head: Option<u64>) {
+        let states = StateDir::at(&self.runtime);
+        states
+            .write(&MountState {
+                pid: std::process::id(),
+                mountpoint: self.mountpoint.clone(),
+                store: "test".into(),
+                generation,
+                tree_id: None,
+                manifest_id: None,
+                head,
+                pinned: None,
+                online: true,
+                last_poll_ok_ms: Some(now_ms()),
+                last_error: None,
+                poll_interval_ms: 1000,
+                started_ms: now_ms(),
+                updated_ms: now_ms(),
+            })
+            .unwrap();
+        std::fs::set_permissions(
+            states.path(&self.mountpoint),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+
+    fn start(&mut self, world: &World, args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        std::fs::set_permissions(&self.log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let standin = world.dir.path().join("scheduler.sh");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+        command
+            .args(["failover", "--store", &world.url, "--id", &self.name])
+            .arg("--mount")
+            .arg(&self.mountpoint)
+            .arg("--run")
+            .arg(format!(
+                "{} {} {}",
+                standin.display(),
+                self.name,
+                args.join(" ")
+            ))
+            .args(self.all_active.then_some("--all-active"))
+            .env_remove("DAGFS_CONFIG")
+            .env("DAGFS_RUNTIME_DIR", &self.runtime)
+            .env("DAGFS_STORE_USER", superuser())
+            .env("DAGFS_STORE_TIMEOUT", "2s")
+            .env("DAGFS_FAILOVER_INTERVAL", "1s")
+            .env("DAGFS_FAILOVER_FENCE_AFTER", "3s")
+            .env("DAGFS_FAILOVER_KILL_GRACE", "1s")
+            .env("DAGFS_FAILOVER_SAFETY_MARGIN", "1s")
+            .env("DAGFS_FAILOVER_TAKEOVER_AFTER", "5s")
+            .env("DAGFS_LOG_LEVEL", "info,hdfs_native=warn")
+            .envs(self.extra.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(uid) = self.uid {
+            command.uid(uid).gid(uid);
+        }
+        self.child = Some(command.spawn().expect("start dagfs failover"));
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn kill9(&mut self) {
+        self.signal("KILL");
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    fn state(&self) -> Option<ControllerState> {
+        ControllerState::read_all(&self.runtime)
+            .ok()?
+            .into_iter()
+            .find(|s| s.pid == self.pid() as u32)
+    }
+
+    fn role(&self) -> Option<Role> {
+        self.state().map(|s| s.role)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Cuts processes of one uid off the network (NameNode and DataNode alike) with an nftables
+/// rule on the output hook; loopback traffic passes the same hook.
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn new(uid: u32) -> Partition {
+        let table = format!("dagfs_test_{uid}_{}", std::process::id());
+        nft(&["add", "table", "inet", &table]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &table,
+            "out",
+            "{ type filter hook output priority 0; }",
+        ]);
+        Partition { table }
+    }
+
+    fn cut(&self, uid: u32) {
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            &self.table,
+            "out",
+            "meta",
+            "skuid",
+            &uid.to_string(),
+            "drop",
+        ]);
+    }
+
+    fn heal(&self) {
+        nft(&["flush", "chain", "inet", &self.table, "out"]);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+fn nft(args: &[&str]) {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .expect("nft (nftables, installed by scripts/install-deps) must be available; the partition tests run as root");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A small deterministic generator for the trials (seeded, printed, reproducible).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_hands_over_within_takeover_plus_one_interval() {
+    let _serial = serial();
+    let world = World::new("kill9");
+    let mut a = world.host("a", None, &[]);
+    let mut b = world.host("b", None, &[]);
+    a.start(&world, &[]);
+    world.wait_start("a", 1, Duration::from_secs(60));
+    b.start(&world, &[]);
+    world.wait_for("b to follow a", Duration::from_secs(30), || {
+        b.state()
+            .and_then(|s| s.leader)
+            .is_some_and(|l| l.id == "a")
+    });
+    let killed = now_secs();
+    a.kill9();
+    let started = world.wait_start("b", 1, Duration::from_secs(30));
+    let took = started - killed;
+    eprintln!("takeover after kill -9: {took:.2} s");
+    assert!(
+        took <= (TAKEOVER_AFTER + INTERVAL).as_secs_f64() + 1.0,
+        "takeover took {took:.2} s; b's log:\n{}",
+        b.log()
+    );
+    let state = b.state().unwrap();
+    assert_eq!((state.role, state.epoch), (Role::Running, Some(2)));
+    assert_eq!(state.generation, Some(1));
+    world.assert_no_overlap();
+}
+
+#[test]
+fn sigterm_on_the_leader_hands_over_without_waiting_for_the_timeout() {
+    let _serial = serial();
+    let world = World::new("sigterm");
+    let mut a = world.host("a", None, &[]);
+    let mut b = world.host("b", None, &[]);
+    a.start(&world, &[]);
+    world.wait_start("a", 1, Duration::from_secs(60));
+    b.start(&world, &[]);
+    world.wait_for("b to follow a", Duration::from_secs(30), || {
+        b.state()
+            .and_then(|s| s.leader)
+            .is_some_and(|l| l.id == "a")
+    });
+    let stopped = now_secs();
+    a.signal("TERM");
+    let status = a.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", a.log());
+    let started = world.wait_start("b", 1, Duration::from_secs(30));
+    // A released chain is taken over at the standby's next look, not after takeover_after.
+    assert!(
+        started - stopped < TAKEOVER_AFTER.as_secs_f64(),
+        "handover took {:.2} s",
+        started - stopped
+    );
+    assert!(world.witness().contains("stop a"), "{}", world.witness());
+    world.assert_no_overlap();
+}
+
+#[test]
+fn a_leader_cut_off_from_hdfs_or_paused_fences_itself_before_a_standby_starts() {
+    let _serial = serial();
+    let world = World::new("partition");
+    let (uid_a, uid_b) = (61_001, 61_002);
+    let partition = Partition::new(uid_a);
+    let mut hosts = [
+        world.host("a", Some(uid_a), &[]),
+        world.host("b", Some(uid_b), &[]),
+    ];
+    hosts[0].start(&world, &[]);
+    world.wait_start("a", 1, Duration::from_secs(60));
+    hosts[1].start(&world, &[]);
+    let seed = now_secs() as u64;
+    eprintln!("partition trials, seed {seed}");
+    let mut random = Lcg(seed);
+    let uids = [uid_a, uid_b];
+    let trials = 20;
+    for trial in 0..trials {
+        let leader = hosts
+            .iter()
+            .position(|h| h.role() == Some(Role::Running))
+            .unwrap_or_else(|| panic!("no leader before trial {trial}"));
+        // Cut at a random point of the heartbeat cycle, for a random time around the
+        // takeover timeout; every fourth trial pauses the controller instead.
+        std::thread::sleep(Duration::from_millis(random.below(1000)));
+        let outage = Duration::from_millis(1_000 + random.below(6_000));
+        let pause = trial % 4 == 3;
+        if pause {
+            hosts[leader].signal("STOP");
+        } else {
+            partition.cut(uids[leader]);
+        }
+        std::thread::sleep(outage);
+        if pause {
+            hosts[leader].signal("CONT");
+        } else {
+            partition.heal();
+        }
+        let healed_ms = now_ms();
+        world.assert_no_overlap();
+        // Someone leads again (the old leader after a short outage, or the standby), as
+        // its state written after the outage says.
+        world.wait_for("a leader after the outage", Duration::from_secs(30), || {
+            hosts.iter().any(|h| {
+                h.state()
+                    .is_some_and(|s| s.role == Role::Running && s.updated_ms > healed_ms)
+            })
+        });
+        let now_leading = hosts
+            .iter()
+            .find(|h| h.role() == Some(Role::Running))
+            .map_or("?", |h| &h.name);
+        eprintln!(
+            "trial {trial}: {} {} for {:.1} s, leader now {now_leading}",
+            if pause { "paused" } else { "cut off" },
+            hosts[leader].name,
+            outage.as_secs_f64(),
+        );
+    }
+    world.assert_no_overlap();
+    let moved = world
+        .starts()
+        .windows(2)
+        .filter(|w| w[0].0 != w[1].0)
+        .count();
+    assert!(moved > 0, "leadership never moved:\n{}", world.witness());
+}
+
+#[test]
+fn a_scheduler_that_crashes_at_start_moves_leadership_and_its_host_cools_down() {
+    let _serial = serial();
+    let world = World::new("crash");
+    let limits = [
+        ("DAGFS_FAILOVER_RESTART_LIMIT", "2"),
+        ("DAGFS_FAILOVER_RESTART_BACKOFF", "100ms"),
+        ("DAGFS_FAILOVER_COOLDOWN", "60s"),
+    ];
+    let mut a = world.host("a", None, &limits);
+    let mut b = world.host("b", None, &limits);
+    a.start(&world, &["crash"]);
+    // K = 2 restarts: three starts on a, then a steps down and b (released to) takes over.
+    world.wait_start("a", 3, Duration::from_secs(60));
+    b.start(&world, &[]);
+    world.wait_start("b", 1, Duration::from_secs(30));
+    world.wait_for("a to cool down", Duration::from_secs(10), || {
+        a.role() == Some(Role::CoolingDown)
+    });
+    assert_eq!(world.starts().iter().filter(|(h, _)| h == "a").count(), 3);
+    assert!(a
+        .state()
+        .unwrap()
+        .last_error
+        .unwrap()
+        .contains("stepped down"));
+    // b dies; a, cooling down, must not take leadership back.
+    b.kill9();
+    let silent_until = Instant::now() + TAKEOVER_AFTER + 3 * INTERVAL;
+    while Instant::now() < silent_until {
+        assert_eq!(a.role(), Some(Role::CoolingDown), "{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(world.starts().iter().filter(|(h, _)| h == "a").count(), 3);
+    world.assert_no_overlap();
+}
+
+#[test]
+fn a_host_whose_mount_lags_does_not_start_the_scheduler() {
+    let _serial = serial();
+    let world = World::new("gate");
+    let dags = world.dir.path().join("dags");
+    std::fs::write(dags.join("dag.py"), "# generation 2\n").unwrap();
+    world.push(&dags);
+    let mut a = world.host("a", None, &[]);
+    // The mount still serves generation 1 (it saw 2, but has not switched yet).
+    a.set_mount(Some(1), Some(2));
+    a.start(&world, &[]);
+    world.wait_for("a to stay standby", Duration::from_secs(30), || {
+        a.state().is_some_and(|s| {
+            s.role == Role::Standby
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("serves generation 1 but its head is 2"))
+        })
+    });
+    // A mount that says it is current but serves an old head is caught against the store:
+    // a takes leadership but waits.
+    a.set_mount(Some(1), Some(1));
+    world.wait_for(
+        "a to lead and wait for its mount",
+        Duration::from_secs(30),
+        || {
+            a.state().is_some_and(|s| {
+                s.role == Role::WaitingForMount
+                    && s.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("store's head is 2"))
+            })
+        },
+    );
+    std::thread::sleep(3 * INTERVAL);
+    assert!(world.starts().is_empty(), "{}", world.witness());
+    assert_eq!(a.role(), Some(Role::WaitingForMount));
+    // Once the mount serves the head, the scheduler starts, and the generation is recorded.
+    a.set_mount(Some(2), Some(2));
+    world.wait_start("a", 1, Duration::from_secs(10));
+    world.wait_for("a to record generation 2", Duration::from_secs(5), || {
+        a.state().is_some_and(|s| s.generation == Some(2))
+    });
+    // `dagfs status` on that host shows the controller, its role and epoch.
+    let status = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+        .arg("status")
+        .env_remove("DAGFS_CONFIG")
+        .env("DAGFS_RUNTIME_DIR", &a.runtime)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("failover") && shown.contains("running") && shown.contains("epoch 1"),
+        "{shown}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+#[test]
+fn all_active_runs_on_every_host_whose_mount_is_current() {
+    let _serial = serial();
+    let world = World::new("all-active");
+    let mut a = world.host("a", None, &[]);
+    let mut b = world.host("b", None, &[]);
+    b.set_mount(Some(1), Some(2));
+    for host in [&mut a, &mut b] {
+        host.all_active = true;
+        host.start(&world, &["shared"]);
+    }
+    world.wait_start("a", 1, Duration::from_secs(60));
+    world.wait_for("b to wait for its mount", Duration::from_secs(30), || {
+        b.role() == Some(Role::WaitingForMount)
+    });
+    assert_eq!(
+        a.state().unwrap().epoch,
+        None,
+        "no election in --all-active"
+    );
+    b.set_mount(Some(1), Some(1));
+    world.wait_start("b", 1, Duration::from_secs(30));
+    assert_eq!(a.role(), Some(Role::Running));
+}
+
+/// `GET path` on 127.0.0.1:`port`, the body; `None` on any failure.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// The NameNode's count of client RPCs processed, from its JMX servlet. The launcher does not
+/// print its web port, so every port the MiniDFS JVM (a child of this process) listens on is
+/// asked for the NameNode's `RpcActivityForPort<rpc port>` bean.
+struct NameNodeRpcs {
+    port: u16,
+    query: String,
+}
+
+impl NameNodeRpcs {
+    fn find(cluster: &MiniDfs) -> NameNodeRpcs {
+        let rpc_port = cluster.url().rsplit(':').next().unwrap().to_string();
+        let query = format!("/jmx?qry=Hadoop:service=NameNode,name=RpcActivityForPort{rpc_port}");
+        let out = Command::new("ss").args(["-ltnpH"]).output().expect("ss");
+        let me = std::process::id().to_string();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(pid) = line.split("pid=").nth(1).and_then(|p| p.split(',').next()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .nth(1);
+            if ppid != Some(me.as_str()) {
+                continue;
+            }
+            let Some(port) = line
+                .split_whitespace()
+                .nth(3)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+            else {
+                continue;
+            };
+            let found = NameNodeRpcs {
+                port,
+                query: query.clone(),
+            };
+            if found.count().is_some() {
+                return found;
+            }
+        }
+        panic!("no NameNode JMX servlet found among the MiniDFS JVM's ports");
+    }
+
+    fn count(&self) -> Option<u64> {
+        let body = http_get(self.port, &self.query)?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["beans"][0]["RpcProcessingTimeNumOps"].as_u64()
+    }
+
+    /// NameNode RPCs per second over `window`.
+    fn rate(&self, window: Duration) -> f64 {
+        let before = self.count().unwrap();
+        std::thread::sleep(window);
+        let after = self.count().unwrap();
+        (after - before) as f64 / window.as_secs_f64()
+    }
+}
+
+/// Settings for a 10 s interval (the defaults).
+const DEFAULT_TIMING: [(&str, &str); 5] = [
+    ("DAGFS_FAILOVER_INTERVAL", "10s"),
+    ("DAGFS_FAILOVER_FENCE_AFTER", "30s"),
+    ("DAGFS_FAILOVER_KILL_GRACE", "10s"),
+    ("DAGFS_FAILOVER_SAFETY_MARGIN", "5s"),
+    ("DAGFS_FAILOVER_TAKEOVER_AFTER", "50s"),
+];
+
+/// Takeover times after kill -9 and NameNode RPC rates of idle controllers, for
+/// BENCHMARKS.md: `cargo test --release --test failover_hdfs -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark (about 6 minutes): run with --ignored --nocapture"]
+fn bench_takeover_time_and_idle_rpc_rate() {
+    let _serial = serial();
+    for (label, timing, rounds, window) in [
+        ("1s", &[][..], 3, Duration::from_secs(20)),
+        ("10s", &DEFAULT_TIMING[..], 2, Duration::from_secs(60)),
+    ] {
+        let world = World::new("bench");
+        let rpcs = NameNodeRpcs::find(world.cluster);
+        let baseline = rpcs.rate(window);
+        let mut hosts = [world.host("a", None, timing), world.host("b", None, timing)];
+        hosts[0].start(&world, &[]);
+        world.wait_start("a", 1, Duration::from_secs(120));
+        let leader_rate = rpcs.rate(window) - baseline;
+        hosts[1].start(&world, &[]);
+        world.wait_for("b to follow", Duration::from_secs(60), || {
+            hosts[1].state().and_then(|s| s.leader).is_some()
+        });
+        let standby_rate = rpcs.rate(window) - baseline - leader_rate;
+        eprintln!(
+            "interval {label}: NameNode RPC/s: baseline {baseline:.2}, leader +{leader_rate:.2}, standby +{standby_rate:.2}"
+        );
+        let mut leader = 0;
+        for round in 0..rounds {
+            let standby = 1 - leader;
+            let name = hosts[standby].name.clone();
+            let before = world.starts().iter().filter(|(h, _)| *h == name).count();
+            let killed = now_secs();
+            hosts[leader].kill9();
+            let started = world.wait_start(&name, before + 1, Duration::from_secs(180));
+            eprintln!(
+                "interval {label}: takeover {round}: {:.2} s after kill -9",
+                started - killed
+            );
+            hosts[leader].start(&world, &[]);
+            world.wait_for(
+                "the restarted host to follow",
+                Duration::from_secs(60),
+                || hosts[leader].state().and_then(|s| s.leader).is_some(),
+            );
+            leader = standby;
+        }
+        world.assert_no_overlap();
+    }
+}
