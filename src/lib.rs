@@ -17,6 +17,9 @@
 //! - [`verify`]: integrity checks of a folder and a store by content hash;
 //! - [`watch`]: watching a DAG folder and debouncing its changes;
 //! - [`sync`]: the `dagfs sync` daemon, its status file and single-instance lock;
+//! - [`election`]: leader election with fencing epochs on the store alone;
+//! - [`supervise`]: running the scheduler's commands fenced, in their own process groups;
+//! - [`failover`]: the `dagfs failover` controller (election, identity gate, supervision);
 //! - [`runtime`]: the runtime directory where daemons publish their state files;
 //! - [`metrics`]: the optional Prometheus endpoint of the long-running commands;
 //! - [`cli`]: the command line.
