@@ -103,6 +103,8 @@ pub struct FailoverConfig {
     pub health_timeout: Duration,
     /// Consecutive failed health checks that count as a crash of the commands.
     pub health_failures: u32,
+    /// Address of the Prometheus endpoint (`/metrics`, `/healthz`); unset: none.
+    pub metrics: Option<String>,
 }
 
 impl Default for FailoverConfig {
@@ -121,6 +123,7 @@ impl Default for FailoverConfig {
             health_command: None,
             health_timeout: Duration::from_secs(30),
             health_failures: 3,
+            metrics: None,
         }
     }
 }
@@ -486,6 +489,7 @@ impl Config {
         self.failover.validate().map_err(ConfigError::Invalid)?;
         self.sync.validate()?;
         check_metrics_addr("mount.metrics", &self.mount.metrics)?;
+        check_metrics_addr("failover.metrics", &self.failover.metrics)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid(format!(
                 "log.level = {:?}: {e}; expected a level (error, warn, info, debug, trace) or filter directives like \"info,hdfs_native=warn\"",

@@ -7,11 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FailoverConfig;
 use crate::election::{Beat, Candidate, Clock, Identity, Renewal, Standing, Term, Timing};
 use crate::generations;
+use crate::metrics::Registry;
 use crate::mount::state::StateDir;
 use crate::runtime::{now_ms, write_json};
 use crate::store::Store;
@@ -165,6 +170,82 @@ pub struct FailoverOptions {
     pub runtime_dir: PathBuf,
     /// The `dagfs` executable that runs the guards.
     pub guard_exe: PathBuf,
+    /// Where the metrics go (served on `--metrics` when given).
+    pub metrics: FailoverMetrics,
+}
+
+/// The controller's Prometheus metrics, under `dagfs_failover_*`. Clones share the series.
+#[derive(Clone, Debug, Default)]
+pub struct FailoverMetrics {
+    leader: Gauge,
+    running: Gauge,
+    epoch: Gauge,
+    generation: Gauge,
+    cooling_down: Gauge,
+    heartbeat_age: Gauge<f64, AtomicU64>,
+    restarts: Counter,
+}
+
+impl FailoverMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> FailoverMetrics {
+        let metrics = FailoverMetrics::default();
+        let r = registry.sub_registry_with_prefix("dagfs_failover");
+        r.register(
+            "leader",
+            "1 while this controller holds leadership (or runs --all-active)",
+            metrics.leader.clone(),
+        );
+        r.register(
+            "running",
+            "1 while the supervised commands run",
+            metrics.running.clone(),
+        );
+        r.register(
+            "epoch",
+            "Fencing epoch of this controller's leadership (0 when standby)",
+            metrics.epoch.clone(),
+        );
+        r.register(
+            "generation",
+            "Generation the commands were started on",
+            metrics.generation.clone(),
+        );
+        r.register(
+            "cooling_down",
+            "1 while stepped down after repeated failures",
+            metrics.cooling_down.clone(),
+        );
+        r.register(
+            "leader_heartbeat_age_seconds",
+            "Seconds since a standby saw the leader's heartbeat change (its own clock)",
+            metrics.heartbeat_age.clone(),
+        );
+        r.register(
+            "restarts",
+            "Restarts of the supervised commands",
+            metrics.restarts.clone(),
+        );
+        metrics
+    }
+
+    fn observe(&self, state: &ControllerState) {
+        let leading = !matches!(
+            state.role,
+            Role::Standby | Role::CoolingDown | Role::Stopped
+        );
+        self.leader.set(i64::from(leading));
+        self.running.set(i64::from(state.role == Role::Running));
+        self.epoch.set(state.epoch.unwrap_or(0) as i64);
+        self.generation.set(state.generation.unwrap_or(0) as i64);
+        self.cooling_down
+            .set(i64::from(state.role == Role::CoolingDown));
+        let age = state
+            .leader
+            .as_ref()
+            .map_or(0.0, |l| l.heartbeat_age_ms as f64 / 1000.0);
+        self.heartbeat_age.set(age);
+    }
 }
 
 /// Why the commands may not start yet.
@@ -621,6 +702,7 @@ impl<'a> Controller<'a> {
         self.health = None;
         match self.policy.on_failure(Clock::now()) {
             AfterFailure::RestartIn(delay) => {
+                self.options.metrics.restarts.inc();
                 tracing::info!(delay = %humantime::format_duration(delay), restarts = self.policy.restarts(), "restarting the commands");
                 if let Some(lead) = &mut self.lead {
                     lead.phase = Phase::Restarting {
@@ -720,6 +802,7 @@ impl<'a> Controller<'a> {
             last_error: self.last_error.clone(),
             updated_ms: now_ms(),
         };
+        self.options.metrics.observe(&state);
         state
             .write(&self.options.runtime_dir)
             .map_err(|source| FailoverError::State {

@@ -442,8 +442,15 @@ fn kill_9_of_the_leader_hands_over_within_takeover_plus_one_interval() {
 fn sigterm_on_the_leader_hands_over_without_waiting_for_the_timeout() {
     let _serial = serial();
     let world = World::new("sigterm");
-    let mut a = world.host("a", None, &[]);
-    let mut b = world.host("b", None, &[]);
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (metrics_a, metrics_b) = (port().to_string(), port().to_string());
+    let mut a = world.host("a", None, &[("DAGFS_FAILOVER_METRICS", &metrics_a)]);
+    let mut b = world.host("b", None, &[("DAGFS_FAILOVER_METRICS", &metrics_b)]);
     a.start(&world, &[]);
     world.wait_start("a", 1, Duration::from_secs(60));
     b.start(&world, &[]);
@@ -452,6 +459,27 @@ fn sigterm_on_the_leader_hands_over_without_waiting_for_the_timeout() {
             .and_then(|s| s.leader)
             .is_some_and(|l| l.id == "a")
     });
+    // Each controller's /metrics parses as Prometheus text and says who leads.
+    let (leader, standby) = (
+        support::scrape_metrics(&metrics_a),
+        support::scrape_metrics(&metrics_b),
+    );
+    assert_eq!(
+        leader.get("dagfs_failover_leader"),
+        Some(&1.0),
+        "{leader:?}"
+    );
+    assert_eq!(
+        leader.get("dagfs_failover_running"),
+        Some(&1.0),
+        "{leader:?}"
+    );
+    assert_eq!(leader.get("dagfs_failover_epoch"), Some(&1.0), "{leader:?}");
+    assert_eq!(
+        standby.get("dagfs_failover_leader"),
+        Some(&0.0),
+        "{standby:?}"
+    );
     let stopped = now_secs();
     a.signal("TERM");
     let status = a.child.take().unwrap().wait().unwrap();

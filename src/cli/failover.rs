@@ -1,6 +1,7 @@
 //! `dagfs failover` and the guard process it runs around each command.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -8,7 +9,8 @@ use clap::Args;
 
 use crate::config::Config;
 use crate::election::Clock;
-use crate::failover::{self, FailoverOptions};
+use crate::failover::{self, FailoverMetrics, FailoverOptions};
+use crate::metrics::{Health, Registry};
 use crate::runtime::runtime_dir;
 use crate::supervise;
 
@@ -39,6 +41,9 @@ pub struct FailoverArgs {
     /// still gated on the mount and supervised.
     #[arg(long)]
     all_active: bool,
+    /// Serve Prometheus metrics and /healthz on this address [default: failover.metrics].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of the hidden `dagfs failover-guard` (started by `dagfs failover` only).
@@ -59,6 +64,17 @@ pub struct GuardArgs {
 pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
     let shutdown = super::shutdown_signal()?;
     let store = super::commands::open_store(args.store.as_deref(), config, "--store").await?;
+    let metrics_addr = match (args.metrics, &config.failover.metrics) {
+        (Some(addr), _) => Some(addr),
+        // Validated with the configuration.
+        (None, Some(addr)) => Some(addr.parse()?),
+        (None, None) => None,
+    };
+    let mut registry = Registry::default();
+    let metrics = FailoverMetrics::register(&mut registry);
+    let _server = metrics_addr
+        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), Health::default()))
+        .transpose()?;
     let options = FailoverOptions {
         id: args.id.unwrap_or_else(|| {
             rustix::system::uname()
@@ -72,6 +88,7 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         config: config.failover.clone(),
         runtime_dir: runtime_dir(),
         guard_exe: std::env::current_exe().context("cannot find the dagfs executable")?,
+        metrics,
     };
     failover::run(store.as_ref(), options, shutdown).await?;
     Ok(())
