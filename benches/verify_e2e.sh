@@ -42,7 +42,7 @@ best() {  # best wall time of 3 runs of "$@"
 cd "$work/dags"
 b3=$(best sh -c "find . -type f -print0 | xargs -0 '$B3SUM' --num-threads 2")
 cd - >/dev/null
-local_verify=$(best "$DAGFS" -q verify --local "$work/dags" --store "$url/dags")
+local_verify=$(DAGFS_STORE_URL="$url/dags" best "$DAGFS" -q verify --local "$work/dags")
 deep=$(best "$DAGFS" -q verify --store "$url/dags" --deep)
 
 python3 - "$N" "$bytes" "$b3" "$local_verify" "$deep" <<'PY'

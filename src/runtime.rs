@@ -38,7 +38,8 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer_pretty(&mut file, value)?;
+    // One write: serde_json writes token by token, a syscall each when unbuffered.
+    std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(value)?)?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

@@ -520,8 +520,9 @@ impl HashCache {
         let result = (|| -> io::Result<()> {
             let dir = file.parent().unwrap_or(Path::new("."));
             fs::create_dir_all(dir)?;
-            let tmp = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer(&tmp, self)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            // One write: serde_json writes token by token, a syscall each when unbuffered.
+            io::Write::write_all(&mut tmp, &serde_json::to_vec(self)?)?;
             tmp.persist(&file).map_err(|e| e.error)?;
             Ok(())
         })();
