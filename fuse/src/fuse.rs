@@ -4,7 +4,6 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -273,7 +272,6 @@ impl Invalidator for KernelInvalidator {
 /// A live mount: ends when [`Mounted::unmount`] is called or someone unmounts it.
 pub struct Mounted {
     session: fuser::BackgroundSession,
-    started: SystemTime,
 }
 
 impl Mounted {
@@ -286,11 +284,6 @@ impl Mounted {
     /// the connection).
     pub fn is_finished(&self) -> bool {
         self.session.guard.is_finished()
-    }
-
-    /// When it was mounted.
-    pub fn started(&self) -> SystemTime {
-        self.started
     }
 
     /// Unmounts and waits for the request threads to end.
@@ -323,8 +316,5 @@ pub fn mount<S: ContentSource>(
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let session = fuser::spawn_mount(Adapter { fs }, mountpoint, &config)?;
-    Ok(Mounted {
-        session,
-        started: SystemTime::now(),
-    })
+    Ok(Mounted { session })
 }
