@@ -146,10 +146,14 @@ fn serves_identical_bytes_and_switches_atomically() {
             seen
         })
     };
+    // Looked up before it exists: the kernel caches its absence; the switch must undo that.
+    assert!(!mnt.join("added.py").exists());
     write_generation(&dags, 2, FILES);
     std::fs::write(dags.join("added.py"), "added").unwrap();
     push(cluster, &runtime, &dags, &url);
     mount.serving(2);
+    // By path, before any listing (a listing would re-instantiate the entry).
+    assert_eq!(std::fs::read(mnt.join("added.py")).unwrap(), b"added");
     stop.store(true, Ordering::SeqCst);
     let seen = reader.join().unwrap();
 

@@ -4,6 +4,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -80,6 +81,20 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
         };
         match self.fs.lookup(&view, parent.0, name) {
             Ok(attr) => reply.entry(&view.ttl(), &file_attr(&self.fs, &attr), Generation(0)),
+            // A name missing from a directory: answer with node id 0, which the kernel caches
+            // as a negative entry for the TTL (Python probes `__pycache__` and module suffixes
+            // on every import); a switch that adds the name invalidates it.
+            Err(FsError::NotFound) if self.fs.getattr(&view, parent.0).is_ok_and(|a| a.is_dir) => {
+                let absent = Attr {
+                    ino: 0,
+                    is_dir: false,
+                    mode: 0,
+                    size: 0,
+                    mtime: SystemTime::UNIX_EPOCH,
+                    nlink: 0,
+                };
+                reply.entry(&view.ttl(), &file_attr(&self.fs, &absent), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -318,7 +318,8 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 /// What the kernel must forget when `old` is replaced by `new`: entries `(parent, name)` whose
-/// inode changed or vanished, and directories whose listing or attributes changed.
+/// inode changed or vanished, names added to a directory that existed (the kernel may cache
+/// their absence), and directories whose listing or attributes changed.
 pub fn changes(old: &Snapshot, new: &Snapshot) -> (Vec<(Ino, String)>, Vec<Ino>) {
     let mut entries = Vec::new();
     let mut dirs = Vec::new();
@@ -327,6 +328,11 @@ pub fn changes(old: &Snapshot, new: &Snapshot) -> (Vec<(Ino, String)>, Vec<Ino>)
         for entry in old_dir.entries.iter() {
             let kept = new_dir.and_then(|d| d.entry(&entry.name)).map(|e| e.ino);
             if kept != Some(entry.ino) {
+                entries.push((ino, entry.name.clone()));
+            }
+        }
+        for entry in new_dir.map_or(&[][..], |d| &d.entries[..]) {
+            if old_dir.entry(&entry.name).is_none() {
                 entries.push((ino, entry.name.clone()));
             }
         }
