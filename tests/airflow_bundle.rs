@@ -331,20 +331,7 @@ fn bad_versions_and_stores_fail_clearly_and_leave_no_partial_checkout() {
     // A corrupt object: the checkout is refused, nothing appears at the final path.
     std::fs::write(dags.join("b.py"), "b = 2\n").unwrap();
     push(cluster, &tmp.path().join("run"), &dags, &url);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt
-        .block_on(dagfs::store::open(
-            &url,
-            &cluster.options(None, Duration::from_secs(20)),
-        ))
-        .unwrap();
-    let key = dagfs::format::object_key(&dagfs::format::Digest::of(b"b = 2\n"));
-    rt.block_on(store.put(
-        &key,
-        bytes::Bytes::from_static(b"b = 9\n"),
-        dagfs::store::Overwrite::Allow,
-    ))
-    .unwrap();
+    support::corrupt_object(cluster, &url, b"b = 2\n", b"b = 9\n");
     let (ok, line) = worker_initialize(&bin, cluster, &url, "2", &versions);
     assert!(!ok && line.contains("corrupt"), "{line}");
     let version_dir = versions.join("dags/versions/2");

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagfs::format::{object_key, Digest};
-use dagfs::store::{Overwrite, Store};
+use dagfs::format::Digest;
 
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{push, Mount};
@@ -192,20 +191,7 @@ fn corrupt_object_reads_as_eio_never_wrong_bytes() {
     push(cluster, &runtime, &dags, &url);
 
     // Same size, other bytes: only the hash can tell.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store: Box<dyn Store> = rt
-        .block_on(dagfs::store::open(
-            &url,
-            &cluster.options(None, Duration::from_secs(20)),
-        ))
-        .unwrap();
-    let key = object_key(&Digest::of(b"bad = 1\n"));
-    rt.block_on(store.put(
-        &key,
-        bytes::Bytes::from_static(b"bad = 2\n"),
-        Overwrite::Allow,
-    ))
-    .unwrap();
+    support::corrupt_object(cluster, &url, b"bad = 1\n", b"bad = 2\n");
 
     let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
     mount.serving(1);

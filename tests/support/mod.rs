@@ -38,3 +38,18 @@ pub fn scrape_metrics(addr: &str) -> std::collections::BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// Replaces the object holding `content` in the store at `url` with `bytes` under the same
+/// key: a corrupt object, as a damaged disk or a hand edit leaves it. Blocking.
+pub fn corrupt_object(cluster: &minidfs::MiniDfs, url: &str, content: &[u8], bytes: &'static [u8]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let options = cluster.options(None, std::time::Duration::from_secs(20));
+    let store = rt.block_on(dagfs::store::open(url, &options)).unwrap();
+    let key = dagfs::format::object_key(&dagfs::format::Digest::of(content));
+    rt.block_on(store.put(
+        &key,
+        bytes::Bytes::from_static(bytes),
+        dagfs::store::Overwrite::Allow,
+    ))
+    .unwrap();
+}
