@@ -64,6 +64,8 @@ pub struct Config {
 /// Safety rests on `fence_after + kill_grace + safety_margin <= takeover_after`: a leader
 /// that last renewed at T has killed its commands by T + fence_after + kill_grace, and no
 /// standby starts before it has seen the same heartbeat for takeover_after on its own clock.
+/// Across hosts the leader's own fence_after and kill_grace travel in its heartbeats, and a
+/// standby waits for them plus its own margin when they exceed its takeover_after.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
@@ -111,10 +113,10 @@ impl Default for FailoverConfig {
     fn default() -> Self {
         FailoverConfig {
             interval: Duration::from_secs(10),
-            fence_after: Duration::from_secs(30),
-            kill_grace: Duration::from_secs(10),
-            safety_margin: Duration::from_secs(5),
-            takeover_after: Duration::from_secs(50),
+            fence_after: Duration::from_secs(20),
+            kill_grace: Duration::from_secs(5),
+            safety_margin: Duration::from_secs(2),
+            takeover_after: Duration::from_secs(27),
             gate_timeout: Duration::from_secs(300),
             restart_limit: 3,
             restart_window: Duration::from_secs(600),
@@ -129,6 +131,17 @@ impl Default for FailoverConfig {
 }
 
 impl FailoverConfig {
+    /// The election's timing.
+    pub fn timing(&self) -> crate::election::Timing {
+        crate::election::Timing {
+            interval: self.interval,
+            fence_after: self.fence_after,
+            kill_grace: self.kill_grace,
+            safety_margin: self.safety_margin,
+            takeover_after: self.takeover_after,
+        }
+    }
+
     /// Checks the timing inequalities the protocol's safety rests on; the error is one line
     /// naming the keys and a fix.
     pub fn validate(&self) -> Result<(), String> {
@@ -776,11 +789,11 @@ mod tests {
     fn unsafe_failover_timing_is_refused() {
         let config = load("", &[], &[]).unwrap();
         assert!(config.failover.validate().is_ok());
-        let err = load("[failover]\ntakeover_after = \"40s\"\n", &[], &[])
+        let err = load("[failover]\ntakeover_after = \"20s\"\n", &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("takeover_after") && err.contains("45s"),
+            err.contains("takeover_after") && err.contains("27s"),
             "{err}"
         );
         assert!(!err.contains('\n'), "{err}");

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FailoverConfig;
-use crate::election::{Beat, Candidate, Clock, Identity, Renewal, Standing, Term, Timing};
+use crate::election::{Beat, Candidate, Clock, Coordinator, Identity, Renewal, Standing, Term};
 use crate::generations;
 use crate::metrics::Registry;
 use crate::mount::state::StateDir;
@@ -317,6 +317,8 @@ impl Lead {
 /// The controller's loop state.
 struct Controller<'a> {
     store: &'a dyn Store,
+    /// When the leader renews next (every interval; sooner after a failed renewal).
+    next_renewal: Clock,
     options: FailoverOptions,
     spec: UnitSpec,
     candidate: Candidate<'a>,
@@ -331,9 +333,11 @@ struct Controller<'a> {
 }
 
 /// Runs the controller until `shutdown` resolves (SIGTERM/SIGINT at the CLI), then stops the
-/// commands and hands leadership over.
+/// commands and hands leadership over. `coordinator` holds the election (the store's
+/// heartbeat chain); `store` is read for the head generation.
 pub async fn run(
     store: &dyn Store,
+    coordinator: &dyn Coordinator,
     options: FailoverOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FailoverError> {
@@ -341,16 +345,16 @@ pub async fn run(
         return Err(FailoverError::NoCommand);
     }
     let config = &options.config;
-    let timing = Timing {
-        interval: config.interval,
-        fence_after: config.fence_after,
-        takeover_after: config.takeover_after,
-    };
+    let timing = config.timing();
     let me = Identity {
         id: options.id.clone(),
         host: host_name(),
         pid: std::process::id(),
+        instance: fastrand::u64(..),
     };
+    if let Err(e) = crate::supervise::adopt_orphans() {
+        tracing::warn!(error = %e, "cannot adopt the orphans of guards that die (prctl)");
+    }
     let spec = UnitSpec {
         commands: options.commands.clone(),
         kill_grace: config.kill_grace,
@@ -363,7 +367,8 @@ pub async fn run(
     };
     let mut controller = Controller {
         store,
-        candidate: Candidate::new(store, me, timing),
+        next_renewal: Clock::now(),
+        candidate: Candidate::new(coordinator, me, timing),
         mounts: StateDir::at(&options.runtime_dir),
         lead: None,
         policy: RestartPolicy::new(
@@ -420,11 +425,16 @@ impl<'a> Controller<'a> {
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), FailoverError> {
-        let mut tick = tokio::time::interval(self.options.config.interval);
+        let mut tick = tokio::time::interval(self.candidate.timing().standby_poll());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             let lease = self.lead.as_ref().and_then(Lead::lease_until);
+            // A standby wakes exactly when a takeover becomes possible, not a poll later.
+            let takeover = match self.lead {
+                None => self.candidate.seen().map(|s| s.takeover_at()),
+                Some(_) => None,
+            };
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!("shutting down: stopping the commands and handing over");
@@ -437,6 +447,7 @@ impl<'a> Controller<'a> {
                     self.failed(format!("{} exited with {}", exit.command, exit.code.map_or("an unknown status".into(), |c| c.to_string()))).await;
                 }
                 () = sleep_until(lease) => self.fence("the lease expired before a renewal succeeded").await,
+                () = sleep_until(takeover) => self.step().await,
                 _ = tick.tick() => self.step().await,
             }
             let role = self.role();
@@ -541,12 +552,20 @@ impl<'a> Controller<'a> {
             term: Some(term), ..
         }) = &mut self.lead
         {
+            if Clock::now() < self.next_renewal {
+                return self.phase_step().await;
+            }
             let mut renewed = term.clone();
             let result = self
                 .candidate
                 .renew(&mut renewed, self.generation, self.tree_id.clone())
                 .await;
             *term = renewed.clone();
+            let interval = self.options.config.interval;
+            self.next_renewal = Clock::now().after(match result {
+                Ok(Renewal::Renewed) => interval,
+                _ => interval / 4,
+            });
             match result {
                 Ok(Renewal::Renewed) => {
                     if let Some(Lead {
@@ -561,10 +580,14 @@ impl<'a> Controller<'a> {
                     let by = by.map_or("another candidate".to_string(), |b| {
                         format!("{} (epoch {})", b.owner, b.epoch)
                     });
-                    self.error(format!("deposed by {by}: stopping the commands at once"));
+                    self.error(format!("deposed by {by}: killing the commands at once"));
                     if let Some(lead) = self.lead.take() {
-                        stop_phase(lead.phase).await;
+                        if let Phase::Running { unit, .. } = lead.phase {
+                            unit.kill().await;
+                        }
                     }
+                    self.generation = None;
+                    self.tree_id = None;
                     return;
                 }
                 Err(e) => self.error(format!("heartbeat not renewed: {e}")),
@@ -575,6 +598,11 @@ impl<'a> Controller<'a> {
                 return;
             }
         }
+        self.phase_step().await;
+    }
+
+    /// The commands' part of a leader's step: start them, restart them, check their health.
+    async fn phase_step(&mut self) {
         let Some(lead) = &mut self.lead else {
             return;
         };
@@ -615,6 +643,11 @@ impl<'a> Controller<'a> {
                     return;
                 };
                 let epoch = lead.term.as_ref().map_or(0, |t| t.epoch);
+                if lead.lease_until().is_some_and(|until| Clock::now() >= until) {
+                    // The gate took longer than the lease: never start on an expired one.
+                    self.fence("the lease expired while the gate was checked").await;
+                    return;
+                }
                 match Unit::start(&self.spec, epoch, generation, lead.lease_until()).await {
                     Ok(unit) => {
                         tracing::info!(epoch, generation = ?generation, tree_id = ?tree_id, "commands started on the head generation");
@@ -698,7 +731,11 @@ impl<'a> Controller<'a> {
             return;
         };
         let phase = std::mem::replace(&mut lead.phase, Phase::Restarting { at: Clock::now() });
-        stop_phase(phase).await;
+        if !stop_phase(phase).await {
+            // Something of the unit survived SIGKILL: never start a second one beside it.
+            self.fence("the commands did not stop").await;
+            return;
+        }
         self.health = None;
         match self.policy.on_failure(Clock::now()) {
             AfterFailure::RestartIn(delay) => {
@@ -736,12 +773,14 @@ impl<'a> Controller<'a> {
         let Some(lead) = self.lead.take() else {
             return;
         };
-        stop_phase(lead.phase).await;
+        let gone = stop_phase(lead.phase).await;
         self.generation = None;
         self.tree_id = None;
         if let Some(term) = lead.term {
             // Only after the commands are gone: a release lets a standby start at once.
-            if Clock::now() < term.lease_until {
+            if !gone {
+                self.error("the commands did not stop; not releasing leadership (standbys take over after the lease)".into());
+            } else if Clock::now() < term.lease_until {
                 if let Err(e) = self.candidate.release(&term).await {
                     self.error(format!("could not release leadership (standbys take over after takeover_after): {e}"));
                 }
@@ -812,9 +851,11 @@ impl<'a> Controller<'a> {
     }
 }
 
-async fn stop_phase(phase: Phase) {
-    if let Phase::Running { unit, .. } = phase {
-        unit.stop().await;
+/// Stops the unit of `phase`, if it runs; returns whether nothing of it is left.
+async fn stop_phase(phase: Phase) -> bool {
+    match phase {
+        Phase::Running { unit, .. } => unit.stop().await,
+        _ => true,
     }
 }
 

@@ -39,6 +39,7 @@ pub mod import;
 pub mod metrics;
 pub mod mirror;
 pub mod mount;
+pub mod proc;
 pub mod publish;
 pub mod runtime;
 pub mod scan;

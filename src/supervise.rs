@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::{kill_process, kill_process_group, test_kill_process_group, Pid, Signal};
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -69,6 +69,7 @@ enum StopReason {
     Asked,
     ControllerGone,
     Signalled,
+    Deposed,
 }
 
 impl StopReason {
@@ -78,6 +79,7 @@ impl StopReason {
             StopReason::Asked => "the controller asked",
             StopReason::ControllerGone => "the controller is gone",
             StopReason::Signalled => "the guard was signalled",
+            StopReason::Deposed => "another candidate took over (killing at once)",
         }
     }
 }
@@ -86,8 +88,16 @@ impl StopReason {
 /// or must be stopped; returns the exit code to leave with.
 ///
 /// Its stdin is the controller's channel: `lease <nanoseconds of CLOCK_BOOTTIME>` moves the
-/// deadline, `stop` stops the command, end of input (the controller died) stops it at once.
+/// deadline, `stop` stops the command (SIGKILL after the grace, and never later than the
+/// lease's end plus the grace), `kill` kills it at once, end of input (the controller died)
+/// stops it at once as `stop` does.
 pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Clock>) -> i32 {
+    // Orphans of the command (double forks, daemons) become the guard's children instead of
+    // init's, so nothing the command started can leave the guard's reach.
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        say!("dagfs failover-guard: cannot become a child subreaper: {e}");
+        return 1;
+    }
     let mut child = match Command::new(SHELL)
         .arg("-c")
         .arg(command)
@@ -111,7 +121,8 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
     ) {
         (Ok(term), Ok(int)) => (term, int),
         _ => {
-            stop_group(&mut child, pid, kill_grace).await;
+            let deadline = kill_deadline(Clock::now(), lease_until, kill_grace);
+            stop_unit(&mut child, pid, deadline).await;
             return 1;
         }
     };
@@ -119,9 +130,10 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
     let reason = loop {
         tokio::select! {
             status = child.wait() => {
-                // The command is done; nothing of its group may outlive it.
-                signal_group(pid, Signal::KILL);
-                return status.map(exit_code).unwrap_or(1);
+                // The command is done; nothing it started may outlive it.
+                let code = status.map(exit_code).unwrap_or(1);
+                kill_descendants(pid).await;
+                return code;
             }
             line = control.next_line() => match line {
                 Ok(Some(line)) => match line.trim().split_once(' ') {
@@ -130,6 +142,7 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
                         Err(_) => say!("dagfs failover-guard: ignoring {line:?}"),
                     },
                     _ if line.trim() == "stop" => break StopReason::Asked,
+                    _ if line.trim() == "kill" => break StopReason::Deposed,
                     _ => say!("dagfs failover-guard: ignoring {line:?}"),
                 },
                 _ => break StopReason::ControllerGone,
@@ -143,43 +156,180 @@ pub async fn guard(command: &str, kill_grace: Duration, lease_until: Option<Cloc
             _ = int.recv() => break StopReason::Signalled,
         }
     };
+    let now = Clock::now();
+    let deadline = match reason {
+        StopReason::Deposed => now,
+        _ => kill_deadline(now, lease_until, kill_grace),
+    };
     say!(
         "dagfs failover-guard: stopping pid {pid}: {}",
         reason.describe()
     );
-    stop_group(&mut child, pid, kill_grace).await
+    stop_unit(&mut child, pid, deadline).await
 }
 
-/// SIGTERM to the group; SIGKILL to what is left of it once the whole group has exited or
-/// `kill_grace` has passed. Returns the command's exit code.
+/// When a guard that starts stopping its unit at `now` sends SIGKILL to what is left: after
+/// the kill grace, but never later than the lease's end plus the grace. A guard that notices
+/// an expired lease late (its host was paused) therefore kills at once: the grace counts from
+/// the lease, which a standby's wait already covers, not from when the guard noticed.
+pub fn kill_deadline(now: Clock, lease_until: Option<Clock>, kill_grace: Duration) -> Clock {
+    let by_grace = now.after(kill_grace);
+    lease_until.map_or(by_grace, |lease| by_grace.min(lease.after(kill_grace)))
+}
+
+/// SIGTERM to the command's group and to every other process descended from the guard;
+/// SIGKILL to all that is left once the command has exited and nothing else is left, or at
+/// `deadline`; then waits until every descendant is gone. Returns the command's exit code.
 ///
-/// The grace applies to the group, not only to its leader: a shell wrapper that dies at
-/// once on SIGTERM must not cut short its children's clean shutdown. There is no event for
-/// "the group is empty", so it is polled (every [`GROUP_POLL`]) until the deadline.
-async fn stop_group(child: &mut Child, pid: u32, kill_grace: Duration) -> i32 {
+/// The grace applies to the whole tree, not only to the command: a shell wrapper that dies at
+/// once on SIGTERM must not cut short its children's clean shutdown, and processes that left
+/// the command's process group (Airflow's DAG processor manager and task runners call
+/// `setpgid`) are stopped too. There is no event for "the tree is empty", so it is polled
+/// (every [`GROUP_POLL`]).
+async fn stop_unit(child: &mut Child, pid: u32, deadline: Clock) -> i32 {
+    let guard = std::process::id();
     signal_group(pid, Signal::TERM);
-    let deadline = tokio::time::Instant::now() + kill_grace;
+    for process in descendants(guard) {
+        signal_process(process, Signal::TERM);
+    }
     let mut status = None;
-    while tokio::time::Instant::now() < deadline {
+    while Clock::now() < deadline {
         if status.is_none() {
             status = child.try_wait().ok().flatten();
         }
-        if status.is_some() && !group_exists(pid) {
+        reap_orphans(guard, pid);
+        if status.is_some() && descendants(guard).is_empty() {
             break;
         }
-        tokio::time::sleep(GROUP_POLL).await;
+        tokio::time::sleep(GROUP_POLL.min(deadline.since(Clock::now()))).await;
     }
-    signal_group(pid, Signal::KILL);
     let status = match status {
         Some(status) => Ok(status),
-        None => child.wait().await,
+        None => {
+            signal_group(pid, Signal::KILL);
+            for process in descendants(guard) {
+                signal_process(process, Signal::KILL);
+            }
+            child.wait().await
+        }
     };
+    kill_descendants(pid).await;
     status.map(exit_code).unwrap_or(1)
 }
 
-/// Whether any process is left in process group `pgid`.
-fn group_exists(pgid: u32) -> bool {
-    Pid::from_raw(pgid as i32).is_some_and(|pid| test_kill_process_group(pid).is_ok())
+/// SIGKILLs the command's group and every descendant of the guard, and waits until none is
+/// left (a process in uninterruptible sleep dies when the kernel lets it; the controller
+/// does not release leadership until the guard is gone).
+async fn kill_descendants(pid: u32) {
+    let guard = std::process::id();
+    signal_group(pid, Signal::KILL);
+    loop {
+        reap_orphans(guard, pid);
+        let left = descendants(guard);
+        if left.is_empty() {
+            return;
+        }
+        for process in left {
+            signal_process(process, Signal::KILL);
+        }
+        tokio::time::sleep(GROUP_POLL).await;
+    }
+}
+
+fn signal_process(pid: u32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = kill_process(pid, signal);
+    }
+}
+
+/// Reaps exited orphans the guard adopted as subreaper (not the command itself, which tokio
+/// waits for), so they do not linger as zombies.
+fn reap_orphans(guard: u32, command: u32) {
+    for process in crate::proc::children(guard) {
+        if process.pid != command && process.zombie {
+            if let Some(pid) = Pid::from_raw(process.pid as i32) {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
+/// The live (not yet exited) processes descended from `root`, excluding `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    crate::proc::descendants(root)
+        .into_iter()
+        .filter(|p| !p.zombie)
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The processes the controller spawned itself (guards, health checks). Any other child of
+/// the controller is an orphan it adopted as child subreaper from a guard that died.
+static SPAWNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn spawned() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    SPAWNED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Spawns `command` and records its pid (under the lock, so [`kill_orphans`] never sees it
+/// unrecorded).
+fn spawn_registered(command: &mut Command) -> std::io::Result<Child> {
+    let mut spawned = spawned();
+    let child = command.spawn()?;
+    spawned.extend(child.id());
+    Ok(child)
+}
+
+fn forget_spawned(pid: u32) {
+    spawned().retain(|&p| p != pid);
+}
+
+/// Forgets a spawned pid when dropped.
+struct Registered(u32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        forget_spawned(self.0);
+    }
+}
+
+/// Makes this process (the controller) the child subreaper of everything it starts: when a
+/// guard is killed by hand, the processes of its unit become the controller's children
+/// rather than init's, and [`kill_orphans`] can find them.
+pub fn adopt_orphans() -> std::io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    ADOPTING.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether [`adopt_orphans`] was called: only then are unknown children orphans of guards
+/// (a test process has children of its own).
+static ADOPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// SIGKILLs every child of this process that it did not spawn itself, with all their
+/// descendants, and reaps them.
+fn kill_orphans() {
+    if !ADOPTING.load(Ordering::SeqCst) {
+        return;
+    }
+    let me = std::process::id();
+    let spawned = spawned();
+    for orphan in crate::proc::children(me)
+        .into_iter()
+        .filter(|p| !spawned.contains(&p.pid))
+    {
+        tracing::warn!(
+            pid = orphan.pid,
+            "killing a process left by a guard that died"
+        );
+        for process in crate::proc::descendants(orphan.pid) {
+            signal_process(process.pid, Signal::KILL);
+        }
+        signal_process(orphan.pid, Signal::KILL);
+        if let Some(pid) = Pid::from_raw(orphan.pid as i32) {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        }
+    }
 }
 
 /// How to start a unit.
@@ -267,7 +417,7 @@ impl Unit {
                     .arg(until.0.as_nanos().to_string());
             }
             guard.arg("--").arg(command);
-            let mut child = match guard.spawn() {
+            let mut child = match spawn_registered(&mut guard) {
                 Ok(child) => child,
                 Err(e) => {
                     unit.stop().await;
@@ -281,13 +431,23 @@ impl Unit {
             };
             tracing::info!(epoch, command = %command, guard_pid = ?info.guard_pid, "started");
             let control = child.stdin.take();
+            let guard_pid = child.id().unwrap_or_default();
             let group = Arc::new(AtomicU32::new(0));
             for (stream, reader) in [
                 ("stdout", child.stdout.take().map(|s| Box::new(s) as Box<_>)),
                 ("stderr", child.stderr.take().map(|s| Box::new(s) as Box<_>)),
             ] {
                 if let Some(reader) = reader {
-                    let lines = log_lines(reader, epoch, command.clone(), stream, group.clone());
+                    let lines = log_lines(
+                        reader,
+                        epoch,
+                        command.clone(),
+                        stream,
+                        GroupReport {
+                            guard: guard_pid,
+                            group: group.clone(),
+                        },
+                    );
                     tokio::spawn(lines);
                 }
             }
@@ -295,12 +455,16 @@ impl Unit {
             let name = command.clone();
             tokio::spawn(async move {
                 let code = child.wait().await.ok().map(exit_code);
-                // The guard kills its command's group before it exits; if the guard itself
-                // was killed, the controller does it (the group id came in its first line).
+                forget_spawned(guard_pid);
+                // The guard kills its command's tree before it exits; if the guard itself
+                // was killed, the controller does it: the command's group (as the guard
+                // reported it), and every orphan of the tree, which the controller adopted
+                // as child subreaper.
                 match group.load(Ordering::SeqCst) {
                     0 => {}
                     pgid => signal_group(pgid, Signal::KILL),
                 }
+                kill_orphans();
                 let _ = tx.send(MemberExit {
                     command: name,
                     code,
@@ -348,8 +512,20 @@ impl Unit {
     }
 
     /// Stops every command (SIGTERM, SIGKILL after the grace) and waits until all are gone.
-    pub async fn stop(mut self) {
-        self.send("stop\n").await;
+    /// Returns whether every guard confirmed it (a guard exits only once nothing of its
+    /// command's tree is left); only then may leadership be released.
+    pub async fn stop(self) -> bool {
+        self.finish("stop\n").await
+    }
+
+    /// Kills every command at once (SIGKILL, no grace): for a leader that learns it was
+    /// deposed, whose successor may already run. Returns as [`Unit::stop`] does.
+    pub async fn kill(self) -> bool {
+        self.finish("kill\n").await
+    }
+
+    async fn finish(mut self, line: &str) -> bool {
+        self.send(line).await;
         for member in &mut self.members {
             member.control = None;
         }
@@ -363,24 +539,57 @@ impl Unit {
                 _ => break,
             }
         }
-        if self.running > 0 {
-            // A guard that did not finish in time: kill it; its command's group then sees
-            // nothing more from it, so say so loudly.
-            for member in &self.members {
-                if let Some(pid) = member.info.guard_pid.and_then(|p| Pid::from_raw(p as i32)) {
-                    let _ = kill_process(pid, Signal::KILL);
-                }
-            }
-            tracing::error!(
-                running = self.running,
-                "guards did not stop within kill_grace + 5s; killed them"
-            );
+        if self.running == 0 {
+            return true;
         }
+        // A guard that did not finish in time (a process of its unit survives SIGKILL, in
+        // uninterruptible sleep): kill it, and say so loudly. Its unit may still be alive,
+        // so the caller must not release leadership.
+        for member in &self.members {
+            if let Some(pid) = member.info.guard_pid.and_then(|p| Pid::from_raw(p as i32)) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+        tracing::error!(
+            running = self.running,
+            "guards did not stop within kill_grace + 5s; killed them; not releasing leadership"
+        );
+        false
     }
 }
 
 /// The first line a guard writes to stderr: the process (group) id of its command.
 const GUARD_STARTED: &str = "dagfs failover-guard: started pid ";
+
+/// Where a guard's report of its command's process group goes.
+struct GroupReport {
+    /// The guard's pid.
+    guard: u32,
+    /// The command's process group, once reported (0 before).
+    group: Arc<AtomicU32>,
+}
+
+impl GroupReport {
+    /// Takes `line` as the guard's report if it is the first one and names a process that is
+    /// the guard's child and leads its own group. The command shares the guard's output, so
+    /// it (or a DAG file printing at parse time) can print the marker too: a forged line names
+    /// no such process, or comes after the real one.
+    fn note(&self, line: &str) {
+        let Some(pid) = line.strip_prefix(GUARD_STARTED) else {
+            return;
+        };
+        let Ok(pid) = pid.trim().parse::<u32>() else {
+            return;
+        };
+        let genuine = pid > 1
+            && crate::proc::process(pid).is_some_and(|p| p.ppid == self.guard && p.pgrp == pid);
+        if genuine {
+            let _ = self
+                .group
+                .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+}
 
 /// Logs a guard's output line by line with the epoch; notes the command's process group.
 async fn log_lines(
@@ -388,13 +597,11 @@ async fn log_lines(
     epoch: u64,
     command: String,
     stream: &'static str,
-    group: Arc<AtomicU32>,
+    report: GroupReport,
 ) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(pid) = line.strip_prefix(GUARD_STARTED) {
-            group.store(pid.trim().parse().unwrap_or(0), Ordering::SeqCst);
-        }
+        report.note(&line);
         tracing::info!(target: "dagfs::child", epoch, command = %command, stream, "{line}");
     }
 }
@@ -459,16 +666,18 @@ impl RestartPolicy {
 
 /// Runs the health-check command line once; `Err` says why it failed.
 pub async fn health_check(command: &str, timeout: Duration) -> Result<(), String> {
-    let child = Command::new(SHELL)
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run health command {command:?}: {e}"))?;
+    let child = spawn_registered(
+        Command::new(SHELL)
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true),
+    )
+    .map_err(|e| format!("cannot run health command {command:?}: {e}"))?;
+    let _registered = Registered(child.id().unwrap_or_default());
     let pid = child.id();
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) if out.status.success() => Ok(()),

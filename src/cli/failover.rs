@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::config::Config;
-use crate::election::Clock;
+use crate::election::{Clock, StoreCoordinator};
 use crate::failover::{self, FailoverMetrics, FailoverOptions};
 use crate::metrics::{Health, Registry};
 use crate::runtime::runtime_dir;
@@ -90,7 +90,8 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         guard_exe: std::env::current_exe().context("cannot find the dagfs executable")?,
         metrics,
     };
-    failover::run(store.as_ref(), options, shutdown).await?;
+    let coordinator = StoreCoordinator::new(store.as_ref());
+    failover::run(store.as_ref(), &coordinator, options, shutdown).await?;
     Ok(())
 }
 

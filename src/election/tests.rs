@@ -1,0 +1,307 @@
+//! The election against the store coordinator on a local directory, with a hand-moved clock.
+//! The protocol under faults and arbitrary interleavings is attacked by the simulation in
+//! `tests/failover_sim.rs`.
+
+use super::*;
+use crate::store::{LocalStore, Overwrite, Store};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const TIMING: Timing = Timing {
+    interval: Duration::from_secs(1),
+    fence_after: Duration::from_secs(3),
+    kill_grace: Duration::from_secs(1),
+    safety_margin: Duration::from_secs(1),
+    takeover_after: Duration::from_secs(5),
+};
+
+fn me(id: &str) -> Identity {
+    Identity {
+        id: id.into(),
+        host: "host".into(),
+        pid: 7,
+        instance: id.len() as u64,
+    }
+}
+
+/// A clock the test moves by hand, in whole seconds.
+#[derive(Clone, Default)]
+struct FakeClock(Arc<AtomicU64>);
+
+impl FakeClock {
+    fn set(&self, secs: u64) -> &Self {
+        self.0.store(secs, Ordering::SeqCst);
+        self
+    }
+
+    fn source(&self) -> ClockSource {
+        let secs = self.0.clone();
+        Box::new(move || Clock(Duration::from_secs(secs.load(Ordering::SeqCst))))
+    }
+}
+
+fn candidate<'a>(
+    coordinator: &'a dyn Coordinator,
+    id: &str,
+    timing: Timing,
+    clock: &FakeClock,
+) -> Candidate<'a> {
+    Candidate::new(coordinator, me(id), timing).with_clock(clock.source())
+}
+
+async fn elect(candidate: &mut Candidate<'_>) -> Term {
+    match candidate.standby_step(true).await.unwrap() {
+        Standing::Elected(term) => term,
+        other => panic!("not elected: {other:?}"),
+    }
+}
+
+async fn is_following(candidate: &mut Candidate<'_>) -> bool {
+    matches!(
+        candidate.standby_step(true).await.unwrap(),
+        Standing::Following(_)
+    )
+}
+
+async fn seqs(store: &dyn Store) -> Vec<u64> {
+    crate::store::list_if_exists(store, BEATS_DIR)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.name().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+
+    // Even an empty register is taken over only after a full wait: a leader may be renewing
+    // right now into a directory an operator just emptied.
+    assert!(is_following(&mut a).await);
+    clock.set(5);
+    let mut term = elect(&mut a).await;
+    assert_eq!((term.epoch, term.version.seq), (1, 1));
+    assert!(is_following(&mut b).await);
+    for t in 6..15 {
+        clock.set(t);
+        assert_eq!(
+            a.renew(&mut term, Some(3), None).await.unwrap(),
+            Renewal::Renewed
+        );
+        assert_eq!(term.lease_until, Clock(Duration::from_secs(t + 3)));
+        assert!(is_following(&mut b).await);
+    }
+    assert_eq!(seqs(&store).await.len(), 4, "old beats are pruned");
+    // Silence: b takes over 5 s after it last saw a change, with the claim's number as epoch.
+    clock.set(18);
+    assert!(is_following(&mut b).await);
+    clock.set(19);
+    assert!(matches!(
+        b.standby_step(false).await.unwrap(),
+        Standing::Vacant(_)
+    ));
+    let b_term = elect(&mut b).await;
+    assert_eq!(b_term.epoch, 11);
+    // The old leader's next renewal fails on the name b claimed: it is deposed.
+    clock.set(20);
+    match a.renew(&mut term, None, None).await.unwrap() {
+        Renewal::Deposed(Some(beat)) => assert_eq!((beat.owner.as_str(), beat.epoch), ("b", 11)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn release_hands_over_at_once_and_racing_standbys_elect_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    a.standby_step(true).await.unwrap();
+    clock.set(5);
+    let term = elect(&mut a).await;
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    let mut c = candidate(&coordinator, "c", TIMING, &clock);
+    b.standby_step(true).await.unwrap();
+    c.standby_step(true).await.unwrap();
+    a.release(&term).await.unwrap();
+    clock.set(6);
+    let (rb, rc) = tokio::join!(b.standby_step(true), c.standby_step(true));
+    let elected: Vec<_> = [rb.unwrap(), rc.unwrap()]
+        .into_iter()
+        .filter_map(|s| match s {
+            Standing::Elected(term) => Some(term),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(elected.len(), 1, "exactly one standby takes over");
+    assert_eq!(elected[0].epoch, 3);
+}
+
+/// Bug 1: a claimant with a stale view wins a name the leader pruned long ago. It must lose,
+/// and leave nothing in anyone's way.
+#[tokio::test]
+async fn a_stale_claim_of_a_deleted_name_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    a.standby_step(true).await.unwrap();
+    clock.set(5);
+    let mut term = elect(&mut a).await;
+    let stale = coordinator.read().await.unwrap();
+    for t in 6..12 {
+        clock.set(t);
+        a.renew(&mut term, None, None).await.unwrap();
+    }
+    assert!(!seqs(&store).await.contains(&2), "beat 2 was pruned");
+    // A standby that was paused between its read (version 1) and its claim (of 2).
+    let beat = Beat {
+        owner: "b".into(),
+        ..stale.beat.clone().unwrap()
+    };
+    let claimed = coordinator.claim(stale.version, 2, &beat).await.unwrap();
+    assert_eq!(claimed, Claimed::Lost(None));
+    assert!(!seqs(&store).await.contains(&2), "the orphan is removed");
+    assert_eq!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Renewed
+    );
+}
+
+/// Bug 1, the operator's way: `failover/beats` emptied under a running leader. Nobody may
+/// take over early, the leader cannot renew into a chain it no longer recognises, and the
+/// next term's epoch is above every epoch seen.
+#[tokio::test]
+async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    a.standby_step(true).await.unwrap();
+    clock.set(5);
+    let mut term = elect(&mut a).await;
+    for t in 6..10 {
+        clock.set(t);
+        a.renew(&mut term, None, None).await.unwrap();
+        assert!(is_following(&mut b).await);
+    }
+    store.delete(BEATS_DIR, true).await.unwrap();
+    clock.set(10);
+    assert!(is_following(&mut b).await, "an empty register is a change");
+    assert!(matches!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Deposed(_)
+    ));
+    assert!(
+        seqs(&store).await.is_empty(),
+        "the deposed claim is removed"
+    );
+    clock.set(14);
+    assert!(is_following(&mut b).await);
+    clock.set(15);
+    let b_term = elect(&mut b).await;
+    assert!(b_term.epoch > term.epoch, "epochs never repeat: {b_term:?}");
+}
+
+/// Bug 2: settings differ across hosts (a rolling change). The standby waits for the
+/// leader's advertised lease + grace, not only its own `takeover_after`.
+#[tokio::test]
+async fn a_standby_honours_the_leaders_advertised_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let slow = Timing {
+        interval: Duration::from_secs(10),
+        fence_after: Duration::from_secs(30),
+        kill_grace: Duration::from_secs(10),
+        safety_margin: Duration::from_secs(5),
+        takeover_after: Duration::from_secs(45),
+    };
+    let mut a = candidate(&coordinator, "a", slow, &clock);
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    a.standby_step(true).await.unwrap();
+    clock.set(45);
+    let _term = elect(&mut a).await;
+    assert!(is_following(&mut b).await);
+    // b's own takeover_after (5 s) has long passed; a's lease + grace + b's margin has not.
+    clock.set(85);
+    assert!(is_following(&mut b).await);
+    clock.set(86);
+    assert!(matches!(
+        b.standby_step(true).await.unwrap(),
+        Standing::Elected(_)
+    ));
+}
+
+/// Bug 6: a renewal whose reply was lost (the NameNode did the work) is recognised as the
+/// leader's own on the next renewal, which carries on instead of stepping down.
+#[tokio::test]
+async fn a_renewal_that_landed_late_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    a.standby_step(true).await.unwrap();
+    clock.set(5);
+    let mut term = elect(&mut a).await;
+    // The renewal the leader gave up on, which landed anyway.
+    let late = a.beat(term.epoch, false, None, None);
+    let bytes = Bytes::from(serde_json::to_vec(&late).unwrap());
+    store
+        .put(&beat_key(2), bytes, Overwrite::Deny)
+        .await
+        .unwrap();
+    clock.set(6);
+    assert_eq!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Renewed
+    );
+    assert_eq!(term.version.seq, 3);
+    assert_eq!(term.lease_until, Clock(Duration::from_secs(9)));
+}
+
+/// Bug 7: with the newest beats unreadable (rewritten behind the protocol's back), the next
+/// epoch is still above every epoch the chain ever held.
+#[tokio::test]
+async fn epochs_never_repeat_over_unreadable_beats() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    a.standby_step(true).await.unwrap();
+    clock.set(5);
+    let mut term = elect(&mut a).await;
+    for t in 6..9 {
+        clock.set(t);
+        a.renew(&mut term, None, None).await.unwrap();
+    }
+    for seq in seqs(&store).await {
+        store
+            .put(
+                &beat_key(seq),
+                Bytes::from_static(b"{\"epo"),
+                Overwrite::Allow,
+            )
+            .await
+            .unwrap();
+    }
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    assert!(is_following(&mut b).await);
+    clock.set(20);
+    let b_term = elect(&mut b).await;
+    assert!(b_term.epoch > term.epoch, "{b_term:?} after {term:?}");
+}
