@@ -643,9 +643,13 @@ impl<'a> Controller<'a> {
                     return;
                 };
                 let epoch = lead.term.as_ref().map_or(0, |t| t.epoch);
-                if lead.lease_until().is_some_and(|until| Clock::now() >= until) {
+                if lead
+                    .lease_until()
+                    .is_some_and(|until| Clock::now() >= until)
+                {
                     // The gate took longer than the lease: never start on an expired one.
-                    self.fence("the lease expired while the gate was checked").await;
+                    self.fence("the lease expired while the gate was checked")
+                        .await;
                     return;
                 }
                 match Unit::start(&self.spec, epoch, generation, lead.lease_until()).await {

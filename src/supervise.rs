@@ -26,7 +26,7 @@ use crate::election::Clock;
 
 /// How often a guard compares its lease deadline with the clock; also bounds how late it
 /// notices a deadline after the host was suspended (its timers do not count suspend time).
-const GUARD_TICK: Duration = Duration::from_millis(100);
+pub const GUARD_TICK: Duration = Duration::from_millis(100);
 
 /// How often a stopping guard looks whether its command's process group is empty yet.
 const GROUP_POLL: Duration = Duration::from_millis(50);

@@ -68,6 +68,11 @@ impl Beat {
 pub struct Snapshot {
     /// The newest record's version (`None`: the register is empty).
     pub version: Option<Version>,
+    /// Changes whenever anything in the register changed, including a record deleted
+    /// behind the protocol's back that made an older version the newest again (the store:
+    /// the heartbeat directory's modification time). Standbys restart their wait on any
+    /// change of it.
+    pub marker: u64,
     /// Its content, `None` when it cannot be parsed (rewritten behind the protocol's back).
     pub beat: Option<Beat>,
 }

@@ -107,6 +107,8 @@ pub struct Term {
 pub struct Seen {
     /// Its version (`None`: the register is empty).
     pub version: Option<Version>,
+    /// The register's change marker when it was seen.
+    pub marker: u64,
     /// Its content, when readable.
     pub beat: Option<Beat>,
     /// When this candidate first saw this version.
@@ -223,8 +225,8 @@ impl<'a> Candidate<'a> {
 
     /// Looks at the register. A new version's `since` is read *after* the read answered, so
     /// it is never earlier than the moment its writer started writing it: the standby's wait
-    /// never starts early. Any change of version (a new beat, a deleted one, a rewrite)
-    /// restarts the wait.
+    /// never starts early. Any change (a new beat, a deleted one, a rewrite: a new version or
+    /// a new marker) restarts the wait.
     async fn observe(&mut self) -> Result<&Seen, CoordinatorError> {
         let read = self.coordinator.read();
         let snapshot = self
@@ -237,13 +239,15 @@ impl<'a> Candidate<'a> {
         if let Some(hold) = snapshot.beat.as_ref().and_then(Beat::advertised_hold) {
             self.widest = self.widest.max(hold);
         }
-        let changed = self.seen.as_ref().is_none_or(|s| {
-            s.version != snapshot.version || s.beat.is_none() && snapshot.beat.is_some()
-        });
+        let changed = self
+            .seen
+            .as_ref()
+            .is_none_or(|s| s.version != snapshot.version || s.marker != snapshot.marker);
         if changed {
             let wait = self.timing.wait_on(snapshot.beat.as_ref(), self.widest);
             self.seen = Some(Seen {
                 version: snapshot.version,
+                marker: snapshot.marker,
                 beat: snapshot.beat,
                 since: now,
                 wait,

@@ -100,7 +100,8 @@ impl<'a> StoreCoordinator<'a> {
 }
 
 /// The identity of one write of a beat file: its length and modification time (a name
-/// deleted and written again gets another).
+/// deleted and written again gets another). Of the directory: its modification time, which
+/// every create, rename into and delete in it changes.
 fn tag(entry: &EntryInfo) -> u64 {
     let nanos = entry
         .modified
@@ -120,11 +121,24 @@ impl Coordinator for StoreCoordinator<'_> {
     }
 
     async fn read(&self) -> Result<Snapshot, CoordinatorError> {
+        // The directory first: a change between the two calls then shows as a changed
+        // marker on the next read, never as a missed one.
+        let marker = match self.store.stat(BEATS_DIR).await {
+            Ok(dir) => tag(&dir),
+            // A missing directory has no modification time to watch: one deleted with all
+            // its beats would look like one that never existed. Create it, and watch that.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.store.mkdirs(BEATS_DIR).await?;
+                tag(&self.store.stat(BEATS_DIR).await?)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let chain = self.chain().await?;
         let Some(&newest) = chain.last() else {
             return Ok(Snapshot {
                 version: None,
                 beat: None,
+                marker,
             });
         };
         let cached = self
@@ -145,6 +159,7 @@ impl Coordinator for StoreCoordinator<'_> {
         Ok(Snapshot {
             version: Some(newest),
             beat,
+            marker,
         })
     }
 

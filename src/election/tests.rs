@@ -109,8 +109,10 @@ async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
     ));
     let b_term = elect(&mut b).await;
     assert_eq!(b_term.epoch, 11);
-    // The old leader's next renewal fails on the name b claimed: it is deposed.
+    // The old leader's next renewal, as if its host had been frozen with its clock (so it
+    // believes its lease valid), fails on the name b claimed: it is deposed.
     clock.set(20);
+    term.lease_until = Clock(Duration::from_secs(30));
     match a.renew(&mut term, None, None).await.unwrap() {
         Renewal::Deposed(Some(beat)) => assert_eq!((beat.owner.as_str(), beat.epoch), ("b", 11)),
         other => panic!("{other:?}"),
@@ -207,9 +209,12 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
         seqs(&store).await.is_empty(),
         "the deposed claim is removed"
     );
+    // Removing it changed the directory: b's wait starts again from its next look.
     clock.set(14);
     assert!(is_following(&mut b).await);
-    clock.set(15);
+    clock.set(18);
+    assert!(is_following(&mut b).await);
+    clock.set(19);
     let b_term = elect(&mut b).await;
     assert!(b_term.epoch > term.epoch, "epochs never repeat: {b_term:?}");
 }
