@@ -236,6 +236,12 @@ async fn kill_descendants(pid: u32) {
     }
 }
 
+/// Whether any process is left in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    Pid::from_raw(pgid as i32)
+        .is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+}
+
 fn signal_process(pid: u32, signal: Signal) {
     if let Some(pid) = Pid::from_raw(pid as i32) {
         let _ = kill_process(pid, signal);
@@ -462,7 +468,14 @@ impl Unit {
                 // as child subreaper.
                 match group.load(Ordering::SeqCst) {
                     0 => {}
-                    pgid => signal_group(pgid, Signal::KILL),
+                    pgid => {
+                        signal_group(pgid, Signal::KILL);
+                        // Orphans are handed to the controller as their parents exit.
+                        let deadline = tokio::time::Instant::now() + STOP_SLACK;
+                        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(GROUP_POLL).await;
+                        }
+                    }
                 }
                 kill_orphans();
                 let _ = tx.send(MemberExit {

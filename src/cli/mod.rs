@@ -155,7 +155,10 @@ async fn run(command: Command, config: Config) -> ExitCode {
         };
     }
     if let Command::FailoverGuard(args) = command {
-        return ExitCode::from(failover::guard(args).await);
+        // Exit here: dropping the runtime would wait for the blocking thread that reads the
+        // controller's pipe, and a guard whose unit is gone must exit at once (its exit is
+        // how the controller learns it), pipe open or not.
+        std::process::exit(i32::from(failover::guard(args).await));
     }
     if let Command::Status(args) = command {
         // status has its own exit codes: 0 all well, 1 something exited or reports an error.
