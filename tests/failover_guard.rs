@@ -21,7 +21,9 @@ fn spec(command: String, kill_grace: Duration) -> UnitSpec {
     UnitSpec {
         commands: vec![command],
         kill_grace,
-        guard_exe: PathBuf::from(env!("CARGO_BIN_EXE_dagfs")),
+        // DAGFS_TEST_EXE: the guard of another build (to watch an attack fail on it).
+        guard_exe: std::env::var_os("DAGFS_TEST_EXE")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dagfs")), PathBuf::from),
         env: Vec::new(),
     }
 }
@@ -175,7 +177,9 @@ async fn a_lease_that_ended_long_ago_means_sigkill_at_once() {
     )
     .await
     .unwrap();
-    let exit = unit.exited().await;
+    let exit = tokio::time::timeout(4 * grace, unit.exited())
+        .await
+        .expect("the guard neither killed its unit nor exited");
     let took = started.elapsed();
     assert!(
         took < grace / 2,
