@@ -39,8 +39,9 @@ pub enum CheckoutError {
     /// The store has no generations.
     #[error("{0} has no generations yet; publish one with `dagfs push`")]
     Empty(String),
-    /// The store serves corrupt bytes for some files.
-    #[error("generation {generation} cannot be checked out: the store serves corrupt bytes for {files:?}; `dagfs verify --store URL --deep` names their objects; put the right bytes back with `hadoop fs -put -f`")]
+    /// Some files cannot be served: corrupt bytes in the store, or a content whose length is
+    /// not the one the generation records.
+    #[error("generation {generation} cannot be checked out: {}; `dagfs verify --store URL --deep` checks every object", .files.join("; "))]
     Corrupt {
         /// The generation.
         generation: u64,

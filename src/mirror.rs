@@ -241,7 +241,7 @@ async fn apply(
     stream::iter(writes)
         .map(|entry| async move {
             let object = object_key(&entry.blake3);
-            let bytes = store.read(&object).await?;
+            let bytes = crate::gc::read_object(store, &entry.blake3).await?;
             if Digest::of(&bytes) != entry.blake3 {
                 // Never copy damaged bytes into the mirror.
                 return Err(StoreError::new(

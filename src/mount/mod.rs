@@ -140,7 +140,7 @@ impl ContentSource for CacheSource {
         self.metrics.cache_reads.inc();
         match File::open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => return other,
+            other => return other.and_then(|file| of_length(file, &digest, size)),
         }
         self.metrics.cache_misses.inc();
         tracing::warn!(object = %digest, size, "object missing from the cache; fetching it again");
@@ -149,7 +149,7 @@ impl ContentSource for CacheSource {
             self.cache.fetch_object(self.store.as_ref(), &digest),
         );
         match self.runtime.block_on(fetch) {
-            Ok(Ok(())) => File::open(&path),
+            Ok(Ok(_)) => File::open(&path).and_then(|file| of_length(file, &digest, size)),
             Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -160,6 +160,20 @@ impl ContentSource for CacheSource {
             )),
         }
     }
+}
+
+/// `file` if it has exactly the `size` bytes the manifest promises: a reader must never get
+/// a prefix of the content (or a prefix of other bytes) as the whole file.
+fn of_length(file: File, digest: &Digest, size: u64) -> std::io::Result<File> {
+    let len = file.metadata()?.len();
+    if len == size {
+        return Ok(file);
+    }
+    tracing::error!(object = %digest, len, size, "the generation records another size than its content has; reading the file fails (publish it again)");
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("object {digest} has {len} bytes, the generation records {size}"),
+    ))
 }
 
 fn tree_of(manifest: Option<&Manifest>) -> (TreeLabel, Vec<FileSpec>) {
@@ -280,8 +294,9 @@ async fn first_generation(
     Ok((manifest, head, None))
 }
 
-/// Caches `generation`; files whose objects the store serves corrupt are logged loudly and
-/// served as EIO (their bytes are fetched and verified again on every open).
+/// Caches `generation`; files that cannot be served (corrupt in the store, or a content of
+/// another length than recorded) are logged loudly and served as EIO (their bytes are
+/// fetched and verified again on every open).
 async fn fetch(
     cache: &Cache,
     store: &dyn Store,
@@ -293,7 +308,7 @@ async fn fetch(
         .await?;
     if !cached.corrupt.is_empty() {
         tracing::error!(generation, files = ?cached.corrupt,
-            "the store serves corrupt bytes for these files: reading them fails with EIO; `dagfs verify --store URL --deep` names their objects; put the right bytes back with `hadoop fs -put -f`");
+            "these files cannot be served and read as EIO; `dagfs verify --store URL --deep` names their objects");
     }
     Ok(cached.manifest)
 }
