@@ -447,6 +447,16 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_total_past_u64_is_rejected() {
+        let mut a = entry("a", b"");
+        a.size = u64::MAX;
+        let mut b = entry("b", b"");
+        b.size = 1;
+        let err = Manifest::new(header(1), vec![a, b]).unwrap_err();
+        assert!(err.to_string().contains("2^64"), "{err}");
+    }
+
+    #[test]
     fn keys() {
         let d = Digest::of(b"x");
         assert_eq!(

@@ -938,4 +938,126 @@ mod tests {
             );
         }
     }
+
+    /// An entry whose size is not the length of its bytes (the digest right) is never
+    /// committed: the upload checks the length, not only the digest.
+    #[tokio::test]
+    async fn an_entry_whose_size_is_not_its_contents_length_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let mut d = desired(dir.path(), &[("a.py", "print('a long version')\n")]);
+        d.entries[0].size = 5;
+        let err = publish(&store, &d, &PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::ChangedDuringPush { .. }),
+            "{err}"
+        );
+        assert_eq!(generations::head(&store).await.unwrap(), None);
+    }
+
+    /// Whatever store call fails (before or after doing its work), a publish that returns an
+    /// error committed nothing, and one that returns a generation committed exactly that.
+    #[tokio::test]
+    async fn an_error_means_nothing_was_committed_whichever_call_fails() {
+        use crate::store::faulty::{FaultyStore, Op, Rule};
+        let faults = [
+            (ErrorKind::Unavailable, false),
+            (ErrorKind::PermissionDenied, false),
+            (ErrorKind::Timeout, true),
+        ];
+        for op in Op::ALL {
+            for (kind, after) in faults {
+                for nth in 1..=6 {
+                    let dir = tempfile::tempdir().unwrap();
+                    let inner: Arc<dyn Store> =
+                        Arc::new(LocalStore::open(dir.path().join("store")).await.unwrap());
+                    crate::testutil::publish_files(
+                        &*inner,
+                        dir.path(),
+                        &[("a.py", "1"), ("b.py", "2")],
+                    )
+                    .await;
+                    crate::testutil::publish_files(&*inner, dir.path(), &[("a.py", "3")]).await;
+                    let first = generations::load(&*inner, 1).await.unwrap();
+                    let store = FaultyStore::new(Arc::clone(&inner));
+                    store.add(if after {
+                        Rule::fail_after(op, nth, kind)
+                    } else {
+                        Rule::fail(op, nth, kind)
+                    });
+                    // A rollback (objects reused) and a push (one object uploaded).
+                    let rollback = Desired::from_manifest(&first);
+                    let push = desired(dir.path(), &[("a.py", "new"), ("b.py", "2")]);
+                    for (what, wanted) in [("rollback", rollback), ("push", push)] {
+                        let before = generations::head(&*inner).await.unwrap();
+                        let result = publish(&store, &wanted, &PublishOptions::default()).await;
+                        let head = generations::load_head(&*inner).await.unwrap().unwrap();
+                        let context = format!("{what}, {op:?} call {nth} fails ({kind:?}, after: {after}): {result:?}, fired {:?}", store.fired());
+                        match &result {
+                            Ok(outcome) => {
+                                assert_eq!(outcome.generation, Some(head.generation), "{context}");
+                                assert_eq!(
+                                    head.tree_id,
+                                    crate::format::tree_id(&wanted.entries),
+                                    "{context}"
+                                );
+                            }
+                            Err(_) => assert_eq!(Some(head.generation), before, "{context}"),
+                        }
+                        for entry in &head.entries {
+                            let info = inner.stat(&object_key(&entry.blake3)).await;
+                            assert!(
+                                info.is_ok_and(|i| i.len == entry.size),
+                                "{context}: {} missing",
+                                entry.path
+                            );
+                        }
+                    }
+                    if store.fired().is_empty() {
+                        break; // fewer calls of this operation than nth
+                    }
+                }
+            }
+        }
+    }
+
+    /// A head numbered `u64::MAX` (a crafted or damaged store) fails a publish with a
+    /// message instead of overflowing.
+    #[tokio::test]
+    async fn the_last_generation_number_is_an_error_not_an_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let last = Manifest::new(
+            Header {
+                generation: u64::MAX,
+                parent: None,
+                created: "2026-01-01T00:00:00Z".into(),
+                author: "x@y".into(),
+                message: String::new(),
+            },
+            vec![],
+        )
+        .unwrap();
+        store
+            .put(
+                &manifest_key(u64::MAX),
+                Bytes::from(last.to_bytes()),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        let err = publish(
+            &store,
+            &desired(dir.path(), &[("a.py", "1")]),
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, PublishError::GenerationsExhausted(u64::MAX)),
+            "{err}"
+        );
+    }
 }

@@ -818,4 +818,39 @@ mod tests {
         scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
         assert!(!cache.entries.contains_key("b.py"));
     }
+
+    #[test]
+    fn a_file_dated_after_2262_fails_the_scan_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "future.py", "x");
+        let year_2300 = UNIX_EPOCH + Duration::from_secs(10_413_792_000);
+        fs::File::options()
+            .write(true)
+            .open(dir.path().join("future.py"))
+            .unwrap()
+            .set_modified(year_2300)
+            .unwrap();
+        let err = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("future.py") && text.contains("touch"),
+            "{text}"
+        );
+    }
+
+    /// The size recorded is the number of bytes hashed, even when the file changes between
+    /// the walk and the read (`hash_file` reads through one descriptor and counts).
+    #[test]
+    fn size_and_digest_describe_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.py", "short");
+        let read = hash_file(&dir.path().join("a.py")).unwrap();
+        assert_eq!((read.stamp.size(), read.digest), (5, Digest::of(b"short")));
+        assert!(read.stable);
+    }
 }
