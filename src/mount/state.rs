@@ -1,18 +1,21 @@
 //! The mount's published state: which generation a `dagfs mount` serves, and whether that is
 //! the head.
 //!
-//! The mount process rewrites a small JSON file after every poll (atomically: write beside,
-//! rename). `dagfs failover` reads it to decide whether this host may start the scheduler
+//! The mount process rewrites a small JSON file after every poll (a
+//! [`crate::runtime::StateFile`]: atomic, fsynced, and alive exactly while the mount holds
+//! its lock). `dagfs failover` reads it to decide whether this host may start the scheduler
 //! (the identity gate), `dagfs status` and `dagfs verify --mount` to report it, and the
 //! Airflow bundle to record the generation a DAG was parsed from. The file lives in the
 //! runtime directory, named after the mountpoint, never inside the mount: the tree the mount
 //! shows is exactly the generation, nothing more.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{runtime_dir, write_json};
+use crate::runtime::{runtime_dir, ClaimError, StateFile};
 
 /// What a mount reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +69,7 @@ pub enum StateError {
         /// Where the state file was expected.
         file: String,
     },
-    /// The state file names a process that no longer runs.
+    /// The state file's owner no longer runs (its lock is not held).
     #[error("the dagfs mount at {mountpoint} is not running (pid {pid} has exited); restart it")]
     Exited {
         /// The mountpoint asked about.
@@ -90,23 +93,29 @@ pub fn absolute_mountpoint(mountpoint: &Path) -> PathBuf {
     std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf())
 }
 
-/// The directory of mount state files, one file per mountpoint.
+/// The directory of mount state files, one file per mountpoint. A `StateDir` that writes a
+/// mountpoint's state owns it (holds its lock) until [`StateDir::remove`] or until the last
+/// clone is dropped.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
+    owned: Arc<Mutex<HashMap<PathBuf, StateFile<MountState>>>>,
 }
 
 impl Default for StateDir {
     /// The host's runtime directory (see [`crate::runtime::runtime_dir`]).
     fn default() -> Self {
-        StateDir { dir: runtime_dir() }
+        StateDir::at(runtime_dir())
     }
 }
 
 impl StateDir {
     /// State files in `dir` instead of the runtime directory (tests, unusual layouts).
     pub fn at(dir: impl Into<PathBuf>) -> Self {
-        StateDir { dir: dir.into() }
+        StateDir {
+            dir: dir.into(),
+            owned: Arc::default(),
+        }
     }
 
     /// The state file of the mount at `mountpoint`: `mount-<escaped path>.json`, the path
@@ -118,46 +127,59 @@ impl StateDir {
             .join(format!("mount-{}.json", escape_path(&absolute)))
     }
 
-    /// Writes `state` atomically to its state file, creating the directory.
+    /// Writes `state` atomically to its state file, claiming the file first if this
+    /// `StateDir` does not own it yet (refused while another live process owns it).
     pub fn write(&self, state: &MountState) -> std::io::Result<()> {
-        write_json(&self.path(&state.mountpoint), state)
+        let path = self.path(&state.mountpoint);
+        let mut owned = self.owned.lock().expect("no panics under the lock");
+        if !owned.contains_key(&path) {
+            let claimed = StateFile::claim(&path).map_err(|e| match e {
+                ClaimError::Io(e) => e,
+                held => std::io::Error::new(std::io::ErrorKind::AddrInUse, held.to_string()),
+            })?;
+            owned.insert(path.clone(), claimed);
+        }
+        owned[&path].write(state)
     }
 
-    /// Removes the state file of the mount at `mountpoint` (on clean shutdown).
+    /// Removes the state file of the mount at `mountpoint` (on clean shutdown) and gives up
+    /// owning it.
     pub fn remove(&self, mountpoint: &Path) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path(mountpoint)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let path = self.path(mountpoint);
+        let claimed = self
+            .owned
+            .lock()
+            .expect("no panics under the lock")
+            .remove(&path);
+        match claimed {
+            Some(claimed) => claimed.remove(),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
         }
     }
 
-    /// Reads the state of the mount at `mountpoint`, checking that its process still runs.
+    /// Reads the state of the mount at `mountpoint`, checking that its process still runs
+    /// (holds the state file's lock; a pid that exists proves nothing after a crash).
     pub fn read(&self, mountpoint: &Path) -> Result<MountState, StateError> {
         let path = self.path(mountpoint);
         let shown = absolute_mountpoint(mountpoint).display().to_string();
-        let unreadable = |detail: String| StateError::Unreadable {
-            file: path.display().to_string(),
-            detail,
-        };
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StateError::NotRunning {
-                    mountpoint: shown,
-                    file: path.display().to_string(),
-                })
-            }
-            Err(e) => return Err(unreadable(e.to_string())),
-        };
-        let state: MountState =
-            serde_json::from_slice(&text).map_err(|e| unreadable(e.to_string()))?;
-        if !Path::new(&format!("/proc/{}", state.pid)).exists() {
-            return Err(StateError::Exited {
+        match StateFile::<MountState>::read_live(&path) {
+            Ok(Some((state, true))) => Ok(state),
+            Ok(Some((state, false))) => Err(StateError::Exited {
                 mountpoint: shown,
                 pid: state.pid,
-            });
+            }),
+            Ok(None) => Err(StateError::NotRunning {
+                mountpoint: shown,
+                file: path.display().to_string(),
+            }),
+            Err(e) => Err(StateError::Unreadable {
+                file: path.display().to_string(),
+                detail: e.to_string(),
+            }),
         }
-        Ok(state)
     }
 }
 
@@ -252,11 +274,9 @@ mod tests {
         state.head = Some(4);
         assert!(!state.is_current(), "a newer head means the mount lags");
 
-        // Pids above the kernel's pid_max (at most 2^22) never run.
-        state.pid = 99_999_999;
-        states.write(&state).unwrap();
-        let exited = states.read(&mountpoint).unwrap_err();
-        assert!(matches!(exited, StateError::Exited { .. }), "{exited}");
+        // A second mount of the same mountpoint cannot own the state.
+        let other = StateDir::at(runtime.path());
+        assert!(other.write(&state).is_err());
 
         states.remove(&mountpoint).unwrap();
         states.remove(&mountpoint).unwrap();
@@ -264,5 +284,24 @@ mod tests {
             states.read(&mountpoint),
             Err(StateError::NotRunning { .. })
         ));
+    }
+
+    /// After a crash the state file stays behind naming a pid the kernel may give to any
+    /// process (here pid 1, which always runs): the mount must read as exited.
+    #[test]
+    fn a_crashed_mount_whose_pid_was_reused_reads_as_exited() {
+        let runtime = tempfile::tempdir().unwrap();
+        let mountpoint = runtime.path().join("mnt");
+        let mut state = sample(&mountpoint);
+        state.pid = 1;
+        {
+            let crashed = StateDir::at(runtime.path());
+            crashed.write(&state).unwrap();
+        } // the process is gone: its lock with it, its file left behind
+        let read = StateDir::at(runtime.path()).read(&mountpoint);
+        assert!(
+            matches!(read, Err(StateError::Exited { pid: 1, .. })),
+            "{read:?}"
+        );
     }
 }
