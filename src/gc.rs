@@ -6,9 +6,9 @@
 //! - a publisher holds a **pin** (`.dagfs-pins/<uuid>`, an empty directory) from before it
 //!   first looks at an object until after its commit ([`pin`]);
 //! - gc never deletes an object in place: it **moves** each candidate to
-//!   `.dagfs-trash/<run>/<hex>` (one rename), *then* waits until no pin is held, *then*
-//!   lists the generations, puts back every trashed object a generation references, and
-//!   only then deletes the rest of the trash;
+//!   `.dagfs-trash/<run>/<hex>` (one rename), *then* waits until every pin that existed
+//!   after the moves is released, *then* lists the generations, puts back every trashed
+//!   object a generation references, and only then deletes the rest of the trash;
 //! - a publisher that finds an object missing looks in the trash and renames it back
 //!   ([`restore_from_trash`]); readers fall back to the trash the same way
 //!   ([`read_object`]), so an object moved aside for the length of a gc run stays readable.
@@ -341,40 +341,46 @@ async fn settle(
     Ok((deleted, bytes, 0))
 }
 
-/// Polls the pins until none is held (expired ones are deleted), for at most `wait`.
-/// `Ok(false)`: publishers were still at work when the time was up.
+/// Waits until every pin that exists now is released (expired ones are deleted), for at
+/// most `wait`. Pins taken after this first listing are not waited for: their publishers
+/// look at objects only after the objects were moved aside, so they find them missing and
+/// put them back themselves. `Ok(false)`: publishers were still at work when the time was up.
 async fn wait_for_publishers(
     store: &dyn Store,
     wait: Duration,
     now: SystemTime,
 ) -> Result<bool, StoreError> {
+    let mut waiting: HashSet<String> = HashSet::new();
+    for pin in list_if_exists(store, PINS_DIR).await? {
+        let expired = now
+            .duration_since(pin.modified)
+            .is_ok_and(|age| age >= PIN_EXPIRY);
+        if expired {
+            tracing::warn!(
+                pin = pin.key,
+                "deleting the pin of a publisher that never finished"
+            );
+            store.delete(&pin.key, true).await?;
+        } else {
+            waiting.insert(pin.key);
+        }
+    }
     let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let mut held = 0;
-        for pin in list_if_exists(store, PINS_DIR).await? {
-            let expired = now
-                .duration_since(pin.modified)
-                .is_ok_and(|age| age >= PIN_EXPIRY);
-            if expired {
-                tracing::warn!(
-                    pin = pin.key,
-                    "deleting the pin of a publisher that never finished"
-                );
-                store.delete(&pin.key, true).await?;
-            } else {
-                held += 1;
-            }
-        }
-        if held == 0 {
-            return Ok(true);
-        }
+    let mut pause = Duration::from_millis(20);
+    while !waiting.is_empty() {
         if Instant::now() >= deadline {
             return Ok(false);
         }
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        pause = (pause * 2).min(Duration::from_secs(1));
+        let held: HashSet<String> = list_if_exists(store, PINS_DIR)
+            .await?
+            .into_iter()
+            .map(|pin| pin.key)
+            .collect();
+        waiting.retain(|key| held.contains(key));
     }
+    Ok(true)
 }
 
 /// Moves trashed objects back to `objects/` (best effort: a failure is logged, and the next
