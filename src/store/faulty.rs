@@ -256,7 +256,10 @@ impl FaultyStore {
             }
             armed.seen += 1;
             let first = armed.rule.nth.max(1);
-            if hit.is_none() && armed.seen >= first && armed.seen < first + armed.rule.times {
+            if hit.is_none()
+                && armed.seen >= first
+                && armed.seen < first.saturating_add(armed.rule.times)
+            {
                 hit = Some(armed.rule.fault.clone());
             }
         }
