@@ -376,6 +376,15 @@ pub async fn run(
 ) -> Result<(), MountError> {
     let mountpoint = state::absolute_mountpoint(&options.mountpoint);
     prepare_mountpoint(&mountpoint, &options.state_dir)?;
+    // Own the mountpoint's state file before mounting: a second mount racing this one is
+    // refused here rather than stacked on top.
+    options
+        .state_dir
+        .claim(&mountpoint)
+        .map_err(|e| MountError::Mountpoint {
+            path: mountpoint.clone(),
+            detail: format!("{e}; stop the other dagfs mount first"),
+        })?;
     let cache = Cache::open(&options.cache_dir)?;
     let (fetched, head, error) = first_generation(store.as_ref(), &cache, &options).await?;
     let (manifest, unservable) = match fetched {

@@ -127,19 +127,26 @@ impl StateDir {
             .join(format!("mount-{}.json", escape_path(&absolute)))
     }
 
+    /// Makes this `StateDir` the owner of the state file of `mountpoint` (a no-op if it
+    /// is already); refused while another live process owns it.
+    pub fn claim(&self, mountpoint: &Path) -> Result<(), ClaimError> {
+        let path = self.path(mountpoint);
+        let mut owned = self.owned.lock().expect("no panics under the lock");
+        if !owned.contains_key(&path) {
+            owned.insert(path.clone(), StateFile::claim(&path)?);
+        }
+        Ok(())
+    }
+
     /// Writes `state` atomically to its state file, claiming the file first if this
     /// `StateDir` does not own it yet (refused while another live process owns it).
     pub fn write(&self, state: &MountState) -> std::io::Result<()> {
+        self.claim(&state.mountpoint).map_err(|e| match e {
+            ClaimError::Io(e) => e,
+            held => std::io::Error::new(std::io::ErrorKind::AddrInUse, held.to_string()),
+        })?;
         let path = self.path(&state.mountpoint);
-        let mut owned = self.owned.lock().expect("no panics under the lock");
-        if !owned.contains_key(&path) {
-            let claimed = StateFile::claim(&path).map_err(|e| match e {
-                ClaimError::Io(e) => e,
-                held => std::io::Error::new(std::io::ErrorKind::AddrInUse, held.to_string()),
-            })?;
-            owned.insert(path.clone(), claimed);
-        }
-        owned[&path].write(state)
+        self.owned.lock().expect("no panics under the lock")[&path].write(state)
     }
 
     /// Removes the state file of the mount at `mountpoint` (on clean shutdown) and gives up
