@@ -8,8 +8,9 @@
 //! when the process dies, however it dies, so a crash never leaves a live-looking state, and
 //! a reused pid never makes a dead owner look alive (the pid in the file is only shown).
 //!
-//! The directory must belong to this user (or root) and not be writable by others, so
-//! nobody else can plant state there.
+//! The last-resort directory `/tmp/dagfs-<uid>` must belong to this user and be private,
+//! so nobody else can plant state there; the others are chosen by the administrator
+//! (`DAGFS_RUNTIME_DIR`, `/run/dagfs`, `$XDG_RUNTIME_DIR`).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -25,8 +26,8 @@ use serde::Serialize;
 pub const RUNTIME_DIR_ENV: &str = "DAGFS_RUNTIME_DIR";
 
 /// The directory holding the state files: `$DAGFS_RUNTIME_DIR`, else `/run/dagfs` for
-/// root, else `$XDG_RUNTIME_DIR/dagfs`, else `dagfs-<uid>` in the temporary directory (which
-/// [`StateFile`] uses only if it belongs to this user, see [`check_dir`]).
+/// root, else `$XDG_RUNTIME_DIR/dagfs`, else [`fallback_dir`] (used only if it belongs to
+/// this user and is private, see [`check_dir`]).
 pub fn runtime_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(RUNTIME_DIR_ENV).filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
@@ -38,7 +39,12 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("dagfs");
     }
-    std::env::temp_dir().join(format!("dagfs-{}", uid.as_raw()))
+    fallback_dir()
+}
+
+/// `dagfs-<uid>` in the temporary directory: anyone can create it first.
+pub fn fallback_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("dagfs-{}", rustix::process::getuid().as_raw()))
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -49,31 +55,41 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Creates `dir` (mode 755, parents included) if needed and checks that state files in it
-/// can be trusted: a real directory (not a symlink), owned by this user or root, not
-/// writable by group or others. Another user who created `/tmp/dagfs-<uid>` first could
-/// otherwise plant state files there.
+/// Creates `dir` if needed (parents included; the [`fallback_dir`] private, mode 700) and,
+/// for the fallback, checks that state files in it can be trusted: a real directory (not a
+/// symlink), owned by this user, not accessible to group or others. Another user who
+/// created `/tmp/dagfs-<uid>` first could otherwise plant state files there.
 pub fn check_dir(dir: &Path) -> std::io::Result<()> {
+    let private = dir == fallback_dir();
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(if private { 0o700 } else { 0o755 })
             .create(dir)?,
         Err(e) => return Err(e),
         Ok(_) => {}
     }
+    if private {
+        check_private(dir)
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks that `dir` is a directory of this user's that nobody else can use.
+fn check_private(dir: &Path) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(dir)?;
     let me = rustix::process::getuid().as_raw();
     let problem = if !meta.is_dir() {
         Some("is not a directory (a symlink?)".to_string())
-    } else if meta.uid() != me && meta.uid() != 0 {
+    } else if meta.uid() != me {
         Some(format!(
             "belongs to uid {}, not to this user (uid {me})",
             meta.uid()
         ))
-    } else if meta.mode() & 0o022 != 0 {
+    } else if meta.mode() & 0o077 != 0 {
         Some(format!(
-            "is writable by other users (mode {:o})",
+            "is open to other users (mode {:o})",
             meta.mode() & 0o7777
         ))
     } else {
@@ -275,25 +291,29 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_directory_others_can_write_or_own_is_refused() {
+    fn a_fallback_directory_others_can_use_or_own_is_refused() {
         use std::os::unix::fs::PermissionsExt;
+        assert!(fallback_dir().starts_with(std::env::temp_dir()));
         let base = tempfile::tempdir().unwrap();
         let open = base.path().join("dagfs-1000");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = StateFile::<Sample>::claim(&open.join("mount-x.json")).unwrap_err();
-        assert!(err.to_string().contains("writable by other users"), "{err}");
-        assert!(write_json(&open.join("mount-x.json"), &1).is_err());
+        let err = check_private(&open).unwrap_err();
+        assert!(err.to_string().contains("open to other users"), "{err}");
 
         if rustix::process::getuid().is_root() {
-            // Planted by another user (as root we can play one).
+            // Created first by another user (as root we can play one).
             let planted = base.path().join("dagfs-planted");
             std::fs::create_dir(&planted).unwrap();
             std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
-            let err = StateFile::<Sample>::read_live(&planted.join("mount-x.json")).unwrap_err();
+            let err = check_private(&planted).unwrap_err();
             assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
         }
-        let fine = base.path().join("fresh/dagfs");
-        StateFile::<Sample>::claim(&fine.join("mount-x.json")).unwrap();
+        let mine = base.path().join("dagfs-mine");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&mine)
+            .unwrap();
+        check_private(&mine).unwrap();
     }
 }

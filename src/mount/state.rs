@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -93,13 +93,20 @@ pub fn absolute_mountpoint(mountpoint: &Path) -> PathBuf {
     std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf())
 }
 
-/// The directory of mount state files, one file per mountpoint. A `StateDir` that writes a
-/// mountpoint's state owns it (holds its lock) until [`StateDir::remove`] or until the last
-/// clone is dropped.
+/// The directory of mount state files, one file per mountpoint. The process that writes a
+/// mountpoint's state owns it (holds its lock) until [`StateDir::remove`] or until it exits.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
-    owned: Arc<Mutex<HashMap<PathBuf, StateFile<MountState>>>>,
+}
+
+/// The state files this process owns: ownership belongs to the process, like the lock.
+fn owned() -> MutexGuard<'static, HashMap<PathBuf, StateFile<MountState>>> {
+    static OWNED: OnceLock<Mutex<HashMap<PathBuf, StateFile<MountState>>>> = OnceLock::new();
+    OWNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Default for StateDir {
@@ -112,10 +119,7 @@ impl Default for StateDir {
 impl StateDir {
     /// State files in `dir` instead of the runtime directory (tests, unusual layouts).
     pub fn at(dir: impl Into<PathBuf>) -> Self {
-        StateDir {
-            dir: dir.into(),
-            owned: Arc::default(),
-        }
+        StateDir { dir: dir.into() }
     }
 
     /// The state file of the mount at `mountpoint`: `mount-<escaped path>.json`, the path
@@ -127,11 +131,11 @@ impl StateDir {
             .join(format!("mount-{}.json", escape_path(&absolute)))
     }
 
-    /// Makes this `StateDir` the owner of the state file of `mountpoint` (a no-op if it
-    /// is already); refused while another live process owns it.
+    /// Makes this process the owner of the state file of `mountpoint` (a no-op if it is
+    /// already); refused while another live process owns it.
     pub fn claim(&self, mountpoint: &Path) -> Result<(), ClaimError> {
         let path = self.path(mountpoint);
-        let mut owned = self.owned.lock().expect("no panics under the lock");
+        let mut owned = owned();
         if !owned.contains_key(&path) {
             owned.insert(path.clone(), StateFile::claim(&path)?);
         }
@@ -139,25 +143,21 @@ impl StateDir {
     }
 
     /// Writes `state` atomically to its state file, claiming the file first if this
-    /// `StateDir` does not own it yet (refused while another live process owns it).
+    /// process does not own it yet (refused while another live process owns it).
     pub fn write(&self, state: &MountState) -> std::io::Result<()> {
         self.claim(&state.mountpoint).map_err(|e| match e {
             ClaimError::Io(e) => e,
             held => std::io::Error::new(std::io::ErrorKind::AddrInUse, held.to_string()),
         })?;
         let path = self.path(&state.mountpoint);
-        self.owned.lock().expect("no panics under the lock")[&path].write(state)
+        owned()[&path].write(state)
     }
 
     /// Removes the state file of the mount at `mountpoint` (on clean shutdown) and gives up
     /// owning it.
     pub fn remove(&self, mountpoint: &Path) -> std::io::Result<()> {
         let path = self.path(mountpoint);
-        let claimed = self
-            .owned
-            .lock()
-            .expect("no panics under the lock")
-            .remove(&path);
+        let claimed = owned().remove(&path);
         match claimed {
             Some(claimed) => claimed.remove(),
             None => match std::fs::remove_file(&path) {
@@ -281,10 +281,6 @@ mod tests {
         state.head = Some(4);
         assert!(!state.is_current(), "a newer head means the mount lags");
 
-        // A second mount of the same mountpoint cannot own the state.
-        let other = StateDir::at(runtime.path());
-        assert!(other.write(&state).is_err());
-
         states.remove(&mountpoint).unwrap();
         states.remove(&mountpoint).unwrap();
         assert!(matches!(
@@ -301,11 +297,12 @@ mod tests {
         let mountpoint = runtime.path().join("mnt");
         let mut state = sample(&mountpoint);
         state.pid = 1;
-        {
-            let crashed = StateDir::at(runtime.path());
-            crashed.write(&state).unwrap();
-        } // the process is gone: its lock with it, its file left behind
-        let read = StateDir::at(runtime.path()).read(&mountpoint);
+        let states = StateDir::at(runtime.path());
+        // What a mount killed with SIGKILL leaves: its file, and a lock file nobody holds.
+        let crashed = StateFile::<MountState>::claim(&states.path(&mountpoint)).unwrap();
+        crashed.write(&state).unwrap();
+        drop(crashed);
+        let read = states.read(&mountpoint);
         assert!(
             matches!(read, Err(StateError::Exited { pid: 1, .. })),
             "{read:?}"
