@@ -384,5 +384,23 @@ mod tests {
             ErrorKind::NotFound
         );
         assert_eq!(store.fired().len(), 4, "{:?}", store.fired());
+
+        // A paused call cannot finish before its gate opens.
+        let store = Arc::new(store);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        store.add(Rule::before(Op::Stat, 1, pause_until(Arc::clone(&gate))));
+        let paused = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move { store.stat("x/a").await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!paused.is_finished());
+        gate.notify_one();
+        assert_eq!(
+            paused.await.unwrap().unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
     }
 }
