@@ -252,7 +252,8 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         }
     }
     if made_run {
-        if let Err(e) = store.delete(&run, true).await {
+        // Not recursive: an object that could not be put back stays for the next run.
+        if let Err(e) = store.delete(&run, false).await {
             tracing::debug!(run, error = %e, "could not remove the emptied trash directory");
         }
     }
@@ -513,6 +514,21 @@ mod tests {
         }
     }
 
+    /// Every object the head references is readable (from `objects/` or the trash).
+    async fn assert_head_readable(store: &dyn Store, context: &str) {
+        let head = generations::load_head(store).await.unwrap().unwrap();
+        for entry in &head.entries {
+            let bytes = read_object(store, &entry.blake3).await;
+            assert!(
+                bytes.as_ref().is_ok_and(|b| Digest::of(b) == entry.blake3),
+                "{context}: head {} references {} ({}), which is {bytes:?}",
+                head.generation,
+                entry.blake3,
+                entry.path
+            );
+        }
+    }
+
     /// Generation 1 holds `a.py = old`, generation 2 `a.py = new`: with `--keep 1` the old
     /// object is garbage, until a rollback to generation 1 reuses it.
     async fn two_generations(dir: &std::path::Path) -> (Arc<dyn Store>, crate::format::Manifest) {
@@ -529,32 +545,44 @@ mod tests {
     /// that reports an error committed nothing.
     #[tokio::test]
     async fn gc_and_rollbacks_interleaved_at_every_call_never_break_the_head() {
-        // Rollback inside gc.
-        for nth in 1.. {
-            let dir = tempfile::tempdir().unwrap();
-            let (inner, first) = two_generations(dir.path()).await;
-            let store = FaultyStore::new(Arc::clone(&inner));
-            let rollback: crate::store::faulty::Action = Arc::new(move |store, _| {
-                let first = first.clone();
-                Box::pin(async move {
-                    let _ = publish(
-                        &*store,
-                        &Desired::from_manifest(&first),
-                        &PublishOptions::default(),
-                    )
-                    .await;
-                })
-            });
-            store.add(Rule::before_any(nth, rollback));
-            let result = gc(&store, &collect_all()).await;
-            if store.fired().is_empty() {
-                break; // gc made fewer calls than nth
+        // Rollback inside gc; then again with gc failing to put the object back (it must
+        // stay readable in the trash for the next run, never be deleted).
+        for put_back_fails in [false, true] {
+            for nth in 1.. {
+                let dir = tempfile::tempdir().unwrap();
+                let (inner, first) = two_generations(dir.path()).await;
+                let store = FaultyStore::new(Arc::clone(&inner));
+                if put_back_fails {
+                    store.add(
+                        Rule::fail(crate::store::faulty::Op::Rename, 1, ErrorKind::Unavailable)
+                            .on("objects/"),
+                    );
+                }
+                let rollback: crate::store::faulty::Action = Arc::new(move |store, _| {
+                    let first = first.clone();
+                    Box::pin(async move {
+                        let _ = publish(
+                            &*store,
+                            &Desired::from_manifest(&first),
+                            &PublishOptions::default(),
+                        )
+                        .await;
+                    })
+                });
+                store.add(Rule::before_any(nth, rollback));
+                let result = gc(&store, &collect_all()).await;
+                if !store.fired().iter().any(|f| f.contains("Before")) {
+                    break; // gc made fewer calls than nth
+                }
+                let context = format!(
+                    "rollback before gc call {nth}, put-back fails: {put_back_fails} ({result:?})"
+                );
+                if put_back_fails {
+                    assert_head_readable(&*inner, &context).await;
+                } else {
+                    assert_head_complete(&*inner, &context).await;
+                }
             }
-            assert_head_complete(
-                &*inner,
-                &format!("rollback before gc call {nth} ({result:?})"),
-            )
-            .await;
         }
         // gc inside the rollback.
         for nth in 1.. {
