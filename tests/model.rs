@@ -65,7 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop::sample::select(Op::ALL.to_vec())
 }
 
-fn fault() -> impl Strategy<Value = Option<Fault>> {
+fn one_fault() -> impl Strategy<Value = Option<Fault>> {
     let kind = prop::sample::select(vec![
         ErrorKind::Unavailable,
         ErrorKind::PermissionDenied,
@@ -89,8 +89,13 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn steps() -> impl Strategy<Value = Vec<(Step, Option<Fault>)>> {
-    prop::collection::vec((step(), fault()), 1..14)
+/// Up to two faults per step (a failure and an interleaved gc, say).
+fn faults() -> impl Strategy<Value = Vec<Fault>> {
+    prop::collection::vec(one_fault(), 0..=2).prop_map(|f| f.into_iter().flatten().collect())
+}
+
+fn steps() -> impl Strategy<Value = Vec<(Step, Vec<Fault>)>> {
+    prop::collection::vec((step(), faults()), 1..14)
 }
 
 /// A tree as path -> (size, digest).
@@ -173,16 +178,23 @@ impl World {
         Desired::from_scan(&scanned)
     }
 
-    async fn arm(&self, fault: &Option<Fault>) -> Option<Tree> {
+    async fn arm(&self, faults: &[Fault]) -> Option<Tree> {
+        let mut rolled_back = None;
+        for fault in faults {
+            rolled_back = self.arm_one(fault).await.or(rolled_back);
+        }
+        rolled_back
+    }
+
+    async fn arm_one(&self, fault: &Fault) -> Option<Tree> {
         let mut rolled_back = None;
         match fault {
-            None => {}
-            Some(Fault::Fail(op, nth, kind)) => self.store.add(Rule::fail(*op, *nth, *kind)),
-            Some(Fault::FailAfter(op, nth)) => {
+            Fault::Fail(op, nth, kind) => self.store.add(Rule::fail(*op, *nth, *kind)),
+            Fault::FailAfter(op, nth) => {
                 self.store
                     .add(Rule::fail_after(*op, *nth, ErrorKind::Timeout))
             }
-            Some(Fault::GcBefore(nth)) => {
+            Fault::GcBefore(nth) => {
                 let action: Action = Arc::new(|store, _| {
                     Box::pin(async move {
                         let _ = gc(&*store, &gc_options(1)).await;
@@ -190,7 +202,7 @@ impl World {
                 });
                 self.store.add(Rule::before_any(*nth, action));
             }
-            Some(Fault::RollbackBefore(nth)) => {
+            Fault::RollbackBefore(nth) => {
                 // Decided now, so the model knows the tree it may commit.
                 let target = rollback_target(&*self.inner, 1).await;
                 if let Some(target) = target {
@@ -213,7 +225,7 @@ impl World {
         rolled_back
     }
 
-    async fn run(&mut self, step: &Step, fault: &Option<Fault>) -> Result<(), TestCaseError> {
+    async fn run(&mut self, step: &Step, fault: &[Fault]) -> Result<(), TestCaseError> {
         let before = generations::list(&*self.inner).await.unwrap();
         let injected = self.arm(fault).await;
         // (tree asked for, whether the step reported success)
@@ -261,7 +273,7 @@ impl World {
         before: &[u64],
         asked: Option<(Tree, bool)>,
         injected: Option<Tree>,
-        fault: &Option<Fault>,
+        faults: &[Fault],
     ) -> Result<(), TestCaseError> {
         let store = &*self.inner;
         let after = generations::list(store).await.unwrap();
@@ -300,7 +312,9 @@ impl World {
             })?;
         }
         // The head is complete.
-        let strict = !matches!(fault, Some(Fault::Fail(..) | Fault::FailAfter(..)));
+        let strict = !faults
+            .iter()
+            .any(|f| matches!(f, Fault::Fail(..) | Fault::FailAfter(..)));
         if let Some(&head) = after.last() {
             for (path, (size, digest)) in &self.committed[&head] {
                 let bytes = read_object(store, digest).await;
@@ -368,7 +382,7 @@ fn publish_gc_rollback_and_mount_keep_their_invariants_under_faults() {
             for (i, (step, fault)) in steps.iter().enumerate() {
                 world.run(step, fault).await.map_err(|e| {
                     TestCaseError::fail(format!(
-                        "step {i} ({step:?}, fault {fault:?}; fired {:?}): {e}",
+                        "step {i} ({step:?}, faults {fault:?}; fired {:?}): {e}",
                         world.store.fired()
                     ))
                 })?;

@@ -637,3 +637,38 @@ async fn poll_once(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FUSE `open` path never hands out an object whose length is not the entry's size
+    /// (the kernel would serve a prefix, or bytes past the content, as the whole file).
+    #[test]
+    fn open_refuses_an_object_of_another_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        std::fs::write(&path, "print('long version')").unwrap();
+        let digest = Digest::of(b"print('long version')");
+        let open = |size| of_length(File::open(&path).unwrap(), &digest, size);
+        assert!(open(21).is_ok());
+        let err = open(5).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("the generation records 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn health_names_each_unhealthy_condition() {
+        assert_eq!(health_problem(None, Some(3), &[]), None);
+        let poll = health_problem(Some("store unavailable"), Some(3), &[]).unwrap();
+        assert!(
+            poll.contains("poll failed") && poll.contains("generation 3"),
+            "{poll}"
+        );
+        let eio = health_problem(None, Some(3), &["b.py: corrupt".into()]).unwrap();
+        assert!(eio.contains("EIO") && eio.contains("b.py"), "{eio}");
+    }
+}
