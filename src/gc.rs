@@ -121,11 +121,31 @@ fn trash_key(run: &str, digest: &Digest) -> String {
     format!("{run}/{digest}")
 }
 
+/// The trash directories of gc runs (usually none).
+pub async fn trash_runs(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    Ok(list_if_exists(store, TRASH_DIR)
+        .await?
+        .into_iter()
+        .filter(|run| run.kind == EntryKind::Dir)
+        .map(|run| run.key)
+        .collect())
+}
+
 /// Puts object `digest` back from any gc run's trash. `Ok(true)`: it is in `objects/` now.
 pub async fn restore_from_trash(store: &dyn Store, digest: &Digest) -> Result<bool, StoreError> {
+    restore_from_runs(store, digest, &trash_runs(store).await?).await
+}
+
+/// Puts object `digest` back from the trash of one of `runs` (see [`trash_runs`]).
+/// `Ok(true)`: it is in `objects/` now.
+pub async fn restore_from_runs(
+    store: &dyn Store,
+    digest: &Digest,
+    runs: &[String],
+) -> Result<bool, StoreError> {
     let target = object_key(digest);
-    for run in list_if_exists(store, TRASH_DIR).await? {
-        let from = trash_key(&run.key, digest);
+    for run in runs {
+        let from = trash_key(run, digest);
         if store.stat(&from).await.is_err() {
             continue;
         }

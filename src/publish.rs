@@ -450,6 +450,8 @@ async fn upload_objects(
     desired: &Desired,
     concurrency: usize,
 ) -> Result<(usize, u64), PublishError> {
+    // Listed once (after the pin): usually there is no trash at all.
+    let runs = &crate::gc::trash_runs(store).await?;
     let mut seen = HashSet::new();
     let needed: Vec<(Entry, Option<Source>)> = changes
         .iter()
@@ -458,7 +460,7 @@ async fn upload_objects(
         .map(|e| (e.clone(), desired.sources.get(&e.blake3).cloned()))
         .collect();
     stream::iter(needed)
-        .map(|(entry, source)| upload_object(store, entry, source))
+        .map(|(entry, source)| upload_object(store, entry, source, runs))
         .buffer_unordered(concurrency.max(1))
         .try_fold((0, 0), |(count, bytes), uploaded| async move {
             Ok(match uploaded {
@@ -470,11 +472,13 @@ async fn upload_objects(
 }
 
 /// Makes one object present unless the store has it with the entry's length: put back from
-/// the gc trash, or uploaded from its source. Returns the bytes uploaded, if any.
+/// the gc trash (`runs`, listed before; listed again when there is no source to upload
+/// from), or uploaded from its source. Returns the bytes uploaded, if any.
 async fn upload_object(
     store: &dyn Store,
     entry: Entry,
     source: Option<Source>,
+    runs: &[String],
 ) -> Result<Option<u64>, PublishError> {
     let key = object_key(&entry.blake3);
     match store.stat(&key).await {
@@ -486,7 +490,12 @@ async fn upload_object(
             "replacing a damaged object"
         ),
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            if crate::gc::restore_from_trash(store, &entry.blake3).await? {
+            let restored = match &source {
+                Some(_) => crate::gc::restore_from_runs(store, &entry.blake3, runs).await?,
+                // A run that started after the listing may hold it.
+                None => crate::gc::restore_from_trash(store, &entry.blake3).await?,
+            };
+            if restored {
                 return Ok(None);
             }
         }
