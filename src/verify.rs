@@ -324,14 +324,21 @@ async fn check_object(
     let info = match store.stat(&key).await {
         Ok(info) => info,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Ok((
-                Some(finding(
-                    FindingKind::MissingObject,
-                    &path,
-                    &format!("object {key} is missing"),
+            // A gc run in progress may have it moved aside (and will put it back).
+            return match crate::gc::read_object(store, &digest).await {
+                Ok(bytes) if bytes.len() as u64 == size && Digest::of(&bytes) == digest => {
+                    Ok((None, bytes.len() as u64))
+                }
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+                _ => Ok((
+                    Some(finding(
+                        FindingKind::MissingObject,
+                        &path,
+                        &format!("object {key} is missing"),
+                    )),
+                    0,
                 )),
-                0,
-            ))
+            };
         }
         Err(e) => return Err(e.into()),
     };
