@@ -113,17 +113,24 @@ fn pushes_racing_in_place_edits_commit_only_generations_that_check_out() {
     let dags = work.path().join("dags");
     std::fs::create_dir_all(&dags).unwrap();
     std::fs::write(dags.join("other.py"), "x = 1\n").unwrap();
-    let dag = dags.join("dag.py");
-    rewrite_in_place(&dag, &version("dag", 0, false));
+    // Five files, each rewritten in turn between a short and a long version.
+    let files: Vec<PathBuf> = (0..5).map(|i| dags.join(format!("dag{i}.py"))).collect();
+    for file in &files {
+        rewrite_in_place(file, &version("dag", 0, false));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (stop, dag) = (Arc::clone(&stop), dag.clone());
+        let (stop, files) = (Arc::clone(&stop), files.clone());
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                rewrite_in_place(&dag, &version("dag", n, n % 2 == 0));
+                let file = &files[n % files.len()];
+                rewrite_in_place(file, &version("dag", n, (n / files.len()) % 2 == 0));
+                // Paced (not a synchronisation): a push must sometimes find every file
+                // still, or none would commit.
+                std::thread::sleep(Duration::from_millis(3));
             }
         })
     };
@@ -165,6 +172,11 @@ fn pushes_racing_in_place_edits_commit_only_generations_that_check_out() {
             ));
         }
     }
+    eprintln!(
+        "{committed} pushes committed, {} generations, {} cannot be checked out",
+        all.len(),
+        broken.len()
+    );
     assert!(
         broken.is_empty(),
         "{} of {} generations ({committed} pushes committed) cannot be checked out:\n{}",
