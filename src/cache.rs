@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 
@@ -59,7 +60,8 @@ pub enum CacheError {
 pub struct CachedGeneration {
     /// Its manifest.
     pub manifest: Manifest,
-    /// Paths whose objects the store served corrupt: not cached, read as EIO.
+    /// Files that cannot be served, as `path: why` (the store serves corrupt bytes for
+    /// them, or their content is not as long as the manifest says): read as EIO.
     pub corrupt: Vec<String>,
 }
 
@@ -67,6 +69,10 @@ pub struct CachedGeneration {
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    /// Objects whose bytes this process has checked against their names (fetched and
+    /// verified, or re-hashed once after a restart: a power loss can leave a right-sized
+    /// file of garbage).
+    verified: Arc<Mutex<HashSet<Digest>>>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -76,7 +82,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically (a temporary file in `tmp` renamed into place).
+/// Writes `bytes` to `path` atomically and durably: a temporary file in `tmp`, fsynced,
+/// renamed into place, and the directory fsynced, so after a power loss the name holds
+/// either nothing or all of the bytes.
 async fn write_atomically(tmp: &Path, path: &Path, bytes: Vec<u8>) -> Result<(), CacheError> {
     let (tmp, path) = (tmp.to_path_buf(), path.to_path_buf());
     tokio::task::spawn_blocking(move || {
@@ -84,10 +92,14 @@ async fn write_atomically(tmp: &Path, path: &Path, bytes: Vec<u8>) -> Result<(),
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
         let mut file = tempfile::NamedTempFile::new_in(&tmp).map_err(io_error(&tmp))?;
         std::io::Write::write_all(&mut file, &bytes).map_err(io_error(file.path()))?;
+        file.as_file().sync_all().map_err(io_error(file.path()))?;
         file.persist(&path).map_err(|e| CacheError::Io {
             path: path.clone(),
             source: e.error,
         })?;
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error(parent))?;
         Ok(())
     })
     .await
@@ -103,6 +115,7 @@ impl Cache {
         }
         Ok(Cache {
             root: root.to_path_buf(),
+            verified: Arc::default(),
         })
     }
 
@@ -120,21 +133,65 @@ impl Cache {
         self.root.join(manifest_key(generation))
     }
 
-    /// Whether object `digest` is present with `size` bytes.
+    fn is_verified(&self, digest: &Digest) -> bool {
+        self.verified
+            .lock()
+            .expect("no panics under the lock")
+            .contains(digest)
+    }
+
+    fn mark_verified(&self, digest: &Digest) {
+        self.verified
+            .lock()
+            .expect("no panics under the lock")
+            .insert(*digest);
+    }
+
+    /// Whether object `digest` is present with `size` bytes that hash to its name. The
+    /// first check of an object in a process reads and hashes it (a file left by an earlier
+    /// run may hold garbage after a power loss; a bad one is deleted); later checks trust
+    /// that and only compare the length.
     pub fn has_object(&self, digest: &Digest, size: u64) -> bool {
-        std::fs::metadata(self.object_path(digest)).is_ok_and(|m| m.len() == size)
+        let path = self.object_path(digest);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return false;
+        };
+        if self.is_verified(digest) {
+            return meta.len() == size;
+        }
+        match crate::scan::hash_file(&path) {
+            Ok(read) if read.digest == *digest => {
+                self.mark_verified(digest);
+                read.stamp.size() == size
+            }
+            Ok(read) => {
+                tracing::warn!(object = %digest, found = %read.digest, path = %path.display(),
+                    "cached object does not hash to its name (a power loss?); deleting it, it is fetched again");
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Fetches object `digest` from `store` into the cache, verifying its bytes; a mismatch is
-    /// fetched once more (a transient bad read) before it is reported as corrupt.
-    pub async fn fetch_object(&self, store: &dyn Store, digest: &Digest) -> Result<(), CacheError> {
+    /// fetched once more (a transient bad read) before it is reported as corrupt. Returns
+    /// the object's length. An object a running gc has moved aside is read from the trash.
+    pub async fn fetch_object(
+        &self,
+        store: &dyn Store,
+        digest: &Digest,
+    ) -> Result<u64, CacheError> {
         let mut detail = String::new();
         for attempt in 1..=2 {
-            let bytes = store.read(&object_key(digest)).await?;
+            let bytes = crate::gc::read_object(store, digest).await?;
             let actual = Digest::of(&bytes);
             if actual == *digest {
                 let path = self.object_path(digest);
-                return write_atomically(&self.root.join("tmp"), &path, bytes.to_vec()).await;
+                let len = bytes.len() as u64;
+                write_atomically(&self.root.join("tmp"), &path, bytes.to_vec()).await?;
+                self.mark_verified(digest);
+                return Ok(len);
             }
             detail = format!("its {} bytes hash to {actual}", bytes.len());
             tracing::error!(object = %digest, attempt, %detail, url = store.url(), "store served corrupt object bytes");
@@ -173,17 +230,20 @@ impl Cache {
             .map(|e| &e.blake3)
             .collect();
         let fetched = missing.len();
-        let results: Vec<(&Digest, Result<(), CacheError>)> = stream::iter(missing)
+        let results: Vec<(&Digest, Result<u64, CacheError>)> = stream::iter(missing)
             .map(|digest| async move { (digest, self.fetch_object(store, digest).await) })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
-        let mut corrupt = HashSet::new();
+        let mut corrupt = std::collections::HashMap::new();
         for (digest, result) in results {
             match result {
-                Ok(()) => {}
-                Err(CacheError::Corrupt { .. }) => {
-                    corrupt.insert(*digest);
+                Ok(_) => {}
+                Err(CacheError::Corrupt { detail, .. }) => {
+                    corrupt.insert(
+                        *digest,
+                        format!("the store serves corrupt bytes ({detail})"),
+                    );
                 }
                 Err(e) => return Err(e),
             }
@@ -191,8 +251,20 @@ impl Cache {
         let corrupt: Vec<String> = manifest
             .entries
             .iter()
-            .filter(|e| corrupt.contains(&e.blake3))
-            .map(|e| e.path.clone())
+            .filter_map(|e| {
+                if let Some(why) = corrupt.get(&e.blake3) {
+                    return Some(format!("{}: {why}", e.path));
+                }
+                // Verified bytes of another length: the manifest pairs this content with the
+                // size of other bytes (published by a dagfs that took sizes from the walk).
+                let len = std::fs::metadata(self.object_path(&e.blake3)).ok()?.len();
+                (len != e.size).then(|| {
+                    format!(
+                        "{}: the generation records {} bytes but its content has {len}; it was published inconsistently, publish the file again",
+                        e.path, e.size
+                    )
+                })
+            })
             .collect();
         tracing::debug!(
             generation,
@@ -324,7 +396,12 @@ mod tests {
         assert_eq!(cache.latest_complete().unwrap().unwrap().generation, 1);
         // Fetching generation 2 again names the corrupt file instead of failing.
         let again = cache.fetch_generation(&store, 2, 4).await.unwrap();
-        assert_eq!(again.corrupt, ["a.py"]);
+        assert_eq!(again.corrupt.len(), 1);
+        assert!(
+            again.corrupt[0].starts_with("a.py: the store serves corrupt bytes"),
+            "{:?}",
+            again.corrupt
+        );
 
         // Serving 1 keeps newer generations (fetched ahead) and nothing is deleted.
         assert_eq!(cache.evict(1, 1).unwrap(), 0);
@@ -335,6 +412,81 @@ mod tests {
         assert!(
             cache.has_object(&b.blake3, b.size),
             "still needed by generation 2"
+        );
+    }
+
+    /// After a power loss an object file can have the right size and garbage bytes: it is
+    /// not taken for the object (the first check in a process hashes it).
+    #[tokio::test]
+    async fn a_right_sized_file_of_garbage_is_not_taken_for_the_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
+        publish_files(&store, tmp.path(), &[("a.py", "AAAA")]).await;
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap().manifest;
+        let a = &g1.entries[0];
+        std::fs::write(cache.object_path(&a.blake3), "\0\0\0\0").unwrap();
+        let restarted = Cache::open(&tmp.path().join("cache")).unwrap();
+        assert!(!restarted.has_object(&a.blake3, a.size));
+        assert!(restarted.latest_complete().unwrap().is_none());
+        let again = restarted.fetch_generation(&store, 1, 4).await.unwrap();
+        assert!(again.corrupt.is_empty());
+        assert_eq!(
+            std::fs::read(restarted.object_path(&a.blake3)).unwrap(),
+            b"AAAA"
+        );
+    }
+
+    /// A generation whose entry records another size than its content has (published by a
+    /// dagfs that took sizes from the walk) is not served as a prefix: the file is named
+    /// with the real cause.
+    #[tokio::test]
+    async fn a_content_of_another_length_than_recorded_is_not_served() {
+        use crate::format::{Entry, Header};
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
+        let content = b"print('the long version')";
+        let digest = Digest::of(content);
+        store
+            .put(
+                &object_key(&digest),
+                bytes::Bytes::from_static(content),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        let manifest = Manifest::new(
+            Header {
+                generation: 1,
+                parent: None,
+                created: "2026-01-01T00:00:00Z".into(),
+                author: "x@y".into(),
+                message: String::new(),
+            },
+            vec![Entry {
+                path: "dag.py".into(),
+                mode: 0o644,
+                size: 5,
+                mtime_ns: 1,
+                blake3: digest,
+            }],
+        )
+        .unwrap();
+        store
+            .put(
+                &manifest_key(1),
+                bytes::Bytes::from(manifest.to_bytes()),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let cached = cache.fetch_generation(&store, 1, 4).await.unwrap();
+        assert_eq!(cached.corrupt.len(), 1, "{:?}", cached.corrupt);
+        assert!(
+            cached.corrupt[0].contains("dag.py") && cached.corrupt[0].contains("records 5 bytes"),
+            "{:?}",
+            cached.corrupt
         );
     }
 }

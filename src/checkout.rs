@@ -6,7 +6,9 @@
 //! reflinks on copy-on-write filesystems such as XFS and Btrfs; hard links are not used
 //! because a checkout file's mode and mtime differ per generation and a writable hard link
 //! would let a worker damage the cache), re-hashed and checked against the manifest's tree
-//! id, and only then renamed into place. A checkout is therefore either absent or complete,
+//! id, and only then renamed into place. Files never get write permission for group or
+//! others, whatever the manifest says. An existing checkout is re-hashed every time it is
+//! asked for, and replaced if its files no longer match. A checkout is therefore either absent or complete,
 //! and concurrent checkouts of the same generation agree: the first rename wins, the others
 //! find the same tree there.
 
@@ -39,8 +41,9 @@ pub enum CheckoutError {
     /// The store has no generations.
     #[error("{0} has no generations yet; publish one with `dagfs push`")]
     Empty(String),
-    /// The store serves corrupt bytes for some files.
-    #[error("generation {generation} cannot be checked out: the store serves corrupt bytes for {files:?}; `dagfs verify --store URL --deep` names their objects; put the right bytes back with `hadoop fs -put -f`")]
+    /// Some files cannot be served: corrupt bytes in the store, or a content whose length is
+    /// not the one the generation records.
+    #[error("generation {generation} cannot be checked out: {}; `dagfs verify --store URL --deep` checks every object", .files.join("; "))]
     Corrupt {
         /// The generation.
         generation: u64,
@@ -166,10 +169,22 @@ pub async fn checkout(
         tree: wanted.tree_id.clone(),
     };
     if dir.exists() {
-        return match read_marker(dir) {
-            Some(found) if found.tree_id == wanted.tree_id => Ok((found, false)),
-            _ => Err(occupied()),
+        let found = match read_marker(dir) {
+            Some(found) if found.tree_id == wanted.tree_id => found,
+            _ => return Err(occupied()),
         };
+        // The marker says what the directory was; check that it still is (a worker may
+        // have edited a file, a disk may have lost one).
+        let (dir_owned, manifest_owned) = (dir.to_path_buf(), manifest.clone());
+        let intact = tokio::task::spawn_blocking(move || matches(&dir_owned, &manifest_owned))
+            .await
+            .expect("checkout checker does not panic")?;
+        if intact {
+            return Ok((found, false));
+        }
+        tracing::warn!(dir = %dir.display(), generation = wanted.generation,
+            "the checkout's files no longer match its generation; replacing it");
+        set_aside(dir)?;
     }
     let (cache, dir_owned, wanted_owned) = (cache.clone(), dir.to_path_buf(), wanted.clone());
     let built =
@@ -183,6 +198,50 @@ pub async fn checkout(
     match read_marker(dir) {
         Some(found) if found.tree_id == wanted.tree_id => Ok((found, false)),
         _ => Err(occupied()),
+    }
+}
+
+/// The mode a checked-out file gets: the manifest's, without write permission for group and
+/// others (a folder imported from an NFS gateway carries 0777, which would let any local
+/// user edit the code a worker runs).
+fn checkout_mode(mode: u32) -> u32 {
+    mode & 0o755
+}
+
+/// The manifest's entries as a checkout holds them (modes as [`checkout_mode`] makes them).
+fn expected_entries(manifest: &Manifest) -> Vec<crate::format::Entry> {
+    manifest
+        .entries
+        .iter()
+        .map(|e| crate::format::Entry {
+            mode: checkout_mode(e.mode),
+            ..e.clone()
+        })
+        .collect()
+}
+
+/// Whether the files in `dir` (marker aside) are exactly `manifest`'s, re-hashed from disk.
+fn matches(dir: &Path, manifest: &Manifest) -> Result<bool, CheckoutError> {
+    let mut on_disk = crate::verify::hash_tree(dir)?;
+    on_disk.retain(|e| e.path != MARKER);
+    Ok(tree_id(&on_disk) == tree_id(&expected_entries(manifest)))
+}
+
+/// Moves a damaged checkout out of the way and deletes it (a concurrent checkout may have
+/// done so already).
+fn set_aside(dir: &Path) -> Result<(), CheckoutError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = dir.with_file_name(format!(
+        ".{name}.dagfs-damaged-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    match std::fs::rename(dir, &aside) {
+        Ok(()) => std::fs::remove_dir_all(&aside).map_err(io(&aside)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(dir)(e)),
     }
 }
 
@@ -248,12 +307,11 @@ fn fill(
             UNIX_EPOCH - Duration::from_nanos(entry.mtime_ns.unsigned_abs())
         };
         file.set_modified(mtime).map_err(io(&path))?;
-        file.set_permissions(std::fs::Permissions::from_mode(entry.mode))
+        file.set_permissions(std::fs::Permissions::from_mode(checkout_mode(entry.mode)))
             .map_err(io(&path))?;
     }
     // Verify what is on disk, not what was meant to be written.
-    let written = crate::verify::hash_tree(tmp)?;
-    if tree_id(&written) != manifest.tree_id {
+    if !matches(tmp, manifest)? {
         return Err(CheckoutError::Mismatch {
             path: tmp.to_path_buf(),
             generation: manifest.generation,
@@ -316,5 +374,46 @@ mod tests {
         let dir9 = tmp.path().join("versions/9");
         assert!(checkout(&store, &cache, &dir9, Some(9), 4).await.is_err());
         assert!(!dir9.exists());
+    }
+
+    /// Modes that let other users write (an NFS-gateway import's 0777) are not copied, and
+    /// a checkout whose files were changed is not reused on its marker alone.
+    #[tokio::test]
+    async fn checkout_drops_group_and_other_write_and_rechecks_an_existing_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.py"), "A").unwrap();
+        std::fs::set_permissions(src.join("a.py"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let files = crate::scan::scan(
+            &src,
+            &Default::default(),
+            &mut crate::scan::HashCache::in_memory(),
+        )
+        .unwrap();
+        assert_eq!(files[0].entry.mode, 0o777);
+        crate::publish::publish(
+            &store,
+            &crate::publish::Desired::from_scan(&files),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let dir = tmp.path().join("versions/1");
+        checkout(&store, &cache, &dir, Some(1), 4).await.unwrap();
+        let mode = std::fs::metadata(dir.join("a.py"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o755, "group/other write must not be copied");
+
+        std::fs::write(dir.join("a.py"), "edited by a task").unwrap();
+        let (_, created) = checkout(&store, &cache, &dir, Some(1), 4).await.unwrap();
+        assert!(created, "a damaged checkout is rebuilt");
+        assert_eq!(std::fs::read_to_string(dir.join("a.py")).unwrap(), "A");
     }
 }

@@ -320,11 +320,16 @@ pub fn check_path(path: &str) -> Result<(), FormatError> {
     }
 }
 
-/// Checks sorted entries: every path valid, none repeated, no file that is also a directory.
+/// Checks sorted entries: every path valid, none repeated, no file that is also a directory,
+/// and a byte total that fits in a `u64` (what `statfs` and the mount add up).
 fn check_entries(entries: &[Entry]) -> Result<(), FormatError> {
     let mut files = HashSet::with_capacity(entries.len());
+    let mut total: u64 = 0;
     for entry in entries {
         check_path(&entry.path)?;
+        total = total.checked_add(entry.size).ok_or_else(|| {
+            FormatError::Corrupt("the files' sizes add up to more than 2^64 bytes".into())
+        })?;
         if !files.insert(entry.path.as_str()) {
             return Err(FormatError::DuplicatePath(entry.path.clone()));
         }
@@ -439,6 +444,16 @@ mod tests {
                 "accepted:\n{bytes}"
             );
         }
+    }
+
+    #[test]
+    fn a_byte_total_past_u64_is_rejected() {
+        let mut a = entry("a", b"");
+        a.size = u64::MAX;
+        let mut b = entry("b", b"");
+        b.size = 1;
+        let err = Manifest::new(header(1), vec![a, b]).unwrap_err();
+        assert!(err.to_string().contains("2^64"), "{err}");
     }
 
     #[test]

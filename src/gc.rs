@@ -1,18 +1,44 @@
-//! Garbage collection: drop old generations and the objects no kept generation references.
+//! Garbage collection: drop old generations and the objects no generation references,
+//! safe by construction against concurrent publishers, rollbacks and other gc runs.
 //!
-//! Safe against a concurrent publish: generations committed while gc runs are read before
-//! any object is deleted and their objects kept; objects younger than the grace period (by
-//! the store's clock) are never deleted, which covers objects uploaded for a generation not
-//! committed yet; and a publisher re-checks, after committing, the objects it reused rather
-//! than uploaded (see `publish`), re-uploading any a concurrent gc removed.
+//! The protocol (the argument is in docs/DESIGN.md, "Garbage collection"):
+//!
+//! - a publisher holds a **pin** (`.dagfs-pins/<uuid>`, an empty directory) from before it
+//!   first looks at an object until after its commit ([`pin`]);
+//! - gc never deletes an object in place: it **moves** each candidate to
+//!   `.dagfs-trash/<run>/<hex>` (one rename), *then* waits until every pin that existed
+//!   after the moves is released, *then* lists the generations, puts back every trashed
+//!   object a generation references, and only then deletes the rest of the trash;
+//! - a publisher that finds an object missing looks in the trash and renames it back
+//!   ([`restore_from_trash`]); readers fall back to the trash the same way
+//!   ([`read_object`]), so an object moved aside for the length of a gc run stays readable.
+//!
+//! Whatever the interleaving, an object is deleted only after a check that ran *after* it
+//! was moved aside found no generation and no publisher that could use it; a publisher
+//! that starts after that check finds it gone and uploads or restores it. The grace period
+//! only spares recent uploads of crashed publishers.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::format::Digest;
+use bytes::Bytes;
+
+use crate::format::{object_key, Digest};
 use crate::generations::{self, GenerationError};
 use crate::mirror::store_now;
-use crate::store::{list_if_exists, EntryKind, Store, StoreError, STAGING_DIR};
+use crate::store::{
+    list_if_exists, EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR,
+};
+
+/// Directory of the pins publishers hold while they publish.
+pub const PINS_DIR: &str = ".dagfs-pins";
+/// Directory where gc runs move the objects they are about to delete.
+pub const TRASH_DIR: &str = ".dagfs-trash";
+/// A pin older than this (by the store's clock) belongs to a publisher that crashed: gc
+/// deletes it, and a publisher whose pin was deleted does not commit.
+pub const PIN_EXPIRY: Duration = Duration::from_secs(3600);
+/// How long gc waits by default for publishes in progress before it puts its trash back.
+pub const DEFAULT_PUBLISH_WAIT: Duration = Duration::from_secs(120);
 
 /// What to collect.
 #[derive(Clone, Debug)]
@@ -23,6 +49,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Report what would be deleted without deleting it.
     pub dry_run: bool,
+    /// How long to wait for publishes in progress (pins) before giving the objects moved
+    /// aside back and deleting none of them this time.
+    pub publish_wait: Duration,
 }
 
 /// A collection that stopped; whatever it deleted was garbage.
@@ -50,6 +79,115 @@ pub struct GcOutcome {
     pub bytes: u64,
     /// Leftover staged files deleted.
     pub staged: usize,
+    /// Unreferenced objects put back because publishes were still running after the wait
+    /// (or a generation committed meanwhile uses them); a later gc collects them.
+    pub deferred: usize,
+}
+
+/// A publisher's pin: while it exists, gc deletes no object it moved aside.
+#[derive(Debug)]
+pub struct Pin {
+    key: String,
+}
+
+/// Takes a pin. Call it before looking at any object the publish will reference.
+pub async fn pin(store: &dyn Store) -> Result<Pin, StoreError> {
+    let key = format!("{PINS_DIR}/{}", uuid::Uuid::new_v4().simple());
+    store.mkdirs(&key).await?;
+    Ok(Pin { key })
+}
+
+impl Pin {
+    /// Whether the pin still exists: a gc that took it for a crashed publisher's (older than
+    /// [`PIN_EXPIRY`]) deleted it, and a publisher must then not commit.
+    pub async fn held(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        match store.stat(&self.key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the pin; a failure is logged (gc waits for it until it expires).
+    pub async fn release(self, store: &dyn Store) {
+        if let Err(e) = store.delete(&self.key, true).await {
+            tracing::warn!(pin = self.key, error = %e, "could not remove the publish pin; gc deletes nothing until it expires");
+        }
+    }
+}
+
+/// The trash key of `digest` in run directory `run`.
+fn trash_key(run: &str, digest: &Digest) -> String {
+    format!("{run}/{digest}")
+}
+
+/// The trash directories of gc runs (usually none).
+pub async fn trash_runs(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    Ok(list_if_exists(store, TRASH_DIR)
+        .await?
+        .into_iter()
+        .filter(|run| run.kind == EntryKind::Dir)
+        .map(|run| run.key)
+        .collect())
+}
+
+/// Puts object `digest` back from any gc run's trash. `Ok(true)`: it is in `objects/` now.
+pub async fn restore_from_trash(store: &dyn Store, digest: &Digest) -> Result<bool, StoreError> {
+    restore_from_runs(store, digest, &trash_runs(store).await?).await
+}
+
+/// Puts object `digest` back from the trash of one of `runs` (see [`trash_runs`]).
+/// `Ok(true)`: it is in `objects/` now.
+pub async fn restore_from_runs(
+    store: &dyn Store,
+    digest: &Digest,
+    runs: &[String],
+) -> Result<bool, StoreError> {
+    let target = object_key(digest);
+    for run in runs {
+        let from = trash_key(run, digest);
+        if store.stat(&from).await.is_err() {
+            continue;
+        }
+        if let Some((parent, _)) = target.rsplit_once('/') {
+            store.mkdirs(parent).await?;
+        }
+        match store.rename(&from, &target, Overwrite::Deny).await {
+            Ok(()) => {
+                tracing::info!(object = %digest, "object put back from the gc trash");
+                return Ok(true);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Reads object `digest`: from `objects/`, or, while a gc run has it moved aside, from the
+/// trash (an object a running gc is about to put back is never unreadable).
+pub async fn read_object(store: &dyn Store, digest: &Digest) -> Result<Bytes, StoreError> {
+    let key = object_key(digest);
+    match store.read(&key).await {
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        other => return other,
+    }
+    for run in list_if_exists(store, TRASH_DIR).await? {
+        match store.read(&trash_key(&run.key, digest)).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            other => return other,
+        }
+    }
+    // Put back between the two reads?
+    store.read(&key).await
+}
+
+/// An object moved aside by this run.
+struct Trashed {
+    digest: Digest,
+    key: String,
+    len: u64,
 }
 
 /// Collects garbage in `store`.
@@ -73,35 +211,74 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         }
         outcome.generations.push(generation);
     }
-    // Generations committed while we worked reference objects too.
-    let newest_kept = kept.last().copied().unwrap_or(0);
-    for generation in generations::list(store).await? {
-        if generation > newest_kept {
-            add_references(store, generation, &mut referenced).await?;
-        }
-    }
+    let newest_seen = kept.last().copied().unwrap_or(0);
 
     let now = store_now(store).await?;
-    let old_enough = |modified| {
-        now.duration_since(modified)
-            .is_ok_and(|age| age >= options.grace)
+    let old_enough = |modified: SystemTime, limit: Duration| {
+        now.duration_since(modified).is_ok_and(|age| age >= limit)
     };
+    let run = format!("{TRASH_DIR}/{}", uuid::Uuid::new_v4().simple());
+    // Trash left by runs that stopped half-way: judged below exactly like this run's own.
+    let mut trashed = if options.dry_run {
+        Vec::new()
+    } else {
+        abandoned_trash(store, &run).await?
+    };
+    let mut made_run = false;
     for object in generations::list_objects(store).await? {
-        let live = object
-            .name()
-            .parse::<Digest>()
-            .is_ok_and(|d| referenced.contains(&d));
-        if live || object.kind != EntryKind::File || !old_enough(object.modified) {
+        let Ok(digest) = object.name().parse::<Digest>() else {
+            continue;
+        };
+        if referenced.contains(&digest)
+            || object.kind != EntryKind::File
+            || !old_enough(object.modified, options.grace)
+        {
             continue;
         }
-        if !options.dry_run && !store.delete(&object.key, false).await? {
+        if options.dry_run {
+            outcome.objects += 1;
+            outcome.bytes += object.len;
             continue;
         }
-        outcome.objects += 1;
-        outcome.bytes += object.len;
+        if !made_run {
+            store.mkdirs(&run).await?;
+            made_run = true;
+        }
+        let key = trash_key(&run, &digest);
+        match store.rename(&object.key, &key, Overwrite::Deny).await {
+            Ok(()) => trashed.push(Trashed {
+                digest,
+                key,
+                len: object.len,
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => {} // another run took it
+            Err(e) => {
+                put_back(store, &trashed).await;
+                return Err(e.into());
+            }
+        }
+    }
+    if !trashed.is_empty() {
+        match settle(store, options, now, newest_seen, referenced, &trashed).await {
+            Ok((deleted, bytes, deferred)) => {
+                outcome.objects += deleted;
+                outcome.bytes += bytes;
+                outcome.deferred += deferred;
+            }
+            Err(e) => {
+                put_back(store, &trashed).await;
+                return Err(e);
+            }
+        }
+    }
+    if made_run {
+        // Not recursive: an object that could not be put back stays for the next run.
+        if let Err(e) = store.delete(&run, false).await {
+            tracing::debug!(run, error = %e, "could not remove the emptied trash directory");
+        }
     }
     for staged in list_if_exists(store, STAGING_DIR).await? {
-        if old_enough(staged.modified) {
+        if old_enough(staged.modified, options.grace) {
             if !options.dry_run {
                 store.delete(&staged.key, true).await?;
             }
@@ -112,10 +289,144 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         generations = outcome.generations.len(),
         objects = outcome.objects,
         bytes = outcome.bytes,
+        deferred = outcome.deferred,
         dry_run = options.dry_run,
         "gc done"
     );
     Ok(outcome)
+}
+
+/// Objects in the trash directories of other runs (a gc that crashed or is paused after
+/// moving them); the empty directories of finished runs are removed.
+async fn abandoned_trash(store: &dyn Store, own: &str) -> Result<Vec<Trashed>, StoreError> {
+    let mut found = Vec::new();
+    for run in list_if_exists(store, TRASH_DIR).await? {
+        if run.key == own || run.kind != EntryKind::Dir {
+            continue;
+        }
+        let objects = list_if_exists(store, &run.key).await?;
+        if objects.is_empty() {
+            let _ = store.delete(&run.key, false).await;
+        }
+        for object in objects {
+            if let Ok(digest) = object.name().parse::<Digest>() {
+                found.push(Trashed {
+                    digest,
+                    key: object.key,
+                    len: object.len,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// After the objects are moved aside: wait until no publisher holds a pin, list the
+/// generations, put back what any of them (or `referenced`, the kept ones) references,
+/// delete the rest. Returns (objects
+/// deleted, their bytes, objects put back unreferenced because publishers kept running).
+async fn settle(
+    store: &dyn Store,
+    options: &GcOptions,
+    now: SystemTime,
+    newest_seen: u64,
+    mut referenced: HashSet<Digest>,
+    trashed: &[Trashed],
+) -> Result<(usize, u64, usize), GcError> {
+    if !wait_for_publishers(store, options.publish_wait, now).await? {
+        tracing::info!(
+            objects = trashed.len(),
+            "publishes still in progress; putting the objects back, a later gc collects them"
+        );
+        let unreferenced = trashed.len();
+        put_back(store, trashed).await;
+        return Ok((0, 0, unreferenced));
+    }
+    // Every generation committed since the first listing (pins are gone, so no publisher
+    // that saw one of these objects before it was moved is still to commit). Trash of
+    // other runs is checked against the kept generations too.
+    for generation in generations::list(store).await? {
+        if generation > newest_seen {
+            add_references(store, generation, &mut referenced).await?;
+        }
+    }
+    let (mut deleted, mut bytes) = (0, 0);
+    for object in trashed {
+        if referenced.contains(&object.digest) {
+            put_back(store, std::slice::from_ref(object)).await;
+        } else if store.delete(&object.key, false).await? {
+            deleted += 1;
+            bytes += object.len;
+        }
+    }
+    Ok((deleted, bytes, 0))
+}
+
+/// Waits until every pin that exists now is released (expired ones are deleted), for at
+/// most `wait`. Pins taken after this first listing are not waited for: their publishers
+/// look at objects only after the objects were moved aside, so they find them missing and
+/// put them back themselves. `Ok(false)`: publishers were still at work when the time was up.
+async fn wait_for_publishers(
+    store: &dyn Store,
+    wait: Duration,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    let mut waiting: HashSet<String> = HashSet::new();
+    for pin in list_if_exists(store, PINS_DIR).await? {
+        let expired = now
+            .duration_since(pin.modified)
+            .is_ok_and(|age| age >= PIN_EXPIRY);
+        if expired {
+            tracing::warn!(
+                pin = pin.key,
+                "deleting the pin of a publisher that never finished"
+            );
+            store.delete(&pin.key, true).await?;
+        } else {
+            waiting.insert(pin.key);
+        }
+    }
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(20);
+    while !waiting.is_empty() {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+        let held: HashSet<String> = list_if_exists(store, PINS_DIR)
+            .await?
+            .into_iter()
+            .map(|pin| pin.key)
+            .collect();
+        waiting.retain(|key| held.contains(key));
+    }
+    Ok(true)
+}
+
+/// Moves trashed objects back to `objects/` (best effort: a failure is logged, and the next
+/// gc or a publisher that needs the object puts it back).
+async fn put_back(store: &dyn Store, trashed: &[Trashed]) {
+    for object in trashed {
+        let target = object_key(&object.digest);
+        let result = async {
+            if let Some((parent, _)) = target.rsplit_once('/') {
+                store.mkdirs(parent).await?;
+            }
+            match store.rename(&object.key, &target, Overwrite::Deny).await {
+                // Uploaded again meanwhile: the trashed copy is a duplicate.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    store.delete(&object.key, false).await.map(|_| ())
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(object = %object.digest, error = %e, "could not put a trashed object back; the next gc or publish will");
+        }
+    }
 }
 
 /// Adds the objects generation `generation` uses to `referenced`.
@@ -153,6 +464,7 @@ mod tests {
                 keep: 1,
                 grace: Duration::from_secs(3600),
                 dry_run: false,
+                publish_wait: Duration::ZERO,
             },
         )
         .await
@@ -166,6 +478,7 @@ mod tests {
                 keep: 1,
                 grace: Duration::ZERO,
                 dry_run: false,
+                publish_wait: Duration::ZERO,
             },
         )
         .await
@@ -184,11 +497,147 @@ mod tests {
                 &GcOptions {
                     keep: 0,
                     grace: Duration::ZERO,
-                    dry_run: true
+                    dry_run: true,
+                    publish_wait: Duration::ZERO,
                 }
             )
             .await,
             Err(GcError::KeepNothing)
         ));
+    }
+
+    use crate::publish::{publish, Desired, PublishOptions};
+    use crate::store::faulty::{FaultyStore, Rule};
+    use std::sync::Arc;
+
+    fn collect_all() -> GcOptions {
+        GcOptions {
+            keep: 1,
+            grace: Duration::ZERO,
+            dry_run: false,
+            publish_wait: Duration::ZERO,
+        }
+    }
+
+    /// Every object the head references is in `objects/` with its recorded length.
+    async fn assert_head_complete(store: &dyn Store, context: &str) {
+        let head = generations::load_head(store).await.unwrap().unwrap();
+        for entry in &head.entries {
+            let info = store.stat(&object_key(&entry.blake3)).await;
+            assert!(
+                info.as_ref().is_ok_and(|i| i.len == entry.size),
+                "{context}: head {} references {} ({}), which is {info:?}",
+                head.generation,
+                entry.blake3,
+                entry.path
+            );
+        }
+    }
+
+    /// Every object the head references is readable (from `objects/` or the trash).
+    async fn assert_head_readable(store: &dyn Store, context: &str) {
+        let head = generations::load_head(store).await.unwrap().unwrap();
+        for entry in &head.entries {
+            let bytes = read_object(store, &entry.blake3).await;
+            assert!(
+                bytes.as_ref().is_ok_and(|b| Digest::of(b) == entry.blake3),
+                "{context}: head {} references {} ({}), which is {bytes:?}",
+                head.generation,
+                entry.blake3,
+                entry.path
+            );
+        }
+    }
+
+    /// Generation 1 holds `a.py = old`, generation 2 `a.py = new`: with `--keep 1` the old
+    /// object is garbage, until a rollback to generation 1 reuses it.
+    async fn two_generations(dir: &std::path::Path) -> (Arc<dyn Store>, crate::format::Manifest) {
+        let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.join("store")).await.unwrap());
+        publish_files(&*store, dir, &[("a.py", "old")]).await;
+        publish_files(&*store, dir, &[("a.py", "new")]).await;
+        let first = generations::load(&*store, 1).await.unwrap();
+        (store, first)
+    }
+
+    /// gc and a rollback (which has no local copy to upload again) interleaved at every
+    /// store call: the rollback runs whole before gc's Nth call, and gc runs whole before
+    /// the rollback's Nth call. The head never references a missing object, and a rollback
+    /// that reports an error committed nothing.
+    #[tokio::test]
+    async fn gc_and_rollbacks_interleaved_at_every_call_never_break_the_head() {
+        // Rollback inside gc; then again with gc failing to put the object back (it must
+        // stay readable in the trash for the next run, never be deleted).
+        for put_back_fails in [false, true] {
+            for nth in 1.. {
+                let dir = tempfile::tempdir().unwrap();
+                let (inner, first) = two_generations(dir.path()).await;
+                let store = FaultyStore::new(Arc::clone(&inner));
+                if put_back_fails {
+                    store.add(
+                        Rule::fail(crate::store::faulty::Op::Rename, 1, ErrorKind::Unavailable)
+                            .on("objects/"),
+                    );
+                }
+                let rollback: crate::store::faulty::Action = Arc::new(move |store, _| {
+                    let first = first.clone();
+                    Box::pin(async move {
+                        let _ = publish(
+                            &*store,
+                            &Desired::from_manifest(&first),
+                            &PublishOptions::default(),
+                        )
+                        .await;
+                    })
+                });
+                store.add(Rule::before_any(nth, rollback));
+                let result = gc(&store, &collect_all()).await;
+                if !store.fired().iter().any(|f| f.contains("Before")) {
+                    break; // gc made fewer calls than nth
+                }
+                let context = format!(
+                    "rollback before gc call {nth}, put-back fails: {put_back_fails} ({result:?})"
+                );
+                if put_back_fails {
+                    assert_head_readable(&*inner, &context).await;
+                } else {
+                    assert_head_complete(&*inner, &context).await;
+                }
+            }
+        }
+        // gc inside the rollback.
+        for nth in 1.. {
+            let dir = tempfile::tempdir().unwrap();
+            let (inner, first) = two_generations(dir.path()).await;
+            let store = FaultyStore::new(Arc::clone(&inner));
+            let collect: crate::store::faulty::Action = Arc::new(move |store, _| {
+                Box::pin(async move {
+                    let _ = gc(&*store, &collect_all()).await;
+                })
+            });
+            store.add(Rule::before_any(nth, collect));
+            let result = publish(
+                &store,
+                &Desired::from_manifest(&first),
+                &PublishOptions::default(),
+            )
+            .await;
+            if store.fired().is_empty() {
+                break;
+            }
+            let head = generations::head(&*inner).await.unwrap();
+            match &result {
+                Ok(outcome) => assert_eq!(outcome.generation, head, "gc before call {nth}"),
+                Err(e) => assert_eq!(
+                    head,
+                    Some(2),
+                    "gc before call {nth}: failed ({e}) but committed"
+                ),
+            }
+            assert_head_complete(
+                &*inner,
+                &format!("gc before rollback call {nth} ({result:?})"),
+            )
+            .await;
+        }
     }
 }

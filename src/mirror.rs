@@ -88,8 +88,20 @@ pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
             deleted: 0,
         });
     }
-    let owner = lock_owner();
+    // Liveness on this host: a local state file whose lock this process holds while it
+    // updates; the store's lock names it.
+    let local = crate::runtime::runtime_dir()
+        .join(format!("mirror-{}.json", uuid::Uuid::new_v4().simple()));
+    let held = match crate::runtime::StateFile::<()>::claim(&local) {
+        Ok(held) => Some(held),
+        Err(e) => {
+            tracing::debug!(error = %e, "no local liveness lock for the mirror update; a crash is noticed after {}", humantime::format_duration(STALE_LOCK_AFTER));
+            None
+        }
+    };
+    let owner = lock_owner(held.as_ref().map(|h| h.path()));
     if !acquire(store, &owner).await? {
+        release_local(held);
         return Ok(MirrorOutcome::Busy);
     }
     let work = update_locked(store);
@@ -109,41 +121,56 @@ pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
     if let Err(e) = store.delete(LOCK_KEY, false).await {
         tracing::warn!(error = %e, "could not release {LOCK_KEY}; it will be broken after {}", humantime::format_duration(STALE_LOCK_AFTER));
     }
+    release_local(held);
     result
 }
 
-/// What the lock file says: `host pid author`, so a crashed holder on this host is
-/// recognised at once.
-fn lock_owner() -> Bytes {
+fn release_local(held: Option<crate::runtime::StateFile<()>>) {
+    if let Some(Err(e)) = held.map(crate::runtime::StateFile::remove) {
+        tracing::debug!(error = %e, "could not remove the mirror's local lock file");
+    }
+}
+
+/// What the lock file says: `host pid author [local state file]`, so a crashed holder on
+/// this host is recognised at once by its local lock (see [`crate::runtime::StateFile`]).
+fn lock_owner(local: Option<&std::path::Path>) -> Bytes {
     let host = rustix::system::uname()
         .nodename()
         .to_string_lossy()
         .into_owned();
-    Bytes::from(format!(
+    let mut owner = format!(
         "{host} {} {}",
         std::process::id(),
         crate::publish::default_author()
-    ))
+    );
+    if let Some(local) = local {
+        owner.push(' ');
+        owner.push_str(&local.display().to_string());
+    }
+    Bytes::from(owner)
 }
 
-/// Whether the lock names a process of this host that no longer runs.
+/// Whether the lock names a holder on this host whose local lock is no longer held (it
+/// died). A lock without a local file, or whose file this user cannot check, is judged by
+/// its age alone.
 async fn holder_is_gone(store: &dyn Store) -> bool {
     let Ok(content) = store.read(LOCK_KEY).await else {
         return false;
     };
     let content = String::from_utf8_lossy(&content);
-    let mut fields = content.split(' ');
-    let (Some(host), Some(pid)) = (
-        fields.next(),
-        fields.next().and_then(|p| p.parse::<u32>().ok()),
-    ) else {
+    let mut fields = content.splitn(4, ' ');
+    let (Some(host), Some(local)) = (fields.next(), fields.nth(2)) else {
         return false;
     };
     let here = rustix::system::uname()
         .nodename()
         .to_string_lossy()
         .into_owned();
-    host == here && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    host == here
+        && matches!(
+            crate::runtime::owner_alive(std::path::Path::new(local)),
+            Ok(false)
+        )
 }
 
 async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
@@ -241,7 +268,7 @@ async fn apply(
     stream::iter(writes)
         .map(|entry| async move {
             let object = object_key(&entry.blake3);
-            let bytes = store.read(&object).await?;
+            let bytes = crate::gc::read_object(store, &entry.blake3).await?;
             if Digest::of(&bytes) != entry.blake3 {
                 // Never copy damaged bytes into the mirror.
                 return Err(StoreError::new(
@@ -423,6 +450,8 @@ mod tests {
         assert_eq!(mirror_files(&store).await, [("a.py".into(), "2".into())]);
     }
 
+    /// The holder crashed and its pid was reused (pid 1 always runs): its local lock is no
+    /// longer held, so the lock is broken at once.
     #[tokio::test]
     async fn a_lock_of_a_dead_local_process_is_broken_at_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -432,8 +461,9 @@ mod tests {
             .nodename()
             .to_string_lossy()
             .into_owned();
-        // Pids above the kernel's pid_max (at most 2^22) never run.
-        let dead = format!("{host} 99999999 someone@{host}");
+        let local = dir.path().join("run/mirror-crashed.json");
+        drop(crate::runtime::StateFile::<()>::claim(&local).unwrap());
+        let dead = format!("{host} 1 someone@{host} {}", local.display());
         store
             .create_exclusive(LOCK_KEY, Bytes::from(dead))
             .await

@@ -14,6 +14,9 @@
 //!    `force`), and commit again. An ambiguous failure (timeout, connection lost) is resolved
 //!    by reading the manifest back and comparing manifest ids.
 //! 5. Update the plain mirror (see [`crate::mirror`]).
+//!
+//! Steps 2-4 run under a gc pin ([`crate::gc::pin`]), so no object they found can be
+//! collected before the commit; nothing after the commit can fail.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -73,6 +76,12 @@ pub enum PublishError {
         /// A path that uses it.
         path: String,
     },
+    /// The publish was paused so long that gc took its pin for a crashed publisher's.
+    #[error("this publish stalled for more than {} and gc may have collected objects it uses; nothing was committed, push again", humantime::format_duration(crate::gc::PIN_EXPIRY))]
+    PinLost,
+    /// The store holds the largest generation number there is.
+    #[error("generation {0} is the last number there is; no generation can follow it")]
+    GenerationsExhausted(u64),
     /// Too many publishers raced for the next generation.
     #[error("gave up after losing the commit race {0} times in a row; push again")]
     TooManyRaces(usize),
@@ -258,6 +267,8 @@ pub struct Outcome {
 }
 
 /// Publishes `desired` as the next generation if it differs from the head.
+///
+/// An error means nothing was committed; once the commit has happened nothing can fail.
 pub async fn publish(
     store: &dyn Store,
     desired: &Desired,
@@ -283,7 +294,7 @@ pub async fn publish(
         })
         .collect();
 
-    let mut base = generations::load_head(store).await?;
+    let base = generations::load_head(store).await?;
     let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
     let current = subtree(base_tree, prefix.as_deref());
     if wanted.is_empty() && !current.is_empty() && !options.allow_empty {
@@ -296,37 +307,57 @@ pub async fn publish(
     if changes.is_empty() {
         return Ok(unchanged(base.as_ref()));
     }
-    let (added, changed, removed) = count(&changes);
+    // From before any object is looked at until after the commit, gc deletes nothing it
+    // moved aside (see `gc`): an object found here cannot vanish under the commit.
+    let pin = crate::gc::pin(store).await?;
+    let result = publish_changes(store, desired, options, base, &changes, &pin).await;
+    pin.release(store).await;
+    result
+}
+
+/// Uploads the objects `changes` need, then commits them on top of `base`, rebasing after
+/// lost races; `pin` is checked before every commit.
+async fn publish_changes(
+    store: &dyn Store,
+    desired: &Desired,
+    options: &PublishOptions,
+    mut base: Option<Manifest>,
+    changes: &[Change],
+    pin: &crate::gc::Pin,
+) -> Result<Outcome, PublishError> {
+    let (added, changed, removed) = count(changes);
     // The manifest of the first round is written to the staging area while the objects
     // upload: committing it is then one rename, not a second small-file write in a row.
-    let first = next_manifest(base.as_ref(), &changes, options)?;
+    let first = next_manifest(base.as_ref(), changes, options)?;
     let (uploaded, staged) = futures::join!(
-        upload_objects(store, &changes, desired, options.concurrency),
+        upload_objects(store, changes, desired, options.concurrency),
         stage_manifest(store, first.as_ref()),
     );
-    let uploaded = match uploaded {
+    let (objects_uploaded, bytes_uploaded) = match uploaded {
         Ok(uploaded) => uploaded,
         Err(e) => {
             discard(store, staged).await;
             return Err(e);
         }
     };
-    let (objects_uploaded, bytes_uploaded) = (uploaded.count, uploaded.bytes);
 
     let mut prepared = first.map(|manifest| (manifest, staged));
     for _ in 0..MAX_COMMIT_ROUNDS {
         let (manifest, staged) = match prepared.take() {
             Some(prepared) => prepared,
-            None => match next_manifest(base.as_ref(), &changes, options)? {
+            None => match next_manifest(base.as_ref(), changes, options)? {
                 Some(manifest) => (manifest, None),
                 // Someone else published exactly this change already.
                 None => return Ok(unchanged(base.as_ref())),
             },
         };
+        if !pin.held(store).await? {
+            discard(store, staged).await;
+            return Err(PublishError::PinLost);
+        }
         let generation = manifest.generation;
         let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
         if commit(store, &manifest, staged).await? {
-            restore_reused(store, &uploaded.reused, desired).await?;
             tracing::info!(generation, tree_id = %manifest.tree_id, added, changed, removed, objects_uploaded, bytes_uploaded, "published");
             return Ok(Outcome {
                 generation: Some(generation),
@@ -411,23 +442,16 @@ fn find<'a>(tree: &'a [Entry], path: &str) -> Option<&'a Entry> {
         .map(|i| &tree[i])
 }
 
-/// What the upload step did.
-struct Uploaded {
-    /// Objects uploaded.
-    count: usize,
-    /// Their bytes.
-    bytes: u64,
-    /// Objects found in the store and reused (a concurrent gc might remove them).
-    reused: Vec<Entry>,
-}
-
-/// Uploads the objects `changes` need that the store lacks.
+/// Makes every object `changes` need present in the store (uploading what is missing);
+/// returns the number of objects uploaded and their bytes.
 async fn upload_objects(
     store: &dyn Store,
     changes: &[Change],
     desired: &Desired,
     concurrency: usize,
-) -> Result<Uploaded, PublishError> {
+) -> Result<(usize, u64), PublishError> {
+    // Listed once (after the pin): usually there is no trash at all.
+    let runs = &crate::gc::trash_runs(store).await?;
     let mut seen = HashSet::new();
     let needed: Vec<(Entry, Option<Source>)> = changes
         .iter()
@@ -436,61 +460,25 @@ async fn upload_objects(
         .map(|e| (e.clone(), desired.sources.get(&e.blake3).cloned()))
         .collect();
     stream::iter(needed)
-        .map(|(entry, source)| async move {
-            let uploaded = upload_object(store, entry.clone(), source).await?;
-            Ok::<_, PublishError>((entry, uploaded))
-        })
+        .map(|(entry, source)| upload_object(store, entry, source, runs))
         .buffer_unordered(concurrency.max(1))
-        .try_fold(
-            Uploaded {
-                count: 0,
-                bytes: 0,
-                reused: Vec::new(),
-            },
-            |mut acc, (entry, uploaded)| async move {
-                match uploaded {
-                    Some(len) => {
-                        acc.count += 1;
-                        acc.bytes += len;
-                    }
-                    None => acc.reused.push(entry),
-                }
-                Ok(acc)
-            },
-        )
+        .try_fold((0, 0), |(count, bytes), uploaded| async move {
+            Ok(match uploaded {
+                Some(len) => (count + 1, bytes + len),
+                None => (count, bytes),
+            })
+        })
         .await
 }
 
-/// After a commit: objects that were reused rather than uploaded may have been removed by a
-/// concurrent `gc` (they were unreferenced and old); put back any that are gone.
-async fn restore_reused(
-    store: &dyn Store,
-    reused: &[Entry],
-    desired: &Desired,
-) -> Result<(), PublishError> {
-    for entry in reused {
-        match store.stat(&object_key(&entry.blake3)).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                tracing::warn!(digest = %entry.blake3, path = entry.path, "object removed by a concurrent gc; uploading it again");
-                upload_object(
-                    store,
-                    entry.clone(),
-                    desired.sources.get(&entry.blake3).cloned(),
-                )
-                .await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Uploads one object unless the store has it; returns the bytes uploaded, if any.
+/// Makes one object present unless the store has it with the entry's length: put back from
+/// the gc trash (`runs`, listed before; listed again when there is no source to upload
+/// from), or uploaded from its source. Returns the bytes uploaded, if any.
 async fn upload_object(
     store: &dyn Store,
     entry: Entry,
     source: Option<Source>,
+    runs: &[String],
 ) -> Result<Option<u64>, PublishError> {
     let key = object_key(&entry.blake3);
     match store.stat(&key).await {
@@ -501,7 +489,16 @@ async fn upload_object(
             expected = entry.size,
             "replacing a damaged object"
         ),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let restored = match &source {
+                Some(_) => crate::gc::restore_from_runs(store, &entry.blake3, runs).await?,
+                // A run that started after the listing may hold it.
+                None => crate::gc::restore_from_trash(store, &entry.blake3).await?,
+            };
+            if restored {
+                return Ok(None);
+            }
+        }
         Err(e) => return Err(e.into()),
     }
     let Some(source) = source else {
@@ -510,22 +507,27 @@ async fn upload_object(
             path: entry.path.clone(),
         });
     };
-    let bytes = read_verified(&source, entry.blake3).await?;
+    let bytes = read_verified(&source, &entry).await?;
     let len = bytes.len() as u64;
-    match store.put(&key, bytes, Overwrite::Allow).await {
-        Ok(()) => Ok(Some(len)),
-        Err(e) => Err(e.into()),
-    }
+    store.put(&key, bytes, Overwrite::Allow).await?;
+    Ok(Some(len))
 }
 
-/// Reads a source file and checks it still has the digest the scan found.
-async fn read_verified(source: &Source, digest: Digest) -> Result<Bytes, PublishError> {
+/// Reads a source file and checks it still has the length and digest the scan found.
+async fn read_verified(source: &Source, entry: &Entry) -> Result<Bytes, PublishError> {
     let changed = |reason: String| PublishError::ChangedDuringPush {
         path: source.describe(),
         reason,
     };
     let bytes = source.read().await.map_err(changed)?;
-    if Digest::of(&bytes) != digest {
+    if bytes.len() as u64 != entry.size {
+        return Err(changed(format!(
+            "it has {} bytes, the scan recorded {}",
+            bytes.len(),
+            entry.size
+        )));
+    }
+    if Digest::of(&bytes) != entry.blake3 {
         return Err(changed("its content no longer matches the scan".into()));
     }
     Ok(bytes)
@@ -543,9 +545,16 @@ fn next_manifest(
     if base.is_some_and(|m| m.entries == tree) {
         return Ok(None);
     }
+    let generation = match base {
+        Some(m) => m
+            .generation
+            .checked_add(1)
+            .ok_or(PublishError::GenerationsExhausted(m.generation))?,
+        None => 1,
+    };
     let manifest = Manifest::new(
         Header {
-            generation: base.map_or(1, |m| m.generation + 1),
+            generation,
             parent: base.map(|m| m.generation),
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             author: options.author.clone(),
@@ -906,9 +915,12 @@ mod tests {
     #[tokio::test]
     async fn a_file_deleted_or_edited_after_the_scan_fails_the_push() {
         type Edit = fn(&std::path::Path);
-        let edits: [(&str, Edit); 2] = [
+        let edits: [(&str, Edit); 3] = [
             ("No such file", |p| std::fs::remove_file(p).unwrap()),
             ("no longer matches", |p| {
+                std::fs::write(p, "SCANNED").unwrap()
+            }),
+            ("it has 6 bytes, the scan recorded 7", |p| {
                 std::fs::write(p, "edited").unwrap()
             }),
         ];
@@ -934,5 +946,127 @@ mod tests {
                 "nothing committed"
             );
         }
+    }
+
+    /// An entry whose size is not the length of its bytes (the digest right) is never
+    /// committed: the upload checks the length, not only the digest.
+    #[tokio::test]
+    async fn an_entry_whose_size_is_not_its_contents_length_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let mut d = desired(dir.path(), &[("a.py", "print('a long version')\n")]);
+        d.entries[0].size = 5;
+        let err = publish(&store, &d, &PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::ChangedDuringPush { .. }),
+            "{err}"
+        );
+        assert_eq!(generations::head(&store).await.unwrap(), None);
+    }
+
+    /// Whatever store call fails (before or after doing its work), a publish that returns an
+    /// error committed nothing, and one that returns a generation committed exactly that.
+    #[tokio::test]
+    async fn an_error_means_nothing_was_committed_whichever_call_fails() {
+        use crate::store::faulty::{FaultyStore, Op, Rule};
+        let faults = [
+            (ErrorKind::Unavailable, false),
+            (ErrorKind::PermissionDenied, false),
+            (ErrorKind::Timeout, true),
+        ];
+        for op in Op::ALL {
+            for (kind, after) in faults {
+                for nth in 1..=6 {
+                    let dir = tempfile::tempdir().unwrap();
+                    let inner: Arc<dyn Store> =
+                        Arc::new(LocalStore::open(dir.path().join("store")).await.unwrap());
+                    crate::testutil::publish_files(
+                        &*inner,
+                        dir.path(),
+                        &[("a.py", "1"), ("b.py", "2")],
+                    )
+                    .await;
+                    crate::testutil::publish_files(&*inner, dir.path(), &[("a.py", "3")]).await;
+                    let first = generations::load(&*inner, 1).await.unwrap();
+                    let store = FaultyStore::new(Arc::clone(&inner));
+                    store.add(if after {
+                        Rule::fail_after(op, nth, kind)
+                    } else {
+                        Rule::fail(op, nth, kind)
+                    });
+                    // A rollback (objects reused) and a push (one object uploaded).
+                    let rollback = Desired::from_manifest(&first);
+                    let push = desired(dir.path(), &[("a.py", "new"), ("b.py", "2")]);
+                    for (what, wanted) in [("rollback", rollback), ("push", push)] {
+                        let before = generations::head(&*inner).await.unwrap();
+                        let result = publish(&store, &wanted, &PublishOptions::default()).await;
+                        let head = generations::load_head(&*inner).await.unwrap().unwrap();
+                        let context = format!("{what}, {op:?} call {nth} fails ({kind:?}, after: {after}): {result:?}, fired {:?}", store.fired());
+                        match &result {
+                            Ok(outcome) => {
+                                assert_eq!(outcome.generation, Some(head.generation), "{context}");
+                                assert_eq!(
+                                    head.tree_id,
+                                    crate::format::tree_id(&wanted.entries),
+                                    "{context}"
+                                );
+                            }
+                            Err(_) => assert_eq!(Some(head.generation), before, "{context}"),
+                        }
+                        for entry in &head.entries {
+                            let info = inner.stat(&object_key(&entry.blake3)).await;
+                            assert!(
+                                info.is_ok_and(|i| i.len == entry.size),
+                                "{context}: {} missing",
+                                entry.path
+                            );
+                        }
+                    }
+                    if store.fired().is_empty() {
+                        break; // fewer calls of this operation than nth
+                    }
+                }
+            }
+        }
+    }
+
+    /// A head numbered `u64::MAX` (a crafted or damaged store) fails a publish with a
+    /// message instead of overflowing.
+    #[tokio::test]
+    async fn the_last_generation_number_is_an_error_not_an_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let last = Manifest::new(
+            Header {
+                generation: u64::MAX,
+                parent: None,
+                created: "2026-01-01T00:00:00Z".into(),
+                author: "x@y".into(),
+                message: String::new(),
+            },
+            vec![],
+        )
+        .unwrap();
+        store
+            .put(
+                &manifest_key(u64::MAX),
+                Bytes::from(last.to_bytes()),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        let err = publish(
+            &store,
+            &desired(dir.path(), &[("a.py", "1")]),
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, PublishError::GenerationsExhausted(u64::MAX)),
+            "{err}"
+        );
     }
 }

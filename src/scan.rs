@@ -118,6 +118,11 @@ pub struct ScannedFile {
 }
 
 /// Scans `root` and returns its files sorted by path, hashing what `cache` does not know.
+///
+/// An entry's size, mtime and mode always describe the bytes its digest was computed from:
+/// a hashed file's metadata comes from the open file it was read through, and its size is
+/// the number of bytes hashed (a file rewritten in place between the walk and the read is
+/// recorded as it was read, never as the walk saw it).
 pub fn scan(
     root: &Path,
     options: &ScanOptions,
@@ -128,28 +133,35 @@ pub fn scan(
     let mut files = Vec::with_capacity(found.len());
     let mut to_hash = Vec::new();
     for (index, (rel, local, meta)) in found.into_iter().enumerate() {
-        let stamp = FileStamp::of(&meta);
-        if let Some(digest) = cache.lookup(&rel, &stamp) {
-            files.push((rel, local, meta, Some(digest)));
-        } else {
+        let stamp = FileStamp::of(&meta).map_err(|source| ScanError::Io {
+            path: local.clone(),
+            source,
+        })?;
+        let cached = cache.lookup(&rel, &stamp);
+        if cached.is_none() {
             to_hash.push(index);
-            files.push((rel, local, meta, None));
         }
+        let mode = meta.mode() & 0o777;
+        files.push((rel, local, stamp, mode, cached, true));
     }
     let hashed = hash_all(to_hash.iter().map(|&i| files[i].1.as_path()).collect())?;
-    for (index, digest) in to_hash.into_iter().zip(hashed) {
-        files[index].3 = Some(digest);
+    for (index, read) in to_hash.into_iter().zip(hashed) {
+        let file = &mut files[index];
+        (file.2, file.3, file.4, file.5) = (read.stamp, read.mode, Some(read.digest), read.stable);
     }
     let mut scanned = Vec::with_capacity(files.len());
-    for (rel, local, meta, digest) in files {
+    for (rel, local, stamp, mode, digest, stable) in files {
         let digest = digest.expect("every file was looked up or hashed");
-        let stamp = FileStamp::of(&meta);
-        cache.remember(&rel, stamp, digest, started);
+        if stable {
+            cache.remember(&rel, stamp, digest, started);
+        } else {
+            cache.forget(&rel);
+        }
         scanned.push(ScannedFile {
             entry: Entry {
                 path: rel,
-                mode: meta.mode() & 0o777,
-                size: meta.len(),
+                mode,
+                size: stamp.size,
                 mtime_ns: stamp.mtime_ns,
                 blake3: digest,
             },
@@ -383,9 +395,25 @@ impl IgnoreRules {
     }
 }
 
+/// One file as it was read: the digest and length of the bytes read, and the metadata of
+/// the open file they were read through.
+#[derive(Clone, Copy, Debug)]
+pub struct HashedFile {
+    /// blake3 of the bytes read.
+    pub digest: Digest,
+    /// Size (the number of bytes read), mtime, ctime and inode.
+    pub stamp: FileStamp,
+    /// Permission bits.
+    pub mode: u32,
+    /// Whether the file stayed the same while it was read (same stamp before and after, and
+    /// as many bytes as its size). An unstable read is still self-consistent (size and digest
+    /// of the same bytes) but is never remembered in the hash cache.
+    pub stable: bool,
+}
+
 /// Hashes `paths` on all cores; results in input order.
-pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
-    let results: Vec<Mutex<Option<Result<Digest, ScanError>>>> =
+pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<HashedFile>, ScanError> {
+    let results: Vec<Mutex<Option<Result<HashedFile, ScanError>>>> =
         paths.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism()
@@ -414,11 +442,53 @@ pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<Digest>, ScanError> {
         .collect()
 }
 
-/// blake3 of a file's content, streamed.
-pub fn hash_file(path: &Path) -> io::Result<Digest> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(fs::File::open(path)?)?;
-    Ok(hasher.finalize().into())
+/// Reads a file once through one open descriptor: `fstat`, hash while counting the bytes,
+/// `fstat` again. A file that changes during the read (an editor truncating and rewriting it
+/// in place) is read again, up to three times; the last read is returned either way, with
+/// its own length, so the result never pairs one content's size with another's digest.
+pub fn hash_file(path: &Path) -> io::Result<HashedFile> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut file = fs::File::open(path)?;
+        let before = file.metadata()?;
+        let mut hasher = blake3::Hasher::new();
+        let mut counted = CountingReader {
+            inner: &mut file,
+            count: 0,
+        };
+        hasher.update_reader(&mut counted)?;
+        let read = counted.count;
+        let after = file.metadata()?;
+        let (stamp_before, stamp_after) = (FileStamp::of(&before)?, FileStamp::of(&after)?);
+        let stable = stamp_before == stamp_after && read == after.len();
+        if stable || attempt == ATTEMPTS {
+            return Ok(HashedFile {
+                digest: hasher.finalize().into(),
+                stamp: FileStamp {
+                    size: read,
+                    ..stamp_after
+                },
+                mode: after.mode() & 0o777,
+                stable,
+            });
+        }
+    }
+}
+
+/// Counts the bytes read through it.
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: io::Read> io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
 }
 
 /// What identifies an unchanged file without reading it.
@@ -431,14 +501,40 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    /// The stamp of `meta`.
-    pub fn of(meta: &fs::Metadata) -> FileStamp {
-        FileStamp {
+    /// The stamp of `meta`. A modification time that nanoseconds since the epoch cannot
+    /// hold in an `i64` (after the year 2262, `touch -d 2300-01-01`) is an error naming the
+    /// fix, never an overflow.
+    pub fn of(meta: &fs::Metadata) -> io::Result<FileStamp> {
+        let ns = |secs: i64, nanos: i64| {
+            secs.checked_mul(1_000_000_000)
+                .and_then(|ns| ns.checked_add(nanos))
+        };
+        let mtime_ns = ns(meta.mtime(), meta.mtime_nsec()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "modification time ({} s since the epoch) is out of range (after 2262 or before 1677); fix it with `touch`",
+                    meta.mtime()
+                ),
+            )
+        })?;
+        Ok(FileStamp {
             size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mtime_ns,
+            // Only compared for equality: saturating keeps a far-future ctime usable.
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()).unwrap_or(i64::MAX),
             inode: meta.ino(),
-        }
+        })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Modification time, nanoseconds since the epoch.
+    pub fn mtime_ns(&self) -> i64 {
+        self.mtime_ns
     }
 }
 
@@ -495,13 +591,17 @@ impl HashCache {
         let settled =
             UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns.max(0) as u64) + Self::RACY_WINDOW;
         if settled > scan_started {
-            self.dirty |= self.entries.remove(path).is_some();
+            self.forget(path);
             return;
         }
         if self.entries.get(path) != Some(&(stamp, digest)) {
             self.entries.insert(path.to_string(), (stamp, digest));
             self.dirty = true;
         }
+    }
+
+    fn forget(&mut self, path: &str) {
+        self.dirty |= self.entries.remove(path).is_some();
     }
 
     fn retain_only<'a>(&mut self, paths: impl Iterator<Item = &'a str>) {
@@ -717,5 +817,40 @@ mod tests {
         write(dir.path(), "b.py", "fresh");
         scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
         assert!(!cache.entries.contains_key("b.py"));
+    }
+
+    #[test]
+    fn a_file_dated_after_2262_fails_the_scan_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "future.py", "x");
+        let year_2300 = UNIX_EPOCH + Duration::from_secs(10_413_792_000);
+        fs::File::options()
+            .write(true)
+            .open(dir.path().join("future.py"))
+            .unwrap()
+            .set_modified(year_2300)
+            .unwrap();
+        let err = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("future.py") && text.contains("touch"),
+            "{text}"
+        );
+    }
+
+    /// The size recorded is the number of bytes hashed, even when the file changes between
+    /// the walk and the read (`hash_file` reads through one descriptor and counts).
+    #[test]
+    fn size_and_digest_describe_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.py", "short");
+        let read = hash_file(&dir.path().join("a.py")).unwrap();
+        assert_eq!((read.stamp.size(), read.digest), (5, Digest::of(b"short")));
+        assert!(read.stable);
     }
 }

@@ -5,7 +5,7 @@
 //! with [`VerifyError`] when it could not check at all (store unreachable, manifest corrupt).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -207,7 +207,6 @@ pub async fn verify_mount(
 /// Every regular file under `root` as a manifest entry (sorted by path), its bytes read and
 /// hashed on all cores: what a mount or a checkout really holds.
 pub(crate) fn hash_tree(root: &Path) -> Result<Vec<Entry>, ScanError> {
-    use std::os::unix::fs::MetadataExt;
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(root) {
         let entry = entry.map_err(|e| ScanError::Io {
@@ -215,25 +214,21 @@ pub(crate) fn hash_tree(root: &Path) -> Result<Vec<Entry>, ScanError> {
             source: e.into(),
         })?;
         if entry.file_type().is_file() {
-            let meta = entry.metadata().map_err(|e| ScanError::Io {
-                path: entry.path().to_path_buf(),
-                source: e.into(),
-            })?;
-            files.push((entry.into_path(), meta));
+            files.push(entry.into_path());
         }
     }
-    let digests = hash_all(files.iter().map(|(path, _)| path.as_path()).collect())?;
+    let hashed = hash_all(files.iter().map(PathBuf::as_path).collect())?;
     let mut entries = Vec::with_capacity(files.len());
-    for ((path, meta), blake3) in files.iter().zip(digests) {
+    for (path, read) in files.iter().zip(hashed) {
         let rel = path
             .strip_prefix(root)
             .expect("walkdir yields paths under its root");
         entries.push(Entry {
             path: rel.to_string_lossy().into_owned(),
-            mode: meta.mode() & 0o777,
-            size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            blake3,
+            mode: read.mode,
+            size: read.stamp.size(),
+            mtime_ns: read.stamp.mtime_ns(),
+            blake3: read.digest,
         });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -329,14 +324,21 @@ async fn check_object(
     let info = match store.stat(&key).await {
         Ok(info) => info,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Ok((
-                Some(finding(
-                    FindingKind::MissingObject,
-                    &path,
-                    &format!("object {key} is missing"),
+            // A gc run in progress may have it moved aside (and will put it back).
+            return match crate::gc::read_object(store, &digest).await {
+                Ok(bytes) if bytes.len() as u64 == size && Digest::of(&bytes) == digest => {
+                    Ok((None, bytes.len() as u64))
+                }
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+                _ => Ok((
+                    Some(finding(
+                        FindingKind::MissingObject,
+                        &path,
+                        &format!("object {key} is missing"),
+                    )),
+                    0,
                 )),
-                0,
-            ))
+            };
         }
         Err(e) => return Err(e.into()),
     };

@@ -465,6 +465,7 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
         keep: args.keep,
         grace: args.grace,
         dry_run: args.dry_run,
+        publish_wait: crate::gc::DEFAULT_PUBLISH_WAIT,
     };
     let outcome = crate::gc::gc(&*store, &options).await?;
     if args.json {

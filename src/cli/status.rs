@@ -67,8 +67,14 @@ struct Row {
     failing: bool,
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Whether the owner of state file `file` runs: it holds the file's lock
+/// ([`crate::runtime::StateFile`]). A file without a lock file is from an owner that does
+/// not lock (the failover controller, for now): its pid is checked instead.
+fn alive(file: &Path, pid: Option<u32>) -> bool {
+    if crate::runtime::lock_path(file).exists() {
+        return crate::runtime::owner_alive(file).unwrap_or(false);
+    }
+    pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 fn generation(g: Option<u64>) -> String {
@@ -211,7 +217,7 @@ fn component<T: Serialize>(
 ) -> Component<T> {
     match state {
         Ok(state) => Component {
-            running: pid(&state).is_some_and(alive),
+            running: alive(&file, pid(&state)),
             file,
             state: Readable::State(state),
         },
@@ -226,6 +232,9 @@ fn component<T: Serialize>(
 /// `dagfs status`: returns the exit code.
 pub fn status(args: StatusArgs) -> Result<u8> {
     let dir = runtime_dir();
+    if dir.exists() {
+        crate::runtime::check_dir(&dir)?;
+    }
     let host = HostStatus {
         sync: read_states(&dir, STATE_PREFIX)
             .into_iter()

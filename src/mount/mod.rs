@@ -41,13 +41,20 @@ pub enum MountError {
         /// What is wrong and what to do.
         detail: String,
     },
-    /// Nothing to serve: the store is unreachable and the cache holds no complete generation.
-    #[error("cannot serve anything: the store is unreachable ({source}) and the cache {cache} holds no complete generation; start the mount once while HDFS is up")]
+    /// Nothing to serve: the store cannot be read and the cache holds no complete generation.
+    #[error("cannot serve anything: the store cannot be read ({reason}) and the cache {cache} holds no complete generation; start the mount once while HDFS is readable")]
     NothingToServe {
         /// Why the store failed.
-        source: StoreError,
+        reason: String,
         /// The cache directory.
         cache: PathBuf,
+    },
+    /// The store lists no generation although the mount serves one: gc never deletes the
+    /// head, so the root was deleted, replaced or is the wrong one. The mount keeps serving.
+    #[error("the store lists no generations any more (it served {served}); was its root deleted or replaced? still serving generation {served}")]
+    GenerationsVanished {
+        /// The generation served.
+        served: u64,
     },
     /// The cache failed.
     #[error(transparent)]
@@ -81,7 +88,7 @@ impl MountError {
             MountError::Cache(CacheError::Store(e)) => e.kind().name(),
             MountError::Cache(CacheError::Corrupt { .. }) => "corrupt",
             MountError::Cache(_) => "cache",
-            MountError::Tree { .. } => "tree",
+            MountError::Tree { .. } | MountError::GenerationsVanished { .. } => "tree",
             MountError::Mountpoint { .. } | MountError::Fuse { .. } => "mount",
             MountError::NothingToServe { .. } => "unavailable",
         }
@@ -105,8 +112,7 @@ pub struct MountOptions {
     pub state_dir: StateDir,
     /// Where the metrics go (served on `--metrics` when given).
     pub metrics: MountMetrics,
-    /// What `/healthz` says: unhealthy while polls or fetches fail (the mount keeps serving
-    /// the generation it has).
+    /// What `/healthz` says (see [`health_problem`]).
     pub health: Health,
 }
 
@@ -140,7 +146,7 @@ impl ContentSource for CacheSource {
         self.metrics.cache_reads.inc();
         match File::open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => return other,
+            other => return other.and_then(|file| of_length(file, &digest, size)),
         }
         self.metrics.cache_misses.inc();
         tracing::warn!(object = %digest, size, "object missing from the cache; fetching it again");
@@ -149,7 +155,7 @@ impl ContentSource for CacheSource {
             self.cache.fetch_object(self.store.as_ref(), &digest),
         );
         match self.runtime.block_on(fetch) {
-            Ok(Ok(())) => File::open(&path),
+            Ok(Ok(_)) => File::open(&path).and_then(|file| of_length(file, &digest, size)),
             Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -160,6 +166,20 @@ impl ContentSource for CacheSource {
             )),
         }
     }
+}
+
+/// `file` if it has exactly the `size` bytes the manifest promises: a reader must never get
+/// a prefix of the content (or a prefix of other bytes) as the whole file.
+fn of_length(file: File, digest: &Digest, size: u64) -> std::io::Result<File> {
+    let len = file.metadata()?.len();
+    if len == size {
+        return Ok(file);
+    }
+    tracing::error!(object = %digest, len, size, "the generation records another size than its content has; reading the file fails (publish it again)");
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("object {digest} has {len} bytes, the generation records {size}"),
+    ))
 }
 
 fn tree_of(manifest: Option<&Manifest>) -> (TreeLabel, Vec<FileSpec>) {
@@ -232,6 +252,8 @@ fn libc_enotconn() -> i32 {
 /// The mount's running state between polls.
 struct Served {
     manifest: Option<Manifest>,
+    /// Files of the served generation that read as EIO, as `path: why`.
+    unservable: Vec<String>,
     state: MountState,
 }
 
@@ -241,61 +263,108 @@ impl Served {
     }
 }
 
-/// Picks and caches the first generation: the pinned one, or the head; with the store down,
-/// the newest complete generation in the cache.
+/// Why `/healthz` answers 503, if it does. The mount is unhealthy while
+///
+/// 1. its last poll failed (the store cannot be listed or read, a fetch failed, the store
+///    lost its generations): it keeps serving the generation it has, which may be behind;
+/// 2. the generation it serves has files it cannot serve (corrupt in the store, or a
+///    content of another length than recorded), which read as EIO.
+pub fn health_problem(
+    last_poll: Option<&str>,
+    generation: Option<u64>,
+    unservable: &[String],
+) -> Option<String> {
+    let served = generation.map_or_else(|| "nothing".to_string(), |g| format!("generation {g}"));
+    if let Some(error) = last_poll {
+        return Some(format!("poll failed, still serving {served}: {error}"));
+    }
+    if let Some(first) = unservable.first() {
+        return Some(format!(
+            "{served} has {} file(s) that read as EIO, e.g. {first}",
+            unservable.len()
+        ));
+    }
+    None
+}
+
+/// Whether a failure to reach the head at start should fall back to the cache: the store
+/// cannot be read (unreachable, timing out, or refusing us: an expired Kerberos ticket at
+/// boot), which is the case the cache exists for.
+fn store_unreadable(error: &MountError) -> Option<&StoreError> {
+    let store = match error {
+        MountError::Store(e)
+        | MountError::Cache(CacheError::Store(e))
+        | MountError::Cache(CacheError::Generation(crate::generations::GenerationError::Store(
+            e,
+        ))) => e,
+        _ => return None,
+    };
+    let kind = store.kind();
+    (kind.is_transient() || kind == crate::store::ErrorKind::PermissionDenied).then_some(store)
+}
+
+/// A generation made present in the cache, and the files of it that read as EIO.
+type Fetched = (Manifest, Vec<String>);
+
+/// Picks and caches the first generation: the pinned one, or the head; with the store
+/// unreadable, the newest complete generation in the cache.
 async fn first_generation(
     store: &dyn Store,
     cache: &Cache,
     options: &MountOptions,
-) -> Result<(Option<Manifest>, Option<u64>, Option<String>), MountError> {
+) -> Result<(Option<Fetched>, Option<u64>, Option<String>), MountError> {
     let concurrency = options.config.concurrency;
-    let head = match generations::head(store).await {
-        Ok(head) => head,
-        Err(e) if e.kind().is_transient() => {
-            let cached = match options.pin {
-                Some(pin) => cache.load_manifest(pin)?.filter(|m| {
-                    m.entries
-                        .iter()
-                        .all(|e| cache.has_object(&e.blake3, e.size))
-                }),
-                None => cache.latest_complete()?,
-            };
-            let Some(manifest) = cached else {
-                return Err(MountError::NothingToServe {
-                    source: e,
-                    cache: cache.root().to_path_buf(),
-                });
-            };
-            tracing::warn!(generation = manifest.generation, error = %e,
-                "store unreachable: serving the last known generation from the cache; it switches once the store is back");
-            return Ok((Some(manifest), None, Some(e.to_string())));
-        }
-        Err(e) => return Err(e.into()),
+    let online = async {
+        let head = generations::head(store).await?;
+        let fetched = match options.pin.or(head) {
+            Some(generation) => Some(fetch(cache, store, generation, concurrency).await?),
+            None => None,
+        };
+        Ok::<_, MountError>((fetched, head))
     };
-    let target = options.pin.or(head);
-    let manifest = match target {
-        Some(generation) => Some(fetch(cache, store, generation, concurrency).await?),
-        None => None,
+    let error = match online.await {
+        Ok((fetched, head)) => return Ok((fetched, head, None)),
+        Err(e) => e,
     };
-    Ok((manifest, head, None))
+    let Some(cause) = store_unreadable(&error) else {
+        return Err(error);
+    };
+    let cached = match options.pin {
+        Some(pin) => cache.load_manifest(pin)?.filter(|m| {
+            m.entries
+                .iter()
+                .all(|e| cache.has_object(&e.blake3, e.size))
+        }),
+        None => cache.latest_complete()?,
+    };
+    let Some(manifest) = cached else {
+        return Err(MountError::NothingToServe {
+            reason: cause.to_string(),
+            cache: cache.root().to_path_buf(),
+        });
+    };
+    tracing::warn!(generation = manifest.generation, error = %cause,
+        "store unreadable: serving the last known generation from the cache; it switches once the store is back");
+    Ok((Some((manifest, Vec::new())), None, Some(cause.to_string())))
 }
 
-/// Caches `generation`; files whose objects the store serves corrupt are logged loudly and
-/// served as EIO (their bytes are fetched and verified again on every open).
+/// Caches `generation`; files that cannot be served (corrupt in the store, or a content of
+/// another length than recorded) are logged loudly and served as EIO (their bytes are
+/// fetched and verified again on every open).
 async fn fetch(
     cache: &Cache,
     store: &dyn Store,
     generation: u64,
     concurrency: usize,
-) -> Result<Manifest, MountError> {
+) -> Result<Fetched, MountError> {
     let cached = cache
         .fetch_generation(store, generation, concurrency)
         .await?;
     if !cached.corrupt.is_empty() {
         tracing::error!(generation, files = ?cached.corrupt,
-            "the store serves corrupt bytes for these files: reading them fails with EIO; `dagfs verify --store URL --deep` names their objects; put the right bytes back with `hadoop fs -put -f`");
+            "these files cannot be served and read as EIO; `dagfs verify --store URL --deep` names their objects");
     }
-    Ok(cached.manifest)
+    Ok((cached.manifest, cached.corrupt))
 }
 
 /// Runs the mount until `shutdown` resolves or someone unmounts it; then unmounts and removes
@@ -307,8 +376,21 @@ pub async fn run(
 ) -> Result<(), MountError> {
     let mountpoint = state::absolute_mountpoint(&options.mountpoint);
     prepare_mountpoint(&mountpoint, &options.state_dir)?;
+    // Own the mountpoint's state file before mounting: a second mount racing this one is
+    // refused here rather than stacked on top.
+    options
+        .state_dir
+        .claim(&mountpoint)
+        .map_err(|e| MountError::Mountpoint {
+            path: mountpoint.clone(),
+            detail: format!("{e}; stop the other dagfs mount first"),
+        })?;
     let cache = Cache::open(&options.cache_dir)?;
-    let (manifest, head, error) = first_generation(store.as_ref(), &cache, &options).await?;
+    let (fetched, head, error) = first_generation(store.as_ref(), &cache, &options).await?;
+    let (manifest, unservable) = match fetched {
+        Some((manifest, unservable)) => (Some(manifest), unservable),
+        None => (None, Vec::new()),
+    };
 
     let (label, files) = tree_of(manifest.as_ref());
     let source = CacheSource {
@@ -360,10 +442,12 @@ pub async fn run(
             updated_ms: now,
         },
         manifest,
+        unservable,
     };
     tracing::info!(mountpoint = %mountpoint.display(), generation = ?served.generation(),
         files = files.len(), files_cached_in = %cache.root().display(), "mounted");
     write_state(&options.state_dir, &mut served.state);
+    report_health(&options.health, &served);
     options.metrics.set_generations(served.generation(), head);
     options.metrics.online.set(i64::from(served.state.online));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -399,6 +483,18 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Sets `/healthz` from the state of the mount (see [`health_problem`]).
+fn report_health(health: &Health, served: &Served) {
+    match health_problem(
+        served.state.last_error.as_deref(),
+        served.generation(),
+        &served.unservable,
+    ) {
+        Some(problem) => health.set_unhealthy(problem),
+        None => health.set_healthy(),
+    }
 }
 
 fn write_state(states: &StateDir, state: &mut MountState) {
@@ -445,7 +541,6 @@ async fn poll_loop(
                 state.online = true;
                 state.last_poll_ok_ms = Some(crate::runtime::now_ms());
                 state.last_error = None;
-                options.health.set_healthy();
             }
             Err(e) => {
                 let line = e.to_string();
@@ -463,6 +558,7 @@ async fn poll_loop(
         }
         metrics.online.set(i64::from(state.online));
         write_state(&options.state_dir, state);
+        report_health(&options.health, served);
     }
 }
 
@@ -478,16 +574,27 @@ async fn poll_once(
 ) -> Result<(), MountError> {
     let head = generations::head(store).await?;
     served.state.head = head;
+    if let (None, Some(served)) = (head, served.generation()) {
+        return Err(MountError::GenerationsVanished { served });
+    }
     let target = options.pin.or(head);
     if target == served.generation() {
+        if let (Some(generation), false) = (target, served.unservable.is_empty()) {
+            // Someone may have put the right bytes back: fetch what is missing again.
+            let (_, unservable) =
+                fetch(cache, store, generation, options.config.concurrency).await?;
+            served.unservable = unservable;
+        }
         return Ok(());
     }
     let started = Instant::now();
-    let manifest = match target {
+    let (manifest, unservable) = match target {
         Some(generation) => {
-            Some(fetch(cache, store, generation, options.config.concurrency).await?)
+            let (manifest, unservable) =
+                fetch(cache, store, generation, options.config.concurrency).await?;
+            (Some(manifest), unservable)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
     let fetched = started.elapsed();
     let (label, files) = tree_of(manifest.as_ref());
@@ -520,6 +627,7 @@ async fn poll_once(
     state.tree_id = manifest.as_ref().map(|m| m.tree_id.to_string());
     state.manifest_id = manifest.as_ref().map(|m| m.manifest_id.to_string());
     served.manifest = manifest;
+    served.unservable = unservable;
     if let Some(generation) = served.generation() {
         match cache.evict(generation, options.config.keep_generations) {
             Ok(0) => {}
@@ -528,4 +636,39 @@ async fn poll_once(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FUSE `open` path never hands out an object whose length is not the entry's size
+    /// (the kernel would serve a prefix, or bytes past the content, as the whole file).
+    #[test]
+    fn open_refuses_an_object_of_another_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        std::fs::write(&path, "print('long version')").unwrap();
+        let digest = Digest::of(b"print('long version')");
+        let open = |size| of_length(File::open(&path).unwrap(), &digest, size);
+        assert!(open(21).is_ok());
+        let err = open(5).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("the generation records 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn health_names_each_unhealthy_condition() {
+        assert_eq!(health_problem(None, Some(3), &[]), None);
+        let poll = health_problem(Some("store unavailable"), Some(3), &[]).unwrap();
+        assert!(
+            poll.contains("poll failed") && poll.contains("generation 3"),
+            "{poll}"
+        );
+        let eio = health_problem(None, Some(3), &["b.py: corrupt".into()]).unwrap();
+        assert!(eio.contains("EIO") && eio.contains("b.py"), "{eio}");
+    }
 }

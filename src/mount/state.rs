@@ -1,18 +1,21 @@
 //! The mount's published state: which generation a `dagfs mount` serves, and whether that is
 //! the head.
 //!
-//! The mount process rewrites a small JSON file after every poll (atomically: write beside,
-//! rename). `dagfs failover` reads it to decide whether this host may start the scheduler
+//! The mount process rewrites a small JSON file after every poll (a
+//! [`crate::runtime::StateFile`]: atomic, fsynced, and alive exactly while the mount holds
+//! its lock). `dagfs failover` reads it to decide whether this host may start the scheduler
 //! (the identity gate), `dagfs status` and `dagfs verify --mount` to report it, and the
 //! Airflow bundle to record the generation a DAG was parsed from. The file lives in the
 //! runtime directory, named after the mountpoint, never inside the mount: the tree the mount
 //! shows is exactly the generation, nothing more.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{runtime_dir, write_json};
+use crate::runtime::{runtime_dir, ClaimError, StateFile};
 
 /// What a mount reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +69,7 @@ pub enum StateError {
         /// Where the state file was expected.
         file: String,
     },
-    /// The state file names a process that no longer runs.
+    /// The state file's owner no longer runs (its lock is not held).
     #[error("the dagfs mount at {mountpoint} is not running (pid {pid} has exited); restart it")]
     Exited {
         /// The mountpoint asked about.
@@ -90,16 +93,26 @@ pub fn absolute_mountpoint(mountpoint: &Path) -> PathBuf {
     std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf())
 }
 
-/// The directory of mount state files, one file per mountpoint.
+/// The directory of mount state files, one file per mountpoint. The process that writes a
+/// mountpoint's state owns it (holds its lock) until [`StateDir::remove`] or until it exits.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
 }
 
+/// The state files this process owns: ownership belongs to the process, like the lock.
+fn owned() -> MutexGuard<'static, HashMap<PathBuf, StateFile<MountState>>> {
+    static OWNED: OnceLock<Mutex<HashMap<PathBuf, StateFile<MountState>>>> = OnceLock::new();
+    OWNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Default for StateDir {
     /// The host's runtime directory (see [`crate::runtime::runtime_dir`]).
     fn default() -> Self {
-        StateDir { dir: runtime_dir() }
+        StateDir::at(runtime_dir())
     }
 }
 
@@ -118,46 +131,62 @@ impl StateDir {
             .join(format!("mount-{}.json", escape_path(&absolute)))
     }
 
-    /// Writes `state` atomically to its state file, creating the directory.
-    pub fn write(&self, state: &MountState) -> std::io::Result<()> {
-        write_json(&self.path(&state.mountpoint), state)
+    /// Makes this process the owner of the state file of `mountpoint` (a no-op if it is
+    /// already); refused while another live process owns it.
+    pub fn claim(&self, mountpoint: &Path) -> Result<(), ClaimError> {
+        let path = self.path(mountpoint);
+        let mut owned = owned();
+        if !owned.contains_key(&path) {
+            owned.insert(path.clone(), StateFile::claim(&path)?);
+        }
+        Ok(())
     }
 
-    /// Removes the state file of the mount at `mountpoint` (on clean shutdown).
+    /// Writes `state` atomically to its state file, claiming the file first if this
+    /// process does not own it yet (refused while another live process owns it).
+    pub fn write(&self, state: &MountState) -> std::io::Result<()> {
+        self.claim(&state.mountpoint).map_err(|e| match e {
+            ClaimError::Io(e) => e,
+            held => std::io::Error::new(std::io::ErrorKind::AddrInUse, held.to_string()),
+        })?;
+        let path = self.path(&state.mountpoint);
+        owned()[&path].write(state)
+    }
+
+    /// Removes the state file of the mount at `mountpoint` (on clean shutdown) and gives up
+    /// owning it.
     pub fn remove(&self, mountpoint: &Path) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path(mountpoint)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let path = self.path(mountpoint);
+        let claimed = owned().remove(&path);
+        match claimed {
+            Some(claimed) => claimed.remove(),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
         }
     }
 
-    /// Reads the state of the mount at `mountpoint`, checking that its process still runs.
+    /// Reads the state of the mount at `mountpoint`, checking that its process still runs
+    /// (holds the state file's lock; a pid that exists proves nothing after a crash).
     pub fn read(&self, mountpoint: &Path) -> Result<MountState, StateError> {
         let path = self.path(mountpoint);
         let shown = absolute_mountpoint(mountpoint).display().to_string();
-        let unreadable = |detail: String| StateError::Unreadable {
-            file: path.display().to_string(),
-            detail,
-        };
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StateError::NotRunning {
-                    mountpoint: shown,
-                    file: path.display().to_string(),
-                })
-            }
-            Err(e) => return Err(unreadable(e.to_string())),
-        };
-        let state: MountState =
-            serde_json::from_slice(&text).map_err(|e| unreadable(e.to_string()))?;
-        if !Path::new(&format!("/proc/{}", state.pid)).exists() {
-            return Err(StateError::Exited {
+        match StateFile::<MountState>::read_live(&path) {
+            Ok(Some((state, true))) => Ok(state),
+            Ok(Some((state, false))) => Err(StateError::Exited {
                 mountpoint: shown,
                 pid: state.pid,
-            });
+            }),
+            Ok(None) => Err(StateError::NotRunning {
+                mountpoint: shown,
+                file: path.display().to_string(),
+            }),
+            Err(e) => Err(StateError::Unreadable {
+                file: path.display().to_string(),
+                detail: e.to_string(),
+            }),
         }
-        Ok(state)
     }
 }
 
@@ -252,17 +281,31 @@ mod tests {
         state.head = Some(4);
         assert!(!state.is_current(), "a newer head means the mount lags");
 
-        // Pids above the kernel's pid_max (at most 2^22) never run.
-        state.pid = 99_999_999;
-        states.write(&state).unwrap();
-        let exited = states.read(&mountpoint).unwrap_err();
-        assert!(matches!(exited, StateError::Exited { .. }), "{exited}");
-
         states.remove(&mountpoint).unwrap();
         states.remove(&mountpoint).unwrap();
         assert!(matches!(
             states.read(&mountpoint),
             Err(StateError::NotRunning { .. })
         ));
+    }
+
+    /// After a crash the state file stays behind naming a pid the kernel may give to any
+    /// process (here pid 1, which always runs): the mount must read as exited.
+    #[test]
+    fn a_crashed_mount_whose_pid_was_reused_reads_as_exited() {
+        let runtime = tempfile::tempdir().unwrap();
+        let mountpoint = runtime.path().join("mnt");
+        let mut state = sample(&mountpoint);
+        state.pid = 1;
+        let states = StateDir::at(runtime.path());
+        // What a mount killed with SIGKILL leaves: its file, and a lock file nobody holds.
+        let crashed = StateFile::<MountState>::claim(&states.path(&mountpoint)).unwrap();
+        crashed.write(&state).unwrap();
+        drop(crashed);
+        let read = states.read(&mountpoint);
+        assert!(
+            matches!(read, Err(StateError::Exited { pid: 1, .. })),
+            "{read:?}"
+        );
     }
 }

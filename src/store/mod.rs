@@ -8,10 +8,13 @@
 //!   `viewfs://cluster/path`, on the hdfs-native client.
 //! - [`LocalStore`]: a local directory (`file:///path` or a plain path), the embedded default.
 //!
-//! Both keep one contract, written down in `docs/DESIGN.md` ("Store contract") and checked by
+//! - [`faulty::FaultyStore`]: a wrapper that injects faults, for tests.
+//!
+//! Both backends keep one contract, written down in `docs/DESIGN.md` ("Store contract") and checked by
 //! the conformance suite in `tests/store_conformance.rs` against both.
 
 mod error;
+pub mod faulty;
 mod hdfs;
 mod key;
 mod local;

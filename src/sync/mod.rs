@@ -183,6 +183,8 @@ impl Failure {
         };
         match (error, store_kind) {
             (_, Some(kind)) if kind.is_transient() => (Failure::Transient, "unavailable"),
+            // Stalled past its gc pin: nothing was committed, simply try again.
+            (PublishError::PinLost, _) => (Failure::Transient, "unavailable"),
             (_, Some(ErrorKind::PermissionDenied)) => (Failure::NeedsAdmin, "permission"),
             (PublishError::ChangedDuringPush { .. }, _) => (Failure::Changed, "changed"),
             (PublishError::Conflict { .. } | PublishError::TooManyRaces(_), _) => {

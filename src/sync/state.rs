@@ -9,13 +9,11 @@
 //!
 //! `<id>` is derived from the folder's canonical path, so `dags` and `./dags/` are one folder.
 
-use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{now_ms, runtime_dir, write_json};
+use crate::runtime::{now_ms, runtime_dir, write_json, ClaimError, StateFile};
 
 /// Prefix of sync status files in the runtime directory.
 pub const STATE_PREFIX: &str = "sync-";
@@ -164,34 +162,19 @@ impl SyncFiles {
         self.dir.join(format!("{}.json", self.stem(folder)))
     }
 
-    /// Takes the single-instance lock of `folder`, or says who holds it.
+    /// Takes the single-instance lock of `folder` (the lock of its status file, see
+    /// [`StateFile`]), or says who holds it.
     pub fn lock(&self, folder: &Path) -> Result<InstanceLock, StateError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
-        let path = self.dir.join(format!("{}.lock", self.stem(folder)));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(StateError::AlreadyRunning {
-                    dir: folder.to_path_buf(),
-                    pid: text.trim().parse().ok(),
-                    lock: path,
-                });
-            }
-            Err(e) => return Err(io_error(&path)(e.into())),
+        let path = self.state_path(folder);
+        match StateFile::claim(&path) {
+            Ok(file) => Ok(InstanceLock { _file: file }),
+            Err(ClaimError::Held { lock, pid }) => Err(StateError::AlreadyRunning {
+                dir: folder.to_path_buf(),
+                pid,
+                lock,
+            }),
+            Err(ClaimError::Io(e)) => Err(io_error(&crate::runtime::lock_path(&path))(e)),
         }
-        file.set_len(0).map_err(io_error(&path))?;
-        file.rewind().map_err(io_error(&path))?;
-        writeln!(file, "{}", std::process::id()).map_err(io_error(&path))?;
-        Ok(InstanceLock { _file: file })
     }
 
     /// Writes `state` atomically to its status file.
@@ -213,7 +196,7 @@ impl SyncFiles {
 /// Held for the daemon's lifetime; the kernel releases it when the process exits.
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: File,
+    _file: StateFile<SyncState>,
 }
 
 #[cfg(test)]
