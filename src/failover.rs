@@ -18,7 +18,7 @@ use crate::election::{Beat, Candidate, Clock, Coordinator, Identity, Renewal, St
 use crate::generations;
 use crate::metrics::Registry;
 use crate::mount::state::StateDir;
-use crate::runtime::{now_ms, write_json};
+use crate::runtime::{now_ms, ClaimError, StateFile};
 use crate::store::Store;
 use crate::supervise::{health_check, AfterFailure, MemberInfo, RestartPolicy, Unit, UnitSpec};
 
@@ -118,21 +118,14 @@ impl ControllerState {
             if !(name.starts_with("failover-") && name.ends_with(".json")) {
                 continue;
             }
-            let Ok(text) = std::fs::read(&path) else {
-                continue;
-            };
-            if let Ok(state) = serde_json::from_slice::<ControllerState>(&text) {
-                if Path::new(&format!("/proc/{}", state.pid)).exists() {
-                    states.push(state);
-                }
+            // Alive means holding the file's lock: a pid that exists proves nothing after a
+            // crash (pids are reused).
+            if let Ok(Some((state, true))) = StateFile::<ControllerState>::read_live(&path) {
+                states.push(state);
             }
         }
         states.sort_by(|a, b| a.store.cmp(&b.store));
         Ok(states)
-    }
-
-    fn write(&self, runtime_dir: &Path) -> std::io::Result<()> {
-        write_json(&state_file(runtime_dir, &self.store), self)
     }
 }
 
@@ -150,6 +143,9 @@ pub enum FailoverError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another controller for the same store runs on this host.
+    #[error("another dagfs failover for this store runs on this host: {0}; stop it first")]
+    Running(ClaimError),
 }
 
 /// How to run a controller.
@@ -317,6 +313,8 @@ impl Lead {
 /// The controller's loop state.
 struct Controller<'a> {
     store: &'a dyn Store,
+    /// This controller's state file, claimed (locked) for its life.
+    state_file: StateFile<ControllerState>,
     /// When the leader renews next (every interval; sooner after a failed renewal).
     next_renewal: Clock,
     options: FailoverOptions,
@@ -365,8 +363,17 @@ pub async fn run(
             ("DAGFS_STORE".into(), store.url().to_string()),
         ],
     };
+    let state_path = state_file(&options.runtime_dir, store.url());
+    let state_file = StateFile::claim(&state_path).map_err(|e| match e {
+        ClaimError::Io(source) => FailoverError::State {
+            dir: options.runtime_dir.display().to_string(),
+            source,
+        },
+        held => FailoverError::Running(held),
+    })?;
     let mut controller = Controller {
         store,
+        state_file,
         next_renewal: Clock::now(),
         candidate: Candidate::new(coordinator, me, timing),
         mounts: StateDir::at(&options.runtime_dir),
@@ -846,8 +853,8 @@ impl<'a> Controller<'a> {
             updated_ms: now_ms(),
         };
         self.options.metrics.observe(&state);
-        state
-            .write(&self.options.runtime_dir)
+        self.state_file
+            .write(&state)
             .map_err(|source| FailoverError::State {
                 dir: self.options.runtime_dir.display().to_string(),
                 source,
@@ -917,10 +924,33 @@ mod tests {
         assert!(err.contains("store's head is 2"), "{err}");
     }
 
+    /// Bug 8: the gate believed a mount alive when its pid existed; after a crash the pid
+    /// belongs to another process and the dead mount's "current" state passed.
+    #[tokio::test]
+    async fn gate_refuses_a_dead_mounts_state_whose_pid_was_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let states = StateDir::at(dir.path().join("run"));
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        let mnt = dir.path().join("mnt");
+        crate::testutil::publish_files(&store, dir.path(), &[("a.py", "x")]).await;
+        // Written by a mount that crashed: the file is there, its lock is held by nobody,
+        // and its pid is a live process (this one).
+        crate::runtime::write_json(&states.path(&mnt), &mount_state(&mnt, Some(1), Some(1)))
+            .unwrap();
+        let err = gate(&store, &states, &mnt, Duration::from_secs(5), None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("exited") || err.contains("not running"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn state_files_of_running_controllers_are_listed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = ControllerState {
+        let state = ControllerState {
             pid: std::process::id(),
             id: "a".into(),
             host: "h".into(),
@@ -939,13 +969,16 @@ mod tests {
             last_error: None,
             updated_ms: now_ms(),
         };
-        state.write(dir.path()).unwrap();
+        let path = state_file(dir.path(), &state.store);
+        let owned = StateFile::<ControllerState>::claim(&path).unwrap();
+        owned.write(&state).unwrap();
         assert_eq!(
             ControllerState::read_all(dir.path()).unwrap(),
             vec![state.clone()]
         );
-        state.pid = 99_999_999;
-        state.write(dir.path()).unwrap();
+        // A crashed controller whose pid now belongs to another process (here: this one)
+        // is not listed: it no longer holds the lock.
+        drop(owned);
         assert!(ControllerState::read_all(dir.path()).unwrap().is_empty());
     }
 }

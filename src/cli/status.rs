@@ -68,13 +68,9 @@ struct Row {
 }
 
 /// Whether the owner of state file `file` runs: it holds the file's lock
-/// ([`crate::runtime::StateFile`]). A file without a lock file is from an owner that does
-/// not lock (the failover controller, for now): its pid is checked instead.
-fn alive(file: &Path, pid: Option<u32>) -> bool {
-    if crate::runtime::lock_path(file).exists() {
-        return crate::runtime::owner_alive(file).unwrap_or(false);
-    }
-    pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+/// ([`crate::runtime::StateFile`]); a pid proves nothing after a crash.
+fn alive(file: &Path) -> bool {
+    crate::runtime::owner_alive(file).unwrap_or(false)
 }
 
 fn generation(g: Option<u64>) -> String {
@@ -210,14 +206,10 @@ fn read_states<T: serde::de::DeserializeOwned>(
     found
 }
 
-fn component<T: Serialize>(
-    file: PathBuf,
-    state: Result<T, String>,
-    pid: impl Fn(&T) -> Option<u32>,
-) -> Component<T> {
+fn component<T: Serialize>(file: PathBuf, state: Result<T, String>) -> Component<T> {
     match state {
         Ok(state) => Component {
-            running: alive(&file, pid(&state)),
+            running: alive(&file),
             file,
             state: Readable::State(state),
         },
@@ -238,19 +230,15 @@ pub fn status(args: StatusArgs) -> Result<u8> {
     let host = HostStatus {
         sync: read_states(&dir, STATE_PREFIX)
             .into_iter()
-            .map(|(file, state)| component(file, state, |s: &SyncState| Some(s.pid)))
+            .map(|(file, state)| component::<SyncState>(file, state))
             .collect(),
         mount: read_states(&dir, "mount-")
             .into_iter()
-            .map(|(file, state)| component(file, state, |s: &MountState| Some(s.pid)))
+            .map(|(file, state)| component::<MountState>(file, state))
             .collect(),
         failover: read_states(&dir, "failover-")
             .into_iter()
-            .map(|(file, state)| {
-                component(file, state, |s: &serde_json::Value| {
-                    s.get("pid").and_then(|p| p.as_u64()).map(|p| p as u32)
-                })
-            })
+            .map(|(file, state)| component::<serde_json::Value>(file, state))
             .collect(),
         runtime_dir: dir,
     };
