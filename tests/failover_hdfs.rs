@@ -834,10 +834,10 @@ impl NameNodeRpcs {
 /// Settings for a 10 s interval (the defaults).
 const DEFAULT_TIMING: [(&str, &str); 5] = [
     ("DAGFS_FAILOVER_INTERVAL", "10s"),
-    ("DAGFS_FAILOVER_FENCE_AFTER", "30s"),
-    ("DAGFS_FAILOVER_KILL_GRACE", "10s"),
-    ("DAGFS_FAILOVER_SAFETY_MARGIN", "5s"),
-    ("DAGFS_FAILOVER_TAKEOVER_AFTER", "50s"),
+    ("DAGFS_FAILOVER_FENCE_AFTER", "20s"),
+    ("DAGFS_FAILOVER_KILL_GRACE", "5s"),
+    ("DAGFS_FAILOVER_SAFETY_MARGIN", "2s"),
+    ("DAGFS_FAILOVER_TAKEOVER_AFTER", "27s"),
 ];
 
 /// Takeover times after kill -9 and NameNode RPC rates of idle controllers, for
