@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::FailoverConfig;
 use crate::election::{Beat, Candidate, Clock, Coordinator, Identity, Renewal, Standing, Term};
 use crate::generations;
-use crate::metrics::Registry;
+use crate::metrics::{Health, Registry};
 use crate::mount::state::StateDir;
 use crate::runtime::{now_ms, ClaimError, StateFile};
 use crate::store::Store;
@@ -168,6 +168,8 @@ pub struct FailoverOptions {
     pub guard_exe: PathBuf,
     /// Where the metrics go (served on `--metrics` when given).
     pub metrics: FailoverMetrics,
+    /// What `/healthz` answers (see [`health_problem`]).
+    pub health: Health,
 }
 
 /// The controller's Prometheus metrics, under `dagfs_failover_*`. Clones share the series.
@@ -313,6 +315,8 @@ impl Lead {
 /// The controller's loop state.
 struct Controller<'a> {
     store: &'a dyn Store,
+    /// Since when every election call failed (`None`: the last one succeeded).
+    failing_since: Option<Clock>,
     /// This controller's state file, claimed (locked) for its life.
     state_file: StateFile<ControllerState>,
     /// When the leader renews next (every interval; sooner after a failed renewal).
@@ -373,6 +377,7 @@ pub async fn run(
     })?;
     let mut controller = Controller {
         store,
+        failing_since: None,
         state_file,
         next_renewal: Clock::now(),
         candidate: Candidate::new(coordinator, me, timing),
@@ -514,7 +519,9 @@ impl<'a> Controller<'a> {
             }
             return;
         }
-        match self.candidate.standby_step(eligible).await {
+        let standing = self.candidate.standby_step(eligible).await;
+        self.reached(standing.is_ok());
+        match standing {
             Ok(Standing::Elected(term)) => {
                 self.policy.reset();
                 self.lead = Some(Lead {
@@ -568,6 +575,7 @@ impl<'a> Controller<'a> {
                 .renew(&mut renewed, self.generation, self.tree_id.clone())
                 .await;
             *term = renewed.clone();
+            self.reached(result.is_ok());
             let interval = self.options.config.interval;
             self.next_renewal = Clock::now().after(match result {
                 Ok(Renewal::Renewed) => interval,
@@ -809,6 +817,15 @@ impl<'a> Controller<'a> {
         self.tree_id = None;
     }
 
+    /// Notes whether an election call reached the coordinator.
+    fn reached(&mut self, ok: bool) {
+        if ok {
+            self.failing_since = None;
+        } else if self.failing_since.is_none() {
+            self.failing_since = Some(Clock::now());
+        }
+    }
+
     fn publish(&self, role: Role) -> Result<(), FailoverError> {
         let lead_term = self.lead.as_ref().and_then(|l| l.term.as_ref());
         let leader = self.candidate.seen().and_then(|seen| {
@@ -853,6 +870,11 @@ impl<'a> Controller<'a> {
             updated_ms: now_ms(),
         };
         self.options.metrics.observe(&state);
+        let failing = self.failing_since.map(|since| now.since(since));
+        match health_problem(&state, failing, self.options.config.fence_after) {
+            Some(problem) => self.options.health.set_unhealthy(problem),
+            None => self.options.health.set_healthy(),
+        }
         self.state_file
             .write(&state)
             .map_err(|source| FailoverError::State {
@@ -860,6 +882,33 @@ impl<'a> Controller<'a> {
                 source,
             })
     }
+}
+
+/// Why a controller is unhealthy (`/healthz` answers 503 with it), if it is:
+/// - it has not reached the coordinator for `fence_after` (a leader has fenced itself by then,
+///   a standby cannot take over);
+/// - it stepped down after repeated failures of the commands and is cooling down.
+///
+/// A healthy standby is healthy: following is its job.
+pub fn health_problem(
+    state: &ControllerState,
+    failing_for: Option<Duration>,
+    fence_after: Duration,
+) -> Option<String> {
+    if let Some(failing) = failing_for.filter(|&f| f >= fence_after) {
+        return Some(format!(
+            "the coordinator has not answered for {}: {}",
+            humantime::format_duration(Duration::from_secs(failing.as_secs())),
+            state.last_error.as_deref().unwrap_or("no error recorded")
+        ));
+    }
+    if state.role == Role::CoolingDown {
+        return Some(format!(
+            "stepped down after repeated failures; cooling down: {}",
+            state.last_error.as_deref().unwrap_or("no error recorded")
+        ));
+    }
+    None
 }
 
 /// Stops the unit of `phase`, if it runs; returns whether nothing of it is left.
@@ -924,6 +973,31 @@ mod tests {
         assert!(err.contains("store's head is 2"), "{err}");
     }
 
+    /// /healthz of failover: 503 while the coordinator is unreachable for fence_after, and
+    /// while cooling down; 200 for a healthy standby or leader.
+    #[test]
+    fn health_turns_bad_on_an_unreachable_coordinator_and_while_cooling_down() {
+        let mut state = controller_state();
+        let fence = Duration::from_secs(20);
+        assert_eq!(health_problem(&state, None, fence), None);
+        assert_eq!(
+            health_problem(&state, Some(Duration::from_secs(19)), fence),
+            None
+        );
+        state.last_error = Some("heartbeat not renewed: timed out".into());
+        let problem = health_problem(&state, Some(Duration::from_secs(21)), fence).unwrap();
+        assert!(
+            problem.contains("21s") && problem.contains("timed out"),
+            "{problem}"
+        );
+        state.role = Role::CoolingDown;
+        assert!(health_problem(&state, None, fence)
+            .unwrap()
+            .contains("cooling down"));
+        state.role = Role::Standby;
+        assert_eq!(health_problem(&state, None, fence), None);
+    }
+
     /// Bug 8: the gate believed a mount alive when its pid existed; after a crash the pid
     /// belongs to another process and the dead mount's "current" state passed.
     #[tokio::test]
@@ -947,10 +1021,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn state_files_of_running_controllers_are_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = ControllerState {
+    fn controller_state() -> ControllerState {
+        ControllerState {
             pid: std::process::id(),
             id: "a".into(),
             host: "h".into(),
@@ -968,7 +1040,13 @@ mod tests {
             cooldown_until_ms: None,
             last_error: None,
             updated_ms: now_ms(),
-        };
+        }
+    }
+
+    #[test]
+    fn state_files_of_running_controllers_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = controller_state();
         let path = state_file(dir.path(), &state.store);
         let owned = StateFile::<ControllerState>::claim(&path).unwrap();
         owned.write(&state).unwrap();

@@ -72,8 +72,9 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
     };
     let mut registry = Registry::default();
     let metrics = FailoverMetrics::register(&mut registry);
+    let health = Health::default();
     let _server = metrics_addr
-        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), Health::default()))
+        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), health.clone()))
         .transpose()?;
     let options = FailoverOptions {
         id: args.id.unwrap_or_else(|| {
@@ -89,6 +90,7 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         runtime_dir: runtime_dir(),
         guard_exe: std::env::current_exe().context("cannot find the dagfs executable")?,
         metrics,
+        health,
     };
     let coordinator = StoreCoordinator::new(store.as_ref());
     failover::run(store.as_ref(), &coordinator, options, shutdown).await?;

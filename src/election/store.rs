@@ -26,6 +26,11 @@ pub const BEATS_DIR: &str = "failover/beats";
 /// least 2: the newest and its predecessor are what a claim is verified against.
 const BEATS_KEPT: u64 = 4;
 
+/// The highest sequence number taken from a name: larger names (crafted, or garbage) are
+/// ignored, so arithmetic on sequence numbers cannot overflow. At one beat a second it lasts
+/// for a few billion years.
+const MAX_SEQ: u64 = u64::MAX / 4;
+
 /// Key of beat number `seq`.
 pub fn beat_key(seq: u64) -> String {
     format!("{BEATS_DIR}/{seq:020}")
@@ -56,7 +61,7 @@ impl<'a> StoreCoordinator<'a> {
             .iter()
             .filter_map(|e| {
                 Some(Version {
-                    seq: e.name().parse().ok()?,
+                    seq: e.name().parse().ok().filter(|&seq| seq <= MAX_SEQ)?,
                     tag: tag(e),
                 })
             })

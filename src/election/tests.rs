@@ -310,3 +310,31 @@ async fn epochs_never_repeat_over_unreadable_beats() {
     let b_term = elect(&mut b).await;
     assert!(b_term.epoch > term.epoch, "{b_term:?} after {term:?}");
 }
+
+/// Issue 14, bug 9: a beat name read from the store is a number an adversary chooses; the
+/// largest one must not make the election overflow.
+#[tokio::test]
+async fn a_beat_named_with_the_largest_number_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+    let coordinator = StoreCoordinator::new(&store);
+    let clock = FakeClock::default();
+    store
+        .put(
+            &format!("{BEATS_DIR}/{}", u64::MAX),
+            Bytes::from_static(b"{}"),
+            Overwrite::Deny,
+        )
+        .await
+        .unwrap();
+    let mut a = candidate(&coordinator, "a", TIMING, &clock);
+    assert!(is_following(&mut a).await);
+    clock.set(5);
+    let mut term = elect(&mut a).await;
+    assert_eq!(term.epoch, 1);
+    clock.set(6);
+    assert_eq!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Renewed
+    );
+}
