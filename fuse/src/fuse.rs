@@ -99,6 +99,10 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let view = self.fs.view();
         match self.fs.getattr(&view, ino.0) {
@@ -192,12 +196,12 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, ino.0, offset) {
+        match self.fs.readdir(fh.0, offset) {
             Ok(listed) => {
                 for entry in listed {
                     let kind = if entry.attr.is_dir {
@@ -223,15 +227,15 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     fn readdirplus(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let view = self.fs.view();
-        match self.fs.readdir(fh.0, ino.0, offset) {
+        let ttl = view.ttl();
+        match self.fs.readdir(fh.0, offset) {
             Ok(listed) => {
-                let ttl = view.ttl();
                 for entry in listed {
                     let attr = file_attr(&self.fs, &entry.attr);
                     if reply.add(
@@ -243,6 +247,10 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
                         Generation(0),
                     ) {
                         break;
+                    }
+                    // The kernel takes a reference to every entry but `.` and `..`.
+                    if entry.name != "." && entry.name != ".." {
+                        self.fs.listed_to_kernel(&view, fh.0, entry.attr.ino);
                     }
                 }
                 reply.ok();
