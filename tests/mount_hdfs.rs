@@ -343,6 +343,8 @@ fn every_recently_served_generation_is_readable_under_dagfs_generations() {
         state.views.iter().map(|v| v.generation).collect()
     };
     let state = mount.serving(3);
+    // Generation 2 stopped being served (at the switch to 3) before this moment.
+    let left_2 = Instant::now();
     assert!(started.elapsed() < keep_for, "the test machine is too slow");
     // Served within keep_for: all three stay, each exactly its generation.
     assert_eq!(views(&state), [1, 2, 3], "{state:?}");
@@ -362,10 +364,10 @@ fn every_recently_served_generation_is_readable_under_dagfs_generations() {
         .collect();
     assert!(!names.iter().any(|n| n == ".dagfs"), "{names:?}");
 
-    // Once keep_for has passed, the next switch keeps keep_generations (plus the one just
-    // left, served until now) and the older views disappear.
-    while started.elapsed() < keep_for + Duration::from_secs(1) {
-        std::thread::sleep(Duration::from_millis(200));
+    // Once keep_for has passed since 1 and 2 were left, the next switch keeps
+    // keep_generations plus 3 (served until then), and the older views disappear.
+    while left_2.elapsed() < keep_for + Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(100));
     }
     write_generation(&dags, 4, FILES);
     push(cluster, &runtime, &dags, &url);

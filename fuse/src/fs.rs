@@ -566,8 +566,9 @@ impl<S: ContentSource> DagFs<S> {
     }
 
     /// Makes `.dagfs/generations/` show exactly `trees` (one directory per generation, each
-    /// exactly that tree, read-only and immutable). Views already shown with the same tree id
-    /// are kept as they are; the kernel forgets the names that appear or disappear.
+    /// exactly that tree, read-only and immutable). A view already shown with the same label
+    /// is kept as it is, without looking at its files (callers may pass none); the kernel
+    /// forgets the names that appear or disappear.
     pub fn set_views(
         &self,
         trees: Vec<(TreeLabel, Vec<FileSpec>)>,

@@ -569,14 +569,25 @@ fn keep_count(
 
 /// Shows every complete generation of the cache under `.dagfs/generations/` and returns them
 /// for the state file. A generation whose objects are not all cached is left out (its files
-/// could not be read without the store).
+/// could not be read without the store). A generation already shown is not read again: its
+/// manifest and objects stay in the cache as long as it is kept.
 fn show_cached_views(cache: &Cache, fs: &DagFs<CacheSource>, mounted: &Mounted) -> Vec<ViewState> {
+    let shown: BTreeMap<u64, TreeLabel> = fs
+        .views()
+        .into_iter()
+        .map(|label| (label.generation, label))
+        .collect();
     let mut trees = Vec::new();
     let generations = cache.generations().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot list the cached generations");
         Vec::new()
     });
     for generation in generations {
+        if let Some(label) = shown.get(&generation) {
+            // set_views keeps a view shown with the same label without looking at its files.
+            trees.push((label.clone(), Vec::new()));
+            continue;
+        }
         match cache.load_manifest(generation) {
             Ok(Some(manifest))
                 if manifest
