@@ -310,6 +310,12 @@ class DagfsBundle(BaseDagBundle):
             if state.get("generation") is None:
                 raise DagfsBundleError(f"bundle {self.name}: the dagfs mount at {self.mount} serves no generation yet (empty store)")
             generation, tree_id = int(state["generation"]), state["tree_id"]
+            if not self._view(generation).is_dir():
+                raise DagfsBundleError(
+                    f"bundle {self.name}: the dagfs mount at {self.mount} does not show "
+                    f"{self._view(generation)}; upgrade dagfs on this host to a version with "
+                    "per-generation views"
+                )
             if not state.get("online"):
                 log.warning(
                     "bundle %s: the dagfs mount at %s cannot reach the store (%s); serving generation %s, "
