@@ -390,8 +390,8 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
     );
     assert_eq!(tasks("run_b"), ["extra", "record"]);
 
-    // The NameNode stops. The processor keeps parsing, a refresh answers at once from the
-    // mount's state, and new runs are created and executed.
+    // The NameNode stops. The processor keeps heartbeating and parsing, a refresh answers at
+    // once from the mount's state, and new runs are created and executed.
     cluster.stop_namenode(0);
     let down = Instant::now();
     mount.wait_for("the mount to notice the store is down", |s| !s.online);
@@ -409,6 +409,10 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
     wait_until("the outage", outage() + Duration::from_secs(5), || {
         down.elapsed() >= outage()
     });
+    // Both keep heartbeating (`jobs check` exits 1 when the newest job's heartbeat is stale).
+    for job in ["DagProcessorJob", "SchedulerJob"] {
+        env.airflow(&["jobs", "check", "--job-type", job]);
+    }
     let during = parses(&witness, seen);
     assert!(
         during.len() >= 2,

@@ -97,31 +97,52 @@ struct State {
     /// from the old snapshot is cached again.
     switching: bool,
     /// The per-generation views, by generation number.
-    views: BTreeMap<u64, Arc<Snapshot>>,
+    views: BTreeMap<u64, ViewEntry>,
     /// When the set of views last changed (the mtime of `.dagfs/generations`).
     views_changed: SystemTime,
 }
 
+/// One generation shown under `.dagfs/generations/`: its root's attributes always, its tree
+/// only once something enters it (a view costs about as much memory as the served tree, and
+/// most are never read).
+#[derive(Clone)]
+struct ViewEntry {
+    label: TreeLabel,
+    root: Attr,
+    tree: Option<Arc<Snapshot>>,
+}
+
 impl State {
-    /// Whether a tree in use (the served one or a view) has `ino`.
+    /// The trees in use: the served one and the views built so far.
+    fn trees(&self) -> impl Iterator<Item = &Arc<Snapshot>> {
+        std::iter::once(&self.snapshot).chain(self.views.values().filter_map(|v| v.tree.as_ref()))
+    }
+
+    /// Whether a tree in use (the served one, a view, a view's root) has `ino`.
     fn in_use(&self, ino: Ino) -> bool {
-        self.snapshot.contains(ino) || self.views.values().any(|v| v.contains(ino))
+        self.trees().any(|t| t.contains(ino)) || self.views.values().any(|v| v.root.ino == ino)
     }
 
     /// The tree in use holding directory `ino`.
     fn dir(&self, ino: Ino) -> Option<(&Arc<Snapshot>, &tree::DirNode)> {
-        std::iter::once(&self.snapshot)
-            .chain(self.views.values())
-            .find_map(|s| s.dirs.get(&ino).map(|d| (s, d)))
+        self.trees().find_map(|s| s.dirs.get(&ino).map(|d| (s, d)))
     }
 
     /// The file `ino` of a tree in use.
     fn file(&self, ino: Ino) -> Option<&Arc<FileNode>> {
-        std::iter::once(&self.snapshot)
-            .chain(self.views.values())
-            .find_map(|s| s.files.get(&ino))
+        self.trees().find_map(|s| s.files.get(&ino))
+    }
+
+    /// The view whose root is `ino` and whose tree is not built yet.
+    fn unbuilt_view(&self, ino: Ino) -> Option<&ViewEntry> {
+        self.views
+            .values()
+            .find(|v| v.root.ino == ino && v.tree.is_none())
     }
 }
+
+/// Reads the files of a generation shown as a view, when something first enters it.
+pub type ViewLoader = Box<dyn Fn(&TreeLabel) -> Result<Vec<FileSpec>, String> + Send + Sync>;
 
 /// The inode numbers and the kernel's references to them.
 ///
@@ -191,6 +212,7 @@ pub struct DagFs<S> {
     handles: Mutex<HashMap<u64, DirHandle>>,
     next_handle: AtomicU64,
     started: SystemTime,
+    view_loader: std::sync::OnceLock<ViewLoader>,
 }
 
 /// A consistent view for one request: the snapshot and the TTL to reply with. Hold it until
@@ -252,6 +274,7 @@ impl<S: ContentSource> DagFs<S> {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             started: now,
+            view_loader: std::sync::OnceLock::new(),
         })
     }
 
@@ -277,6 +300,61 @@ impl<S: ContentSource> DagFs<S> {
     pub fn views(&self) -> Vec<TreeLabel> {
         let view = self.view();
         view.state.views.values().map(|v| v.label.clone()).collect()
+    }
+
+    /// How views get their files when something first enters them (set once; without it,
+    /// entering a view finds it empty of names).
+    pub fn set_view_loader(&self, loader: ViewLoader) {
+        let _ = self.view_loader.set(loader);
+    }
+
+    /// Call before a request on directory `ino` (a lookup in it, opening it), outside any
+    /// [`View`]: if `ino` is the root of a view not built yet, builds it now.
+    pub fn enter(&self, ino: Ino) {
+        let label = match self.view().state.unbuilt_view(ino) {
+            Some(entry) => entry.label.clone(),
+            None => return,
+        };
+        let Some(loader) = self.view_loader.get() else {
+            return;
+        };
+        let files = match loader(&label) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(generation = label.generation, error = %e, "cannot read the files of a generation view");
+                return;
+            }
+        };
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.view().state.unbuilt_view(ino).is_none() {
+            return; // built meanwhile, or gone
+        }
+        let built = {
+            let mut lifecycle = self.lock_lifecycle();
+            tree::build(
+                label.clone(),
+                Kind::View,
+                &files,
+                &mut lifecycle.table,
+                None,
+                SystemTime::now(),
+            )
+        };
+        match built {
+            Ok(tree) if tree.root == ino => {
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(entry) = state.views.get_mut(&label.generation) {
+                    entry.tree = Some(Arc::new(tree));
+                }
+            }
+            Ok(_) => tracing::error!(
+                generation = label.generation,
+                "a generation view changed its root"
+            ),
+            Err(e) => {
+                tracing::error!(generation = label.generation, error = %e, "cannot build a generation view")
+            }
+        }
     }
 
     fn lock_lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
@@ -332,6 +410,13 @@ impl<S: ContentSource> DagFs<S> {
             _ => state
                 .dir(ino)
                 .map(|(_, d)| d.attr)
+                .or_else(|| {
+                    state
+                        .views
+                        .values()
+                        .find(|v| v.root.ino == ino)
+                        .map(|v| v.root)
+                })
                 .or_else(|| self.file(state, ino).map(|f| f.attr)),
         }
     }
@@ -356,7 +441,7 @@ impl<S: ContentSource> DagFs<S> {
                 .ok()
                 .filter(|g| g.to_string() == name)
                 .and_then(|g| state.views.get(&g))
-                .and_then(|v| v.attr(v.root)),
+                .map(|v| v.root),
             _ => {
                 let Some((tree, dir)) = state.dir(parent) else {
                     return Err(if self.file(state, parent).is_some() {
@@ -443,7 +528,7 @@ impl<S: ContentSource> DagFs<S> {
                 let entries = state
                     .views
                     .iter()
-                    .filter_map(|(g, v)| Some((g.to_string(), v.attr(v.root)?)))
+                    .map(|(g, v)| (g.to_string(), v.root))
                     .collect();
                 (None, (dot(ino)?, dot(DAGFS_DIR_INO)?, entries))
             }
@@ -567,55 +652,67 @@ impl<S: ContentSource> DagFs<S> {
 
     /// Makes `.dagfs/generations/` show exactly `trees` (one directory per generation, each
     /// exactly that tree, read-only and immutable). A view already shown with the same label
-    /// is kept as it is, without looking at its files (callers may pass none); the kernel
-    /// forgets the names that appear or disappear.
+    /// is kept as it is, without looking at its files (callers may pass none); a new one is
+    /// built once to know its root and then only when something enters it
+    /// ([`DagFs::enter`], through [`DagFs::set_view_loader`]). The kernel forgets the names
+    /// that appear or disappear.
     pub fn set_views(
         &self,
         trees: Vec<(TreeLabel, Vec<FileSpec>)>,
         invalidator: &dyn Invalidator,
     ) -> Result<(), TreeError> {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let current: BTreeMap<u64, Arc<Snapshot>> = self.view().state.views.clone();
+        let current: BTreeMap<u64, ViewEntry> = self.view().state.views.clone();
         let mut next = BTreeMap::new();
         {
             let mut lifecycle = self.lock_lifecycle();
             for (label, files) in trees {
                 let generation = label.generation;
-                let kept = current.get(&generation).filter(|v| v.label == label);
-                let view = match kept {
-                    Some(view) => Arc::clone(view),
-                    None => Arc::new(tree::build(
-                        label,
-                        Kind::View,
-                        &files,
-                        &mut lifecycle.table,
-                        None,
-                        SystemTime::now(),
-                    )?),
+                let entry = match current.get(&generation).filter(|v| v.label == label) {
+                    Some(kept) => kept.clone(),
+                    None => {
+                        let tree = tree::build(
+                            label.clone(),
+                            Kind::View,
+                            &files,
+                            &mut lifecycle.table,
+                            None,
+                            SystemTime::now(),
+                        )?;
+                        let root = tree.attr(tree.root).expect("a tree has its root");
+                        ViewEntry {
+                            label,
+                            root,
+                            tree: None,
+                        }
+                    }
                 };
-                next.insert(generation, view);
+                next.insert(generation, entry);
             }
         }
-        let changed: Vec<u64> = current
+        let gone: Vec<&ViewEntry> = current
             .iter()
-            .filter(|(g, v)| next.get(g).is_none_or(|n| !Arc::ptr_eq(n, v)))
-            .map(|(g, _)| *g)
+            .filter(|(g, v)| next.get(g).is_none_or(|n| n.label != v.label))
+            .map(|(_, v)| v)
+            .collect();
+        let changed: Vec<u64> = gone
+            .iter()
+            .map(|v| v.label.generation)
             .chain(next.keys().filter(|g| !current.contains_key(g)).copied())
             .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let gone: Vec<Arc<Snapshot>> = current
-            .iter()
-            .filter(|(g, v)| next.get(g).is_none_or(|n| !Arc::ptr_eq(n, v)))
-            .map(|(_, v)| Arc::clone(v))
-            .collect();
+        let gone_trees: Vec<Arc<Snapshot>> = gone.iter().filter_map(|v| v.tree.clone()).collect();
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             state.views = next;
-            let now = SystemTime::now();
-            state.views_changed = now.max(state.views_changed + Duration::from_nanos(1));
-            self.lock_lifecycle().trees_replaced(&state, &gone);
+            if !changed.is_empty() {
+                let now = SystemTime::now();
+                state.views_changed = now.max(state.views_changed + Duration::from_nanos(1));
+            }
+            // Also forgets the numbers the builds above made for roots only.
+            self.lock_lifecycle().trees_replaced(&state, &gone_trees);
+        }
+        if changed.is_empty() {
+            return Ok(());
         }
         for generation in changed {
             let name = generation.to_string();

@@ -75,6 +75,7 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.fs.enter(parent.0);
         let view = self.fs.view();
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
@@ -183,6 +184,7 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.enter(ino.0);
         match self.fs.opendir(ino.0) {
             // The kernel may cache the listing; a switch invalidates changed directories.
             Ok(fh) => reply.opened(

@@ -46,7 +46,7 @@ pub struct FileSpec {
 }
 
 /// What a tree is, for logs and status: the dagfs generation and its tree id.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TreeLabel {
     /// Generation number (0 = the empty tree of an empty store).
     pub generation: u64,

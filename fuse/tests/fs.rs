@@ -105,12 +105,7 @@ fn label(generation: u64) -> TreeLabel {
 }
 
 fn resolve(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<u64, FsError> {
-    let view = fs.view();
-    let mut ino = ROOT_INO;
-    for part in path.split('/') {
-        ino = fs.lookup(&view, ino, part)?.ino;
-    }
-    Ok(ino)
+    resolve_from(fs, ROOT_INO, path)
 }
 
 fn read_all(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<Vec<u8>, FsError> {
@@ -118,6 +113,7 @@ fn read_all(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<Vec<u8>, FsError> 
 }
 
 fn names(fs: &DagFs<Arc<DirSource>>, dir: u64) -> Vec<String> {
+    fs.enter(dir);
     let fh = fs.opendir(dir).unwrap();
     let listed: Vec<Listed> = fs.readdir(fh, 0).unwrap();
     fs.release(fh);
@@ -293,11 +289,12 @@ fn unreadable_content_is_an_io_error() {
     assert!(matches!(fs.read(ino, 0, 1), Err(FsError::Io)));
 }
 
+/// Looks `path` up from `start` as the kernel would: entering each directory first.
 fn resolve_from(fs: &DagFs<Arc<DirSource>>, start: u64, path: &str) -> Result<u64, FsError> {
-    let view = fs.view();
     let mut ino = start;
     for part in path.split('/') {
-        ino = fs.lookup(&view, ino, part)?.ino;
+        fs.enter(ino);
+        ino = fs.lookup(&fs.view(), ino, part)?.ino;
     }
     Ok(ino)
 }
@@ -334,7 +331,29 @@ fn every_view_shows_its_generation_hidden_from_listings() {
         src.spec("common/helper.py", b"helper 2"),
         src.spec("new.py", b"new"),
     ];
+    let v3 = vec![src.spec("edit.py", b"version 3")];
+    let rebuilt = TreeLabel {
+        generation: 3,
+        tree_id: "other".into(),
+    };
+    let v3b = vec![src.spec("edit.py", b"rebuilt")];
     let fs = DagFs::new(src.clone(), options(), label(1), &v1).unwrap();
+    // Views are built when first entered, from what the loader reads (the mount: its cache).
+    let known: HashMap<TreeLabel, Vec<FileSpec>> = [
+        (label(1), v1.clone()),
+        (label(2), v2.clone()),
+        (label(3), v3.clone()),
+        (rebuilt.clone(), v3b.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&loads);
+    fs.set_view_loader(Box::new(move |l| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        known.get(l).cloned().ok_or_else(|| "unknown".to_string())
+    }));
+    let loaded = || loads.load(std::sync::atomic::Ordering::SeqCst);
     fs.switch(label(2), &v2, &NoKernel).unwrap();
     let recorder = Log::default();
     fs.set_views(
@@ -343,6 +362,7 @@ fn every_view_shows_its_generation_hidden_from_listings() {
     )
     .unwrap();
     assert_eq!(fs.views(), [label(1), label(2)]);
+    assert_eq!(loaded(), 0, "views are built when entered, not when shown");
 
     // Hidden: not in the root's listing, so directory walks never enter it; reachable by path.
     assert_eq!(
@@ -361,6 +381,7 @@ fn every_view_shows_its_generation_hidden_from_listings() {
         read_all(&fs, ".dagfs/generations/1/edit.py").unwrap(),
         b"version 1"
     );
+    assert_eq!(loaded(), 1, "entering view 1 built it, and only it");
     assert_eq!(
         read_all(&fs, ".dagfs/generations/1/common/helper.py").unwrap(),
         b"helper 1"
@@ -385,6 +406,7 @@ fn every_view_shows_its_generation_hidden_from_listings() {
         resolve(&fs, ".dagfs/generations/2/common").unwrap(),
         resolve(&fs, "common").unwrap()
     );
+    fs.enter(g1);
     let fh = fs.opendir(g1).unwrap();
     let dots = fs.readdir(fh, 0).unwrap();
     fs.release(fh);
@@ -405,7 +427,6 @@ fn every_view_shows_its_generation_hidden_from_listings() {
     ));
 
     // Switching the served tree leaves the views alone.
-    let v3 = vec![src.spec("edit.py", b"version 3")];
     fs.switch(label(3), &v3, &NoKernel).unwrap();
     assert_eq!(
         read_all(&fs, ".dagfs/generations/2/new.py").unwrap(),
@@ -439,11 +460,6 @@ fn every_view_shows_its_generation_hidden_from_listings() {
 
     // The same generation number with another tree (a store rebuilt) is a new view.
     let old_root = resolve(&fs, ".dagfs/generations/3").unwrap();
-    let rebuilt = TreeLabel {
-        generation: 3,
-        tree_id: "other".into(),
-    };
-    let v3b = vec![src.spec("edit.py", b"rebuilt")];
     fs.set_views(vec![(rebuilt, v3b)], &NoKernel).unwrap();
     assert_ne!(resolve(&fs, ".dagfs/generations/3").unwrap(), old_root);
     assert_eq!(

@@ -75,6 +75,7 @@ fn the_kernel_forgets_what_switches_replace_and_views_are_reachable() {
         gid: unsafe { libc::getgid() },
     };
     let fs = Arc::new(DagFs::new(source, options, label(1), &tree(1)).unwrap());
+    fs.set_view_loader(Box::new(|l| Ok(tree(l.generation))));
     let mnt = tempfile::tempdir().unwrap();
     let fuse_options = FuseOptions {
         allow_other: false,

@@ -90,6 +90,7 @@ fn memory_stays_flat_over_many_switches() {
         gid: 0,
     };
     let fs = DagFs::new(OneFile(content), options, label(1), &tree(1)).unwrap();
+    fs.set_view_loader(Box::new(|l| Ok(tree(l.generation))));
     // A process keeps one file open for the whole run: the kernel holds its inode.
     let view = fs.view();
     let team = fs.lookup(&view, ROOT_INO, "team00").unwrap().ino;
@@ -121,6 +122,10 @@ fn memory_stays_flat_over_many_switches() {
         let gens = fs.lookup(&view, gens, "generations").unwrap().ino;
         let newest = fs.lookup(&view, gens, &g.to_string()).unwrap().ino;
         kernel.push(newest);
+        drop(view);
+        // Entering the view builds it (the kernel sends the lookups below through it).
+        fs.enter(newest);
+        let view = fs.view();
         let batch = ((g - 1) as usize % (FILES / CHANGED_PER_SWITCH)) * CHANGED_PER_SWITCH;
         for spec in &files[batch..batch + CHANGED_PER_SWITCH] {
             let (dir, name) = spec.path.split_once('/').unwrap();

@@ -331,6 +331,19 @@ pub async fn run(
         generation,
         detail: e.to_string(),
     })?;
+    let loader_cache = cache.clone();
+    fs.set_view_loader(Box::new(move |label| {
+        match loader_cache.load_manifest(label.generation) {
+            Ok(Some(manifest)) if manifest.tree_id.to_string() == label.tree_id => {
+                Ok(tree_of(Some(&manifest)).1)
+            }
+            Ok(_) => Err(format!(
+                "generation {} (tree {}) is no longer in the cache",
+                label.generation, label.tree_id
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }));
     let fs = Arc::new(fs);
     let fuse_options = FuseOptions {
         allow_other: options.allow_other,
