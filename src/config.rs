@@ -13,7 +13,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::scan::{IgnoreSyntax, ScanOptions};
+use crate::scan::{IgnoreFilter, ScanOptions};
 use crate::store::HdfsOptions;
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -223,32 +223,58 @@ impl Default for SyncConfig {
 }
 
 /// The `[scan]` section.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScanConfig {
-    /// Leave out what `.airflowignore` files exclude.
-    pub airflowignore: bool,
-    /// Their syntax, as Airflow's `[core] dag_ignore_file_syntax`.
-    pub ignore_syntax: IgnoreSyntax,
+    /// gitignore patterns left out of every generation, as if in a `.dagfsignore` at the
+    /// folder's root.
+    pub exclude: Vec<String>,
+    /// Removed: whether `.airflowignore` also decided what was published. Read only to
+    /// explain the change (see [`Config::warnings`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub airflowignore: Option<bool>,
+    /// Removed with `airflowignore`: the syntax of `.airflowignore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore_syntax: Option<String>,
 }
 
-impl Default for ScanConfig {
-    fn default() -> Self {
-        let options = ScanOptions::default();
-        ScanConfig {
-            airflowignore: options.airflowignore,
-            ignore_syntax: options.syntax,
-        }
-    }
-}
+/// Why `scan.airflowignore = true` is refused, and what to do instead.
+const AIRFLOWIGNORE_REMOVED: &str = "scan.airflowignore was removed: dagfs now publishes the \
+files .airflowignore lists (Airflow still skips them when parsing, and DAGs often import \
+helper modules kept under it); to keep files out of generations, list them in a \
+.dagfsignore (gitignore syntax, one per directory like .gitignore; often `cp .airflowignore \
+.dagfsignore` with the glob syntax) or in scan.exclude";
 
 impl ScanConfig {
     /// The scan options this section describes.
     pub fn options(&self) -> ScanOptions {
         ScanOptions {
-            airflowignore: self.airflowignore,
-            syntax: self.ignore_syntax,
+            exclude: self.exclude.clone(),
         }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.airflowignore == Some(true) {
+            return Err(ConfigError::Invalid(format!(
+                "{AIRFLOWIGNORE_REMOVED}; then remove the key"
+            )));
+        }
+        IgnoreFilter::new(&self.options())
+            .map(drop)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.airflowignore.is_some() {
+            warnings.push(format!(
+                "{AIRFLOWIGNORE_REMOVED}; scan.airflowignore = false is what dagfs does now: remove the key"
+            ));
+        }
+        if self.ignore_syntax.is_some() {
+            warnings.push("scan.ignore_syntax was removed with scan.airflowignore (.dagfsignore is always gitignore syntax): remove the key".into());
+        }
+        warnings
     }
 }
 
@@ -300,6 +326,11 @@ pub struct MountConfig {
     /// Generations kept in the cache (the one served and those before it); objects no kept
     /// generation needs are evicted.
     pub keep_generations: usize,
+    /// Generations served within this long are kept too (cache and `.dagfs/generations/`
+    /// views), so a DAG processor that chose one at its last refresh, and tasks running it,
+    /// keep finding it.
+    #[serde(with = "humantime_serde")]
+    pub keep_for: Duration,
     /// Threads serving kernel requests.
     pub threads: usize,
     /// Objects fetched at once before a switch.
@@ -316,6 +347,7 @@ impl Default for MountConfig {
             fetch_timeout: Duration::from_secs(2),
             kernel_ttl: Duration::from_secs(10),
             keep_generations: 3,
+            keep_for: Duration::from_secs(3600),
             threads: 4,
             concurrency: 16,
             metrics: None,
@@ -464,6 +496,12 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that still load but should be changed (removed keys), one line each; the CLI
+    /// logs them once logging is set up.
+    pub fn warnings(&self) -> Vec<String> {
+        self.scan.warnings()
+    }
+
     /// Checks what types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
         if self.publish.concurrency == 0 {
@@ -501,6 +539,7 @@ impl Config {
         }
         self.failover.validate().map_err(ConfigError::Invalid)?;
         self.sync.validate()?;
+        self.scan.validate()?;
         check_metrics_addr("mount.metrics", &self.mount.metrics)?;
         check_metrics_addr("failover.metrics", &self.failover.metrics)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -696,6 +735,30 @@ mod tests {
         };
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load_with_env(&source, env)
+    }
+
+    #[test]
+    fn the_removed_airflowignore_setting_is_explained() {
+        let err = load("[scan]\nairflowignore = true\n", &[], &[]).unwrap_err();
+        let line = err.to_string();
+        assert!(
+            line.contains(".dagfsignore") && line.contains("remove the key"),
+            "{line}"
+        );
+        // `false` is what dagfs does now: it loads, with a warning.
+        let config = load(
+            "[scan]\nairflowignore = false\nignore_syntax = \"glob\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.warnings().len(), 2, "{:?}", config.warnings());
+        assert!(load("", &[], &[]).unwrap().warnings().is_empty());
+
+        let config = load("[scan]\nexclude = [\"data/\", \"*.env\"]\n", &[], &[]).unwrap();
+        assert_eq!(config.scan.options().exclude, ["data/", "*.env"]);
+        let err = load("[scan]\nexclude = ['x\\']\n", &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("scan.exclude"), "{err}");
     }
 
     #[test]

@@ -941,6 +941,7 @@ mod tests {
             poll_interval_ms: 1000,
             started_ms: now_ms(),
             updated_ms: now_ms(),
+            views: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! It is taken as one consistent state, never a mix of two (docs/DESIGN.md, "Import"):
 //!
 //! 1. list the folder recursively, applying the same ignore rules as `push`
-//!    ([`IgnoreFilter`]: built-in debris patterns and `.airflowignore` files);
+//!    ([`IgnoreFilter`]: built-in debris patterns, `scan.exclude` and `.dagfsignore` files);
 //! 2. stream every listed file through blake3, reading to the end of the file: a file whose
 //!    length differs from its listing is being written;
 //! 3. list again: any file added, removed, or with another size, mtime or mode means the
@@ -26,7 +26,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{check_path, Digest, Entry, FormatError};
 use crate::publish::{self, Desired, Outcome, PublishError, PublishOptions, Source};
-use crate::scan::{IgnoreFilter, ScanOptions, AIRFLOWIGNORE};
+use crate::scan::{IgnoreError, IgnoreFilter, ScanOptions, DAGFSIGNORE};
 use crate::store::{EntryInfo, EntryKind, ErrorKind, Store, StoreError, StoreLocation};
 
 /// Bytes read from the source per call while hashing.
@@ -88,6 +88,14 @@ pub enum ImportError {
         url: String,
         /// Why.
         source: FormatError,
+    },
+    /// A `.dagfsignore` of the source (or `scan.exclude`) has an invalid pattern.
+    #[error("source {url}: {source}")]
+    Ignore {
+        /// The source URL.
+        url: String,
+        /// Which pattern.
+        source: IgnoreError,
     },
     /// Publishing to the target failed.
     #[error(transparent)]
@@ -290,7 +298,11 @@ async fn list(source: &dyn Store, options: &ScanOptions) -> Result<Vec<EntryInfo
         url: source.url().to_string(),
         source: source_error,
     };
-    let mut filter = IgnoreFilter::new(options);
+    let bad_ignore = |ignore_error| ImportError::Ignore {
+        url: source.url().to_string(),
+        source: ignore_error,
+    };
+    let mut filter = IgnoreFilter::new(options).map_err(bad_ignore)?;
     let mut files = Vec::new();
     // Depth-first, pre-order, children in name order: the order IgnoreFilter expects.
     let mut pending = vec![(String::new(), EntryKind::Dir, None)];
@@ -303,14 +315,14 @@ async fn list(source: &dyn Store, options: &ScanOptions) -> Result<Vec<EntryInfo
             continue;
         }
         let children = source.list(&rel).await.map_err(failed)?;
-        if filter.reads_ignore_files() {
-            let ignore_file = children
-                .iter()
-                .find(|c| c.kind == EntryKind::File && c.name() == AIRFLOWIGNORE);
-            if let Some(ignore_file) = ignore_file {
-                let text = source.read(&ignore_file.key).await.map_err(failed)?;
-                filter.add_ignore_file(&rel, &String::from_utf8_lossy(&text));
-            }
+        let ignore_file = children
+            .iter()
+            .find(|c| c.kind == EntryKind::File && c.name() == DAGFSIGNORE);
+        if let Some(ignore_file) = ignore_file {
+            let text = source.read(&ignore_file.key).await.map_err(failed)?;
+            filter
+                .add_ignore_file(&rel, &String::from_utf8_lossy(&text))
+                .map_err(bad_ignore)?;
         }
         for child in children.into_iter().rev() {
             pending.push((child.key.clone(), child.kind, Some(child)));
@@ -420,7 +432,7 @@ mod tests {
         ] {
             write(&dags, rel, text);
         }
-        write(&dags, ".airflowignore", "skip_*\n");
+        write(&dags, ".dagfsignore", "skip_*\n");
         let before =
             crate::store::files_under(&LocalStore::open(dir.path().into()).await.unwrap(), "dags")
                 .await

@@ -1,16 +1,21 @@
 //! Scanning a DAG folder: which files belong to a generation, and their blake3 digests.
 //!
-//! The walk (walkdir) follows symlinks, as Airflow's DAG discovery does, publishing the target's
-//! content under the link's name; symlink loops and dangling links are errors naming the path.
-//! What is left out:
+//! Everything in the folder is published, as git-sync or a DAG volume would deploy it, except:
 //!
 //! - build and VCS debris: `__pycache__/`, `*.pyc`, `*.pyo`, `.git/`, `.hg/`, `.svn/`;
 //! - editor temporaries: vim (`*.swp`, `*.swo`, `*.swx`, `4913`, `*~`), emacs (`.#*`, `#*#`),
 //!   JetBrains (`*___jb_tmp___`, `*___jb_old___`), `.DS_Store`;
-//! - the marker of a `dagfs checkout` (`.dagfs-checkout.json`);
-//! - whatever `.airflowignore` files exclude, in Airflow's `glob` (gitignore-style, Airflow 3's
-//!   default) or `regexp` syntax; each file applies to its directory and everything below.
+//! - the marker of a `dagfs checkout` (`.dagfs-checkout.json`) and a top-level `.dagfs/`
+//!   (the name under which a mount shows its generations);
+//! - what `.dagfsignore` files exclude: gitignore syntax, each file for its directory and
+//!   everything below, deeper files overriding shallower ones, like `.gitignore`; plus the
+//!   `scan.exclude` patterns, as if written in a `.dagfsignore` at the root.
 //!
+//! `.airflowignore` files are published like any file and left to Airflow: they hide files
+//! from DAG *parsing*, while DAGs often import helper modules kept under them.
+//!
+//! The walk (walkdir) follows symlinks, as Airflow's DAG discovery does, publishing the target's
+//! content under the link's name; symlink loops and dangling links are errors naming the path.
 //! Digests come from a [`HashCache`] when a file's size, mtime, ctime and inode are unchanged,
 //! and are computed on all cores otherwise.
 
@@ -28,8 +33,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{check_path, Digest, Entry};
 
-/// Name of Airflow's per-directory ignore file.
-pub const AIRFLOWIGNORE: &str = ".airflowignore";
+/// Name of the per-directory file of gitignore patterns that scans leave out.
+pub const DAGFSIGNORE: &str = ".dagfsignore";
+
+/// The name a mount shows its generations under (`MOUNT/.dagfs/generations/N`); a top-level
+/// entry of that name is never published.
+pub const RESERVED_TOP_LEVEL: &str = ".dagfs";
 
 /// Directories never published.
 const IGNORED_DIRS: &[&str] = &["__pycache__", ".git", ".hg", ".svn"];
@@ -52,33 +61,25 @@ const IGNORED_FILES: &[&str] = &[
     ".dagfs-checkout.json",
 ];
 
-/// Which syntax `.airflowignore` files use (Airflow's `[core] dag_ignore_file_syntax`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum IgnoreSyntax {
-    /// gitignore-style patterns, Airflow 3's default.
-    #[default]
-    Glob,
-    /// Python regular expressions searched in the path relative to the ignore file.
-    Regexp,
-}
-
 /// How to scan.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanOptions {
-    /// Honour `.airflowignore` files (they are published either way).
-    pub airflowignore: bool,
-    /// Their syntax.
-    pub syntax: IgnoreSyntax,
+    /// gitignore patterns applied as if they were a `.dagfsignore` at the folder's root
+    /// (`scan.exclude`), for hosts where the folder itself cannot carry the file.
+    pub exclude: Vec<String>,
 }
 
-impl Default for ScanOptions {
-    fn default() -> Self {
-        ScanOptions {
-            airflowignore: true,
-            syntax: IgnoreSyntax::Glob,
-        }
-    }
+/// An ignore pattern that cannot be parsed. The scan fails rather than publish what the
+/// pattern was meant to keep out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: invalid pattern {pattern:?}: {reason}; fix the line (gitignore syntax)")]
+pub struct IgnoreError {
+    /// The ignore file (`DIR/.dagfsignore`), or `scan.exclude`.
+    pub file: String,
+    /// The line.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// A folder that cannot be scanned as a whole; nothing is published from a failed scan.
@@ -93,7 +94,7 @@ pub enum ScanError {
         source: io::Error,
     },
     /// A file name is not UTF-8; manifests, HDFS and Python module names need UTF-8.
-    #[error("{}: file name is not valid UTF-8; rename it (or add it to .airflowignore)", .0.display())]
+    #[error("{}: file name is not valid UTF-8; rename it (or add it to .dagfsignore)", .0.display())]
     NonUtf8(PathBuf),
     /// A symlink that points nowhere, or into a loop.
     #[error("{}: {reason}; fix or remove the link", .path.display())]
@@ -106,6 +107,9 @@ pub enum ScanError {
     /// A path the format does not accept.
     #[error("{0}")]
     Format(#[from] crate::format::FormatError),
+    /// A `.dagfsignore` line that is not a valid pattern.
+    #[error(transparent)]
+    Ignore(#[from] IgnoreError),
 }
 
 /// One file found by a scan.
@@ -199,7 +203,7 @@ fn walk(
         ));
     }
     let mut found = Vec::new();
-    let mut filter = IgnoreFilter::new(options);
+    let mut filter = IgnoreFilter::new(options)?;
     let mut walker = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
@@ -221,10 +225,10 @@ fn walk(
             continue;
         }
         if is_dir {
-            let ignore_file = dirent.path().join(AIRFLOWIGNORE);
-            if filter.reads_ignore_files() && ignore_file.is_file() {
+            let ignore_file = dirent.path().join(DAGFSIGNORE);
+            if ignore_file.is_file() {
                 let text = fs::read_to_string(&ignore_file).map_err(|e| io_err(&ignore_file, e))?;
-                filter.add_ignore_file(&rel, &text);
+                filter.add_ignore_file(&rel, &text)?;
             }
             continue;
         }
@@ -261,55 +265,70 @@ fn walk_error(root: &Path, err: walkdir::Error) -> ScanError {
 
 /// The ignore rules in force at one point of a depth-first, pre-order walk of a DAG folder
 /// (on local disk or in a store), on `/`-separated paths relative to the folder: the
-/// built-in debris patterns, plus every `.airflowignore` of the directories above the entry.
+/// built-in debris patterns, `scan.exclude`, and every `.dagfsignore` of the directories
+/// above the entry.
 pub struct IgnoreFilter {
-    options: ScanOptions,
-    /// (depth of the directory holding the ignore file, its rules), outermost first.
+    /// (depth of the directory holding the ignore file, its rules), outermost first; the
+    /// `scan.exclude` patterns come first, at depth 0.
     rules: Vec<(usize, IgnoreRules)>,
 }
 
 impl IgnoreFilter {
-    /// No `.airflowignore` read yet.
-    pub fn new(options: &ScanOptions) -> IgnoreFilter {
-        IgnoreFilter {
-            options: options.clone(),
-            rules: Vec::new(),
+    /// No `.dagfsignore` read yet; fails on an invalid `scan.exclude` pattern.
+    pub fn new(options: &ScanOptions) -> Result<IgnoreFilter, IgnoreError> {
+        let mut rules = Vec::new();
+        if !options.exclude.is_empty() {
+            let patterns = options.exclude.iter().map(String::as_str);
+            rules.push((0, IgnoreRules::parse("", "scan.exclude", patterns)?));
         }
-    }
-
-    /// Whether the walk should read the `.airflowignore` of each directory it enters and
-    /// hand it to [`IgnoreFilter::add_ignore_file`].
-    pub fn reads_ignore_files(&self) -> bool {
-        self.options.airflowignore
+        Ok(IgnoreFilter { rules })
     }
 
     /// Whether the entry `rel` (not the root) is left out; a directory left out is skipped
-    /// whole. Call it for every entry in walk order: it also forgets the rules of the
-    /// directories the walk has left.
+    /// whole (as in git, nothing below an excluded directory can be re-included). Call it for
+    /// every entry in walk order: it also forgets the rules of the directories the walk has
+    /// left. As with `.gitignore`, the deepest file with a matching pattern decides, and the
+    /// last matching pattern of that file (`!pattern` re-includes).
     pub fn ignores(&mut self, rel: &str, is_dir: bool) -> bool {
         let depth = rel.split('/').count();
         while self.rules.last().is_some_and(|(d, _)| *d >= depth) {
             self.rules.pop();
         }
         let name = rel.rsplit('/').next().unwrap_or(rel);
-        is_builtin_ignored(name, is_dir) || self.rules.iter().any(|(_, r)| r.ignores(rel, is_dir))
+        if is_builtin_ignored(name, is_dir) || (is_dir && rel == RESERVED_TOP_LEVEL) {
+            return true;
+        }
+        for (_, rules) in self.rules.iter().rev() {
+            match rules.matched(rel, is_dir) {
+                ignore::Match::Ignore(_) => return true,
+                ignore::Match::Whitelist(_) => return false,
+                ignore::Match::None => {}
+            }
+        }
+        false
     }
 
-    /// Adds the rules of the `.airflowignore` (content `text`) of directory `dir` (`""` for
+    /// Adds the rules of the `.dagfsignore` (content `text`) of directory `dir` (`""` for
     /// the root), in force for everything below it.
-    pub fn add_ignore_file(&mut self, dir: &str, text: &str) {
+    pub fn add_ignore_file(&mut self, dir: &str, text: &str) -> Result<(), IgnoreError> {
         let depth = if dir.is_empty() {
             0
         } else {
             dir.split('/').count()
         };
-        self.rules
-            .push((depth, IgnoreRules::parse(dir, text, self.options.syntax)));
+        let file = if dir.is_empty() {
+            DAGFSIGNORE.to_string()
+        } else {
+            format!("{dir}/{DAGFSIGNORE}")
+        };
+        let rules = IgnoreRules::parse(dir, &file, text.lines())?;
+        self.rules.push((depth, rules));
+        Ok(())
     }
 }
 
 /// Whether scans always leave out a file or directory of this name (build and VCS debris,
-/// editor temporaries), whatever `.airflowignore` says.
+/// editor temporaries), whatever `.dagfsignore` says.
 pub fn is_builtin_ignored(name: &str, is_dir: bool) -> bool {
     static FILE_PATTERNS: OnceLock<GlobSet> = OnceLock::new();
     if is_dir {
@@ -326,61 +345,43 @@ pub fn is_builtin_ignored(name: &str, is_dir: bool) -> bool {
         .is_match(name)
 }
 
-/// The rules of one `.airflowignore` file.
+/// The patterns of one ignore file, matched relative to its directory.
 struct IgnoreRules {
     /// The directory holding it, relative to the folder (`""` for the root).
     base: String,
-    matcher: Matcher,
-}
-
-enum Matcher {
-    Glob(ignore::gitignore::Gitignore),
-    Regexp(Vec<regex::Regex>),
+    matcher: ignore::gitignore::Gitignore,
 }
 
 impl IgnoreRules {
-    /// Parses the file in directory `base`. As in Airflow, `#` starts a comment, blank lines
-    /// are skipped, and an invalid pattern is skipped with a warning.
-    fn parse(base: &str, text: &str, syntax: IgnoreSyntax) -> IgnoreRules {
-        let lines = text
-            .lines()
-            .map(|line| line.split('#').next().unwrap_or_default().trim_end())
-            .filter(|line| !line.trim().is_empty());
-        let matcher = match syntax {
-            IgnoreSyntax::Glob => {
-                // Paths are matched relative to `base`, so the builder's root is empty.
-                let mut builder = ignore::gitignore::GitignoreBuilder::new("");
-                for line in lines {
-                    if let Err(e) = builder.add_line(None, line) {
-                        tracing::warn!(dir = base, pattern = line, error = %e, "skipping invalid .airflowignore pattern");
-                    }
-                }
-                Matcher::Glob(
-                    builder
-                        .build()
-                        .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty()),
-                )
-            }
-            IgnoreSyntax::Regexp => Matcher::Regexp(
-                lines
-                    .filter_map(|line| match regex::Regex::new(line.trim()) {
-                        Ok(re) => Some(re),
-                        Err(e) => {
-                            tracing::warn!(dir = base, pattern = line, error = %e, "skipping invalid .airflowignore pattern");
-                            None
-                        }
-                    })
-                    .collect(),
-            ),
-        };
-        IgnoreRules {
+    /// Parses the lines of ignore file `file` of directory `base`, in gitignore syntax
+    /// (`#` comments, `!` negation, `/` anchoring, `**`, trailing `/` for directories).
+    fn parse<'a>(
+        base: &str,
+        file: &str,
+        lines: impl Iterator<Item = &'a str>,
+    ) -> Result<IgnoreRules, IgnoreError> {
+        // Paths are matched relative to `base`, so the builder's root is empty.
+        let mut builder = ignore::gitignore::GitignoreBuilder::new("");
+        for line in lines {
+            builder.add_line(None, line).map_err(|e| IgnoreError {
+                file: file.to_string(),
+                pattern: line.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let matcher = builder.build().map_err(|e| IgnoreError {
+            file: file.to_string(),
+            pattern: String::new(),
+            reason: e.to_string(),
+        })?;
+        Ok(IgnoreRules {
             base: base.to_string(),
             matcher,
-        }
+        })
     }
 
-    /// Whether `rel` (relative to the folder, below `base`) is ignored.
-    fn ignores(&self, rel: &str, is_dir: bool) -> bool {
+    /// How `rel` (relative to the folder, below `base`) matches.
+    fn matched(&self, rel: &str, is_dir: bool) -> ignore::Match<&ignore::gitignore::Glob> {
         let below = if self.base.is_empty() {
             rel
         } else {
@@ -388,10 +389,7 @@ impl IgnoreRules {
                 .and_then(|rest| rest.strip_prefix('/'))
                 .unwrap_or(rel)
         };
-        match &self.matcher {
-            Matcher::Glob(gitignore) => gitignore.matched(below, is_dir).is_ignore(),
-            Matcher::Regexp(patterns) => patterns.iter().any(|re| re.is_match(below)),
-        }
+        self.matcher.matched(below, is_dir)
     }
 }
 
@@ -679,55 +677,74 @@ mod tests {
     }
 
     #[test]
-    fn airflowignore_glob_and_regexp() {
+    fn airflowignore_files_are_published_with_what_they_list() {
+        // A common layout: helper modules kept out of Airflow's parsing, imported by DAGs.
         let dir = tempfile::tempdir().unwrap();
-        for rel in [
-            "a.py",
-            "project_a_dag.py",
-            "tenant_1/d.py",
-            "helpers/h.py",
-            "sub/keep.py",
-            "sub/skip_me.py",
-        ] {
+        for rel in ["etl.py", "common/helpers.py", "scratch/wip.py"] {
             write(dir.path(), rel, "x");
         }
-        write(
-            dir.path(),
-            ".airflowignore",
-            "helpers/   # shared code\n*project_a*\n",
-        );
-        write(dir.path(), "sub/.airflowignore", "skip_*\n");
+        write(dir.path(), ".airflowignore", "common/\nscratch\n");
         assert_eq!(
             paths(dir.path(), &ScanOptions::default()),
             [
                 ".airflowignore",
-                "a.py",
-                "sub/.airflowignore",
-                "sub/keep.py",
-                "tenant_1/d.py"
+                "common/helpers.py",
+                "etl.py",
+                "scratch/wip.py"
             ]
         );
-        write(dir.path(), ".airflowignore", "project_a\ntenant_[\\d]\n");
-        fs::remove_file(dir.path().join("sub/.airflowignore")).unwrap();
-        let regexp = ScanOptions {
-            airflowignore: true,
-            syntax: IgnoreSyntax::Regexp,
-        };
+    }
+
+    #[test]
+    fn dagfsignore_is_gitignore_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in [
+            "a.py",
+            "data/big.csv",
+            "notes.md",
+            "secret.env",
+            "sub/keep.py",
+            "sub/local.env",
+            "sub/deep/x.tmp",
+            "sub/deep/y.py",
+            "sub/important.env",
+            "other/x.tmp",
+            "other/readme.md",
+        ] {
+            write(dir.path(), rel, "x");
+        }
+        // Root rules apply everywhere below; `/notes.md` is anchored to the root only.
+        write(
+            dir.path(),
+            ".dagfsignore",
+            "# comment\n/data/\n*.env\n/readme.md\n",
+        );
+        // A deeper file adds rules and overrides its parents' (`!` re-includes).
+        write(dir.path(), "sub/.dagfsignore", "*.tmp\n!important.env\n");
         assert_eq!(
-            paths(dir.path(), &regexp),
+            paths(dir.path(), &ScanOptions::default()),
             [
-                ".airflowignore",
+                ".dagfsignore",
                 "a.py",
-                "helpers/h.py",
-                "sub/keep.py",
-                "sub/skip_me.py"
+                "notes.md",
+                "other/readme.md",
+                "other/x.tmp",
+                "sub/.dagfsignore",
+                "sub/deep/y.py",
+                "sub/important.env",
+                "sub/keep.py"
             ]
         );
-        let off = ScanOptions {
-            airflowignore: false,
-            ..regexp
-        };
-        assert_eq!(paths(dir.path(), &off).len(), 7);
+        // An unparseable pattern fails the scan: publishing what it meant to exclude could
+        // leak it.
+        write(dir.path(), ".dagfsignore", "*.py\\\n");
+        let err = scan(
+            dir.path(),
+            &ScanOptions::default(),
+            &mut HashCache::in_memory(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(".dagfsignore"), "{err}");
     }
 
     #[test]

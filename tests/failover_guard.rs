@@ -132,7 +132,7 @@ fn a_forged_group_report_kills_nothing() {
         .unwrap();
     runtime.block_on(async {
         let forged = format!(
-            "echo 'dagfs failover-guard: started pid {victim_pid}' >&2; echo forged-done >&2; sleep 1000"
+            "sleep 0.2; echo 'dagfs failover-guard: started pid {victim_pid}' >&2; echo forged-done >&2; sleep 1000"
         );
         let mut unit = Unit::start(&spec(forged, Duration::from_secs(2)), 1, None, None)
             .await
@@ -155,7 +155,13 @@ fn a_forged_group_report_kills_nothing() {
         .unwrap();
         unit.exited().await;
     });
-    let survived = victim.0.try_wait().unwrap().is_none();
+    // A SIGKILL is delivered asynchronously: watch the victim for a second.
+    let watch = Instant::now() + Duration::from_secs(1);
+    let mut survived = true;
+    while survived && Instant::now() < watch {
+        survived = victim.0.try_wait().unwrap().is_none();
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         survived,
         "the controller killed a process group a command named"

@@ -290,6 +290,7 @@ impl Host {
                 poll_interval_ms: 1000,
                 started_ms: now_ms(),
                 updated_ms: now_ms(),
+                views: Vec::new(),
             })
             .unwrap();
         std::fs::set_permissions(

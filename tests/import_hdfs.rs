@@ -128,7 +128,7 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
             mtime,
         );
     }
-    // Left out by push and import alike: debris, and what .airflowignore names.
+    // Left out by push and import alike: debris, and what .dagfsignore names.
     for rel in [
         "__pycache__/x.cpython-311.pyc",
         "team_0/.dag_0.py.swp",
@@ -136,7 +136,7 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
     ] {
         write(&dags, rel, b"junk", 0o644, base);
     }
-    write(&dags, ".airflowignore", b"scratch/\n", 0o644, base);
+    write(&dags, ".dagfsignore", b"scratch/\n", 0o644, base);
 
     let path = root.strip_prefix(cluster.url()).unwrap();
     let source = format!("{root}/dags");
@@ -187,9 +187,14 @@ async fn import_of_1000_files_matches_a_push_of_the_same_files() {
     assert_eq!(
         files.len(),
         1000 + 4,
-        "the DAGs, the debris and .airflowignore"
+        "the DAGs, the debris and .dagfsignore"
     );
-    assert!(files.iter().all(|f| !f.starts_with(".dagfs")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f == ".dagfsignore" || !f.starts_with(".dagfs")),
+        "{files:?}"
+    );
 }
 
 /// How [`Meddling`] changes the source behind the import's back.

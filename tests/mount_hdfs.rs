@@ -304,3 +304,81 @@ fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
     assert_eq!(hashes(&mnt), hashes(&dags));
     replaced.stop();
 }
+
+#[test]
+fn every_recently_served_generation_is_readable_under_dagfs_generations() {
+    let cluster = MiniDfs::shared();
+    let url = cluster.unique_root("mount-views");
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, mnt, runtime) = (
+        tmp.path().join("dags"),
+        tmp.path().join("mnt"),
+        tmp.path().join("run"),
+    );
+    const FILES: usize = 20;
+    write_generation(&dags, 1, FILES);
+    push(cluster, &runtime, &dags, &url);
+    let keep_for = Duration::from_secs(4);
+    let mut mount = Mount::start_with(
+        cluster,
+        &runtime,
+        &url,
+        &mnt,
+        &tmp.path().join("cache"),
+        &[
+            "--set",
+            "mount.keep_generations=1",
+            "--set",
+            &format!("mount.keep_for={}s", keep_for.as_secs()),
+        ],
+    );
+    mount.serving(1);
+    let started = Instant::now();
+    for generation in 2..=3 {
+        write_generation(&dags, generation, FILES);
+        push(cluster, &runtime, &dags, &url);
+        mount.serving(generation);
+    }
+    let views = |state: &dagfs::mount::state::MountState| -> Vec<u64> {
+        state.views.iter().map(|v| v.generation).collect()
+    };
+    let state = mount.serving(3);
+    // Generation 2 stopped being served (at the switch to 3) before this moment.
+    let left_2 = Instant::now();
+    assert!(started.elapsed() < keep_for, "the test machine is too slow");
+    // Served within keep_for: all three stay, each exactly its generation.
+    assert_eq!(views(&state), [1, 2, 3], "{state:?}");
+    for generation in 1..=3u64 {
+        let view = mnt.join(format!(".dagfs/generations/{generation}"));
+        for i in 0..FILES {
+            assert_eq!(
+                std::fs::read(view.join(rel(i))).unwrap(),
+                content(generation, i)
+            );
+        }
+    }
+    // Hidden from listings: a walk of the mount sees exactly the served generation.
+    let names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n == ".dagfs"), "{names:?}");
+
+    // Once keep_for has passed since 1 and 2 were left, the next switch keeps
+    // keep_generations plus 3 (served until then), and the older views disappear.
+    while left_2.elapsed() < keep_for + Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    write_generation(&dags, 4, FILES);
+    push(cluster, &runtime, &dags, &url);
+    let state = mount.wait_for("views 3 and 4", |s| {
+        s.generation == Some(4) && s.views.iter().map(|v| v.generation).eq([3, 4])
+    });
+    assert_eq!(
+        state.views.last().unwrap().tree_id,
+        state.tree_id.clone().unwrap()
+    );
+    let gone = std::fs::metadata(mnt.join(".dagfs/generations/1")).unwrap_err();
+    assert_eq!(gone.kind(), std::io::ErrorKind::NotFound);
+    mount.stop();
+}

@@ -75,6 +75,7 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.fs.enter(parent.0);
         let view = self.fs.view();
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
@@ -97,6 +98,10 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -179,6 +184,7 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.enter(ino.0);
         match self.fs.opendir(ino.0) {
             // The kernel may cache the listing; a switch invalidates changed directories.
             Ok(fh) => reply.opened(
@@ -192,12 +198,12 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, ino.0, offset) {
+        match self.fs.readdir(fh.0, offset) {
             Ok(listed) => {
                 for entry in listed {
                     let kind = if entry.attr.is_dir {
@@ -223,15 +229,15 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
     fn readdirplus(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let view = self.fs.view();
-        match self.fs.readdir(fh.0, ino.0, offset) {
+        let ttl = view.ttl();
+        match self.fs.readdir(fh.0, offset) {
             Ok(listed) => {
-                let ttl = view.ttl();
                 for entry in listed {
                     let attr = file_attr(&self.fs, &entry.attr);
                     if reply.add(
@@ -243,6 +249,10 @@ impl<S: ContentSource> Filesystem for Adapter<S> {
                         Generation(0),
                     ) {
                         break;
+                    }
+                    // The kernel takes a reference to every entry but `.` and `..`.
+                    if entry.name != "." && entry.name != ".." {
+                        self.fs.listed_to_kernel(&view, fh.0, entry.attr.ino);
                     }
                 }
                 reply.ok();

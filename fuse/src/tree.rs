@@ -1,9 +1,11 @@
 //! Trees: what one generation looks like to the filesystem, with inode numbers.
 //!
 //! A [`Snapshot`] is immutable. Inode numbers come from an [`InodeTable`] that lives as long as
-//! the mount: a directory keeps its number for its path, a file for its (path, content, mode,
-//! size, mtime), so a file inode's attributes and bytes never change and old inodes stay
-//! valid for processes that still hold them.
+//! the mount and never reuses a number: while a tree in use has it, a directory keeps its
+//! number for its path (and tree, for the per-generation views), a file for its (path,
+//! content, mode, size, mtime), so a file inode's attributes and bytes never change. The
+//! table only remembers the numbers of the trees in use ([`InodeTable::retain`]); old inodes
+//! the kernel still holds are kept alive by the filesystem, not by the table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,6 +16,15 @@ pub type Ino = u64;
 
 /// The root directory's inode number (FUSE's fixed root).
 pub const ROOT_INO: Ino = 1;
+
+/// `MOUNT/.dagfs`: the hidden directory of per-generation views (not listed in the root).
+pub const DAGFS_DIR_INO: Ino = 2;
+
+/// `MOUNT/.dagfs/generations`: one directory per generation the mount can show.
+pub const GENERATIONS_DIR_INO: Ino = 3;
+
+/// The first number the table hands out (the ones above are fixed).
+const FIRST_FREE_INO: Ino = 4;
 
 /// The identity of a file's bytes (the dagfs crate uses the blake3 digest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,7 +46,7 @@ pub struct FileSpec {
 }
 
 /// What a tree is, for logs and status: the dagfs generation and its tree id.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TreeLabel {
     /// Generation number (0 = the empty tree of an empty store).
     pub generation: u64,
@@ -104,6 +115,8 @@ impl DirNode {
 pub struct Snapshot {
     /// Which generation this is.
     pub label: TreeLabel,
+    /// Its root directory: [`ROOT_INO`] for the served tree, another for a view.
+    pub root: Ino,
     /// Directories by inode.
     pub dirs: HashMap<Ino, DirNode>,
     /// Files by inode.
@@ -113,6 +126,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether `ino` is part of this snapshot.
+    pub fn contains(&self, ino: Ino) -> bool {
+        self.dirs.contains_key(&ino) || self.files.contains_key(&ino)
+    }
+
     /// Attributes of `ino` if it is part of this snapshot.
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
         self.dirs
@@ -124,7 +142,14 @@ impl Snapshot {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum InodeKey {
+    /// A directory of the served tree, by path.
     Dir(String),
+    /// A directory of the view of one tree (generation and tree id), by path.
+    ViewDir {
+        generation: u64,
+        tree_id: String,
+        path: String,
+    },
     File {
         path: String,
         content: ContentId,
@@ -134,7 +159,8 @@ enum InodeKey {
     },
 }
 
-/// Allocates inode numbers for the life of the mount (never reused).
+/// Allocates inode numbers for the life of the mount (never reused) and remembers which
+/// key has which number while a tree in use needs it.
 #[derive(Debug)]
 pub struct InodeTable {
     numbers: HashMap<InodeKey, Ino>,
@@ -147,7 +173,7 @@ impl Default for InodeTable {
         numbers.insert(InodeKey::Dir(String::new()), ROOT_INO);
         InodeTable {
             numbers,
-            next: ROOT_INO + 1,
+            next: FIRST_FREE_INO,
         }
     }
 }
@@ -161,6 +187,33 @@ impl InodeTable {
             ino
         })
     }
+
+    /// Forgets the keys of every number `in_use` rejects (the root stays). A key forgotten
+    /// and met again later gets a new number.
+    pub fn retain(&mut self, in_use: impl Fn(Ino) -> bool) {
+        self.numbers
+            .retain(|_, &mut ino| ino == ROOT_INO || in_use(ino));
+    }
+
+    /// How many keys the table remembers.
+    pub fn len(&self) -> usize {
+        self.numbers.len()
+    }
+
+    /// Whether it remembers none (never: the root is always there).
+    pub fn is_empty(&self) -> bool {
+        self.numbers.is_empty()
+    }
+}
+
+/// Which tree a snapshot is: the served one (root [`ROOT_INO`]) or the view of one
+/// generation under `.dagfs/generations/` (its own directory inodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The tree at the mount's root.
+    Served,
+    /// A per-generation view.
+    View,
 }
 
 /// Why a list of files is not a tree.
@@ -179,14 +232,24 @@ fn time_of(ns: i64) -> SystemTime {
 /// Builds the snapshot of `files`. `previous` (the snapshot being replaced) decides directory
 /// mtimes: a directory whose entries are unchanged keeps its mtime; one whose entries changed
 /// gets `now` (at least 1 ns later than before), so Python's import cache notices. In a first
-/// snapshot a directory's mtime is the newest mtime below it.
+/// snapshot (and in every view) a directory's mtime is the newest mtime below it. File inodes
+/// are shared by every tree holding the same file; a view's directories are its own.
 pub fn build(
     label: TreeLabel,
+    kind: Kind,
     files: &[FileSpec],
     inodes: &mut InodeTable,
     previous: Option<&Snapshot>,
     now: SystemTime,
 ) -> Result<Snapshot, TreeError> {
+    let dir_key = |path: &str| match kind {
+        Kind::Served => InodeKey::Dir(path.to_string()),
+        Kind::View => InodeKey::ViewDir {
+            generation: label.generation,
+            tree_id: label.tree_id.clone(),
+            path: path.to_string(),
+        },
+    };
     // Directory path -> (name -> (ino, is_dir)), and the newest mtime below each directory.
     let mut children: BTreeMap<String, BTreeMap<String, (Ino, bool)>> = BTreeMap::new();
     let mut newest: HashMap<String, SystemTime> = HashMap::new();
@@ -233,7 +296,7 @@ pub fn build(
             if parent.is_empty() {
                 break;
             }
-            let dir_ino = inodes.number(InodeKey::Dir(parent.clone()));
+            let dir_ino = inodes.number(dir_key(&parent));
             let (grand, name) = match parent.rsplit_once('/') {
                 Some((g, n)) => (g.to_string(), n.to_string()),
                 None => (String::new(), parent.clone()),
@@ -259,13 +322,15 @@ pub fn build(
         );
     }
 
+    let root = inodes.number(dir_key(""));
     let mut dirs = HashMap::with_capacity(children.len());
     for (path, listing) in children {
-        let ino = inodes.number(InodeKey::Dir(path.clone()));
+        let ino = inodes.number(dir_key(&path));
         let parent = match path.rsplit_once('/') {
+            _ if path.is_empty() && kind == Kind::View => GENERATIONS_DIR_INO,
             _ if path.is_empty() => ROOT_INO,
-            Some((grand, _)) => inodes.number(InodeKey::Dir(grand.to_string())),
-            None => ROOT_INO,
+            Some((grand, _)) => inodes.number(dir_key(grand)),
+            None => root,
         };
         let entries: Vec<DirEntry> = listing
             .into_iter()
@@ -303,6 +368,7 @@ pub fn build(
     }
     Ok(Snapshot {
         label,
+        root,
         dirs,
         files: file_nodes,
         total_bytes,

@@ -105,12 +105,7 @@ fn label(generation: u64) -> TreeLabel {
 }
 
 fn resolve(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<u64, FsError> {
-    let view = fs.view();
-    let mut ino = ROOT_INO;
-    for part in path.split('/') {
-        ino = fs.lookup(&view, ino, part)?.ino;
-    }
-    Ok(ino)
+    resolve_from(fs, ROOT_INO, path)
 }
 
 fn read_all(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<Vec<u8>, FsError> {
@@ -118,8 +113,9 @@ fn read_all(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<Vec<u8>, FsError> 
 }
 
 fn names(fs: &DagFs<Arc<DirSource>>, dir: u64) -> Vec<String> {
+    fs.enter(dir);
     let fh = fs.opendir(dir).unwrap();
-    let listed: Vec<Listed> = fs.readdir(fh, dir, 0).unwrap();
+    let listed: Vec<Listed> = fs.readdir(fh, 0).unwrap();
     fs.release(fh);
     listed.into_iter().map(|l| l.name).collect()
 }
@@ -168,10 +164,7 @@ fn serves_files_directories_and_attributes() {
     assert!(matches!(fs.read(pkg, 0, 1), Err(FsError::IsDir)));
     assert!(matches!(fs.opendir(a.ino), Err(FsError::NotDir)));
     assert!(matches!(fs.read(9999, 0, 1), Err(FsError::NotFound)));
-    assert!(matches!(
-        fs.readdir(9999, ROOT_INO, 0),
-        Err(FsError::BadHandle)
-    ));
+    assert!(matches!(fs.readdir(9999, 0), Err(FsError::BadHandle)));
     assert_eq!(
         fs.read(a.ino, 6, 100).unwrap(),
         b"'a')\n",
@@ -277,10 +270,10 @@ fn a_directory_listing_handle_keeps_its_snapshot() {
         .collect();
     let fs = DagFs::new(src.clone(), options(), label(1), &v1).unwrap();
     let fh = fs.opendir(ROOT_INO).unwrap();
-    let first = fs.readdir(fh, ROOT_INO, 0).unwrap();
+    let first = fs.readdir(fh, 0).unwrap();
     fs.switch(label(2), &v1[..2], &NoKernel).unwrap();
     // Continuing the listing from an offset gives the rest of the same listing.
-    let rest = fs.readdir(fh, ROOT_INO, 4).unwrap();
+    let rest = fs.readdir(fh, 4).unwrap();
     assert_eq!(rest, first[4..]);
     fs.release(fh);
     assert_eq!(names(&fs, ROOT_INO), [".", "..", "f0.py", "f1.py"]);
@@ -294,4 +287,224 @@ fn unreadable_content_is_an_io_error() {
     let fs = DagFs::new(src.clone(), options(), label(1), &[spec]).unwrap();
     let ino = resolve(&fs, "a.py").unwrap();
     assert!(matches!(fs.read(ino, 0, 1), Err(FsError::Io)));
+}
+
+/// Looks `path` up from `start` as the kernel would: entering each directory first.
+fn resolve_from(fs: &DagFs<Arc<DirSource>>, start: u64, path: &str) -> Result<u64, FsError> {
+    let mut ino = start;
+    for part in path.split('/') {
+        fs.enter(ino);
+        ino = fs.lookup(&fs.view(), ino, part)?.ino;
+    }
+    Ok(ino)
+}
+
+/// Records invalidations, nothing more.
+#[derive(Default)]
+struct Log {
+    entries: RefCell<Vec<(u64, String)>>,
+    inodes: RefCell<Vec<u64>>,
+}
+
+impl Invalidator for Log {
+    fn inval_entry(&self, parent: u64, name: &str) -> io::Result<()> {
+        self.entries.borrow_mut().push((parent, name.to_string()));
+        Ok(())
+    }
+    fn inval_inode(&self, ino: u64) -> io::Result<()> {
+        self.inodes.borrow_mut().push(ino);
+        Ok(())
+    }
+}
+
+#[test]
+fn every_view_shows_its_generation_hidden_from_listings() {
+    let src = DirSource::new();
+    let v1 = vec![
+        src.spec("same.py", b"unchanged"),
+        src.spec("edit.py", b"version 1"),
+        src.spec("common/helper.py", b"helper 1"),
+    ];
+    let v2 = vec![
+        src.spec("same.py", b"unchanged"),
+        src.spec("edit.py", b"version 2"),
+        src.spec("common/helper.py", b"helper 2"),
+        src.spec("new.py", b"new"),
+    ];
+    let v3 = vec![src.spec("edit.py", b"version 3")];
+    let rebuilt = TreeLabel {
+        generation: 3,
+        tree_id: "other".into(),
+    };
+    let v3b = vec![src.spec("edit.py", b"rebuilt")];
+    let fs = DagFs::new(src.clone(), options(), label(1), &v1).unwrap();
+    // Views are built when first entered, from what the loader reads (the mount: its cache).
+    let known: HashMap<TreeLabel, Vec<FileSpec>> = [
+        (label(1), v1.clone()),
+        (label(2), v2.clone()),
+        (label(3), v3.clone()),
+        (rebuilt.clone(), v3b.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&loads);
+    fs.set_view_loader(Box::new(move |l| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        known.get(l).cloned().ok_or_else(|| "unknown".to_string())
+    }));
+    let loaded = || loads.load(std::sync::atomic::Ordering::SeqCst);
+    fs.switch(label(2), &v2, &NoKernel).unwrap();
+    let recorder = Log::default();
+    fs.set_views(
+        vec![(label(1), v1.clone()), (label(2), v2.clone())],
+        &recorder,
+    )
+    .unwrap();
+    assert_eq!(fs.views(), [label(1), label(2)]);
+    assert_eq!(loaded(), 0, "views are built when entered, not when shown");
+
+    // Hidden: not in the root's listing, so directory walks never enter it; reachable by path.
+    assert_eq!(
+        names(&fs, ROOT_INO),
+        [".", "..", "common", "edit.py", "new.py", "same.py"]
+    );
+    let generations = resolve(&fs, ".dagfs/generations").unwrap();
+    assert_eq!(names(&fs, generations), [".", "..", "1", "2"]);
+    assert_eq!(
+        names(&fs, resolve(&fs, ".dagfs").unwrap()),
+        [".", "..", "generations"]
+    );
+
+    // Each view is exactly its generation, whatever the mount serves.
+    assert_eq!(
+        read_all(&fs, ".dagfs/generations/1/edit.py").unwrap(),
+        b"version 1"
+    );
+    assert_eq!(loaded(), 1, "entering view 1 built it, and only it");
+    assert_eq!(
+        read_all(&fs, ".dagfs/generations/1/common/helper.py").unwrap(),
+        b"helper 1"
+    );
+    assert!(matches!(
+        read_all(&fs, ".dagfs/generations/1/new.py"),
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(
+        read_all(&fs, ".dagfs/generations/2/common/helper.py").unwrap(),
+        b"helper 2"
+    );
+    assert_eq!(read_all(&fs, "edit.py").unwrap(), b"version 2");
+    let g1 = resolve(&fs, ".dagfs/generations/1").unwrap();
+    assert_eq!(names(&fs, g1), [".", "..", "common", "edit.py", "same.py"]);
+    // The same file is the same inode (one page cache); directories are the view's own.
+    assert_eq!(
+        resolve(&fs, ".dagfs/generations/1/same.py").unwrap(),
+        resolve(&fs, "same.py").unwrap()
+    );
+    assert_ne!(
+        resolve(&fs, ".dagfs/generations/2/common").unwrap(),
+        resolve(&fs, "common").unwrap()
+    );
+    fs.enter(g1);
+    let fh = fs.opendir(g1).unwrap();
+    let dots = fs.readdir(fh, 0).unwrap();
+    fs.release(fh);
+    assert_eq!(
+        (dots[1].name.as_str(), dots[1].attr.ino),
+        ("..", generations)
+    );
+    // Only canonical generation numbers name a view.
+    for bad in ["01", "3", "x", "-1"] {
+        assert!(
+            matches!(resolve_from(&fs, generations, bad), Err(FsError::NotFound)),
+            "{bad}"
+        );
+    }
+    assert!(matches!(
+        resolve(&fs, ".dagfs/other"),
+        Err(FsError::NotFound)
+    ));
+
+    // Switching the served tree leaves the views alone.
+    fs.switch(label(3), &v3, &NoKernel).unwrap();
+    assert_eq!(
+        read_all(&fs, ".dagfs/generations/2/new.py").unwrap(),
+        b"new"
+    );
+
+    // A view that goes away: its name is invalidated in the kernel and no longer resolves.
+    let mtime = fs.getattr(&fs.view(), generations).unwrap().mtime;
+    recorder.entries.borrow_mut().clear();
+    fs.set_views(
+        vec![(label(2), v2.clone()), (label(3), v3.clone())],
+        &recorder,
+    )
+    .unwrap();
+    let mut changed = recorder.entries.borrow().clone();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [(generations, "1".into()), (generations, "3".into())]
+    );
+    assert!(recorder.inodes.borrow().contains(&generations));
+    assert!(matches!(
+        resolve(&fs, ".dagfs/generations/1/edit.py"),
+        Err(FsError::NotFound)
+    ));
+    assert!(fs.getattr(&fs.view(), generations).unwrap().mtime > mtime);
+    assert_eq!(
+        read_all(&fs, ".dagfs/generations/3/edit.py").unwrap(),
+        b"version 3"
+    );
+
+    // The same generation number with another tree (a store rebuilt) is a new view.
+    let old_root = resolve(&fs, ".dagfs/generations/3").unwrap();
+    fs.set_views(vec![(rebuilt, v3b)], &NoKernel).unwrap();
+    assert_ne!(resolve(&fs, ".dagfs/generations/3").unwrap(), old_root);
+    assert_eq!(
+        read_all(&fs, ".dagfs/generations/3/edit.py").unwrap(),
+        b"rebuilt"
+    );
+}
+
+#[test]
+fn inodes_live_while_a_tree_or_the_kernel_holds_them() {
+    let src = DirSource::new();
+    let v1 = vec![src.spec("a.py", b"a1"), src.spec("d/b.py", b"b1")];
+    let v2 = vec![src.spec("a.py", b"a2"), src.spec("d/b.py", b"b1")];
+    let fs = DagFs::new(src.clone(), options(), label(1), &v1).unwrap();
+    // The kernel looks up a.py (one reference) and keeps it across two switches.
+    let a1 = resolve(&fs, "a.py").unwrap();
+    fs.switch(label(2), &v2, &NoKernel).unwrap();
+    fs.switch(label(3), &v2, &NoKernel).unwrap();
+    assert_eq!(
+        fs.read(a1, 0, 10).unwrap(),
+        b"a1",
+        "held by the kernel: still readable"
+    );
+    assert_eq!(fs.inode_counts().retired, 1);
+    // Once it forgets, the old inode is gone for good.
+    fs.forget(a1, 1);
+    assert!(matches!(fs.read(a1, 0, 10), Err(FsError::NotFound)));
+    assert!(matches!(fs.getattr(&fs.view(), a1), Err(FsError::NotFound)));
+    assert_eq!(fs.inode_counts().retired, 0);
+
+    // A listing handle opened before a switch gives the kernel entries of the old tree.
+    let d = resolve(&fs, "d").unwrap();
+    let fh = fs.opendir(ROOT_INO).unwrap();
+    fs.switch(label(4), &v1, &NoKernel).unwrap();
+    let listed = fs.readdir(fh, 0).unwrap();
+    let a2 = listed.iter().find(|l| l.name == "a.py").unwrap().attr.ino;
+    fs.listed_to_kernel(&fs.view(), fh, a2);
+    fs.release(fh);
+    assert_eq!(fs.read(a2, 0, 10).unwrap(), b"a2");
+    fs.forget(a2, 1);
+    assert!(matches!(fs.read(a2, 0, 10), Err(FsError::NotFound)));
+
+    // Unchanged files and directories keep their numbers while they stay in the tree.
+    assert_eq!(resolve(&fs, "d").unwrap(), d);
+    // The table holds only what the served tree uses: root, d, a.py, d/b.py.
+    let counts = fs.inode_counts();
+    assert_eq!(counts.table, 4, "{counts:?}");
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Entrypoint of the scheduler image: serves the committed DAG generation at $DAGFS_MOUNTPOINT
-# (dagfs mount) and runs the Airflow scheduler and DAG processor while this container holds
-# the scheduler lease (dagfs failover). Stops both, and unmounts, on SIGTERM.
+# (dagfs mount) and runs the Airflow 3 unit (scheduler, DAG processor, triggerer) while this
+# container holds the scheduler lease (dagfs failover). Stops them, and unmounts, on SIGTERM.
+# The api-server runs in its own container (any number of them).
 #
 #   DAGFS_STORE_URL    the store, e.g. hdfs://prod-ns/airflow/dagfs (required)
 #   DAGFS_MOUNTPOINT   default /opt/airflow/dags (Airflow's dags_folder)
@@ -15,7 +16,7 @@ mountpoint=${DAGFS_MOUNTPOINT:-/opt/airflow/dags}
 dagfs mount "$DAGFS_STORE_URL" "$mountpoint" --cache-dir /var/cache/dagfs ${DAGFS_MOUNT_ARGS:-} &
 mount_pid=$!
 dagfs failover --store "$DAGFS_STORE_URL" --mount "$mountpoint" \
-  --run "airflow scheduler" --run "airflow dag-processor" &
+  --run "airflow scheduler" --run "airflow dag-processor" --run "airflow triggerer" &
 failover_pid=$!
 
 stop() {

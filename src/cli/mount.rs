@@ -108,6 +108,11 @@ pub struct CheckoutArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Afterwards, keep only the newest N cached generations up to this one (and newer
+    /// ones) in the cache, deleting the objects only others need: bounds the disk of a
+    /// worker's own cache. Never use it on a cache a mount serves from.
+    #[arg(long, value_name = "N")]
+    keep_cached: Option<usize>,
 }
 
 /// `dagfs checkout --generation N DIR`.
@@ -126,6 +131,9 @@ pub async fn checkout(args: CheckoutArgs, config: &Config) -> Result<()> {
         config.mount.concurrency,
     )
     .await?;
+    if let Some(keep) = args.keep_cached {
+        cache.evict(made.generation, keep)?;
+    }
     if args.json {
         let mut value = serde_json::to_value(&made)?;
         value["path"] = serde_json::Value::from(args.dir.display().to_string());

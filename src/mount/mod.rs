@@ -13,6 +13,7 @@
 pub mod metrics;
 pub mod state;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::generations;
 use crate::metrics::{Health, KindLabels};
 use crate::store::{Store, StoreError};
 use metrics::MountMetrics;
-use state::{MountState, StateDir};
+use state::{MountState, StateDir, ViewState};
 
 /// Why the mount could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +256,8 @@ struct Served {
     /// Files of the served generation that read as EIO, as `path: why`.
     unservable: Vec<String>,
     state: MountState,
+    /// When each generation served before stopped being served (for `mount.keep_for`).
+    left: BTreeMap<u64, Instant>,
 }
 
 impl Served {
@@ -410,6 +413,19 @@ pub async fn run(
         generation,
         detail: e.to_string(),
     })?;
+    let loader_cache = cache.clone();
+    fs.set_view_loader(Box::new(move |label| {
+        match loader_cache.load_manifest(label.generation) {
+            Ok(Some(manifest)) if manifest.tree_id.to_string() == label.tree_id => {
+                Ok(tree_of(Some(&manifest)).1)
+            }
+            Ok(_) => Err(format!(
+                "generation {} (tree {}) is no longer in the cache",
+                label.generation, label.tree_id
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }));
     let fs = Arc::new(fs);
     let fuse_options = FuseOptions {
         allow_other: options.allow_other,
@@ -423,6 +439,7 @@ pub async fn run(
                 source,
             }
         })?;
+    let views = show_cached_views(&cache, &fs, &mounted);
     let now = crate::runtime::now_ms();
     let mut served = Served {
         state: MountState {
@@ -440,9 +457,11 @@ pub async fn run(
             poll_interval_ms: options.config.poll.as_millis() as u64,
             started_ms: now,
             updated_ms: now,
+            views,
         },
         manifest,
         unservable,
+        left: BTreeMap::new(),
     };
     tracing::info!(mountpoint = %mountpoint.display(), generation = ?served.generation(),
         files = files.len(), files_cached_in = %cache.root().display(), "mounted");
@@ -622,6 +641,9 @@ async fn poll_once(
         .metrics
         .switch_seconds
         .observe(started.elapsed().as_secs_f64());
+    if let Some(previous) = served.generation() {
+        served.left.insert(previous, Instant::now());
+    }
     let state = &mut served.state;
     state.generation = manifest.as_ref().map(|m| m.generation);
     state.tree_id = manifest.as_ref().map(|m| m.tree_id.to_string());
@@ -629,13 +651,98 @@ async fn poll_once(
     served.manifest = manifest;
     served.unservable = unservable;
     if let Some(generation) = served.generation() {
-        match cache.evict(generation, options.config.keep_generations) {
+        let keep_for = options.config.keep_for;
+        served.left.retain(|_, left| left.elapsed() <= keep_for);
+        let keep = keep_count(
+            cache,
+            generation,
+            &served.left,
+            options.config.keep_generations,
+        );
+        match cache.evict(generation, keep) {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "evicted objects no kept generation needs"),
             Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
         }
     }
+    served.state.views = show_cached_views(cache, fs, mounted);
     Ok(())
+}
+
+/// How many cached generations up to `served` to keep: `keep_generations`, or more to cover
+/// every generation served within `mount.keep_for` (those still in `left`).
+fn keep_count(
+    cache: &Cache,
+    served: u64,
+    left: &BTreeMap<u64, Instant>,
+    keep_generations: usize,
+) -> usize {
+    let Some(&oldest) = left.keys().next() else {
+        return keep_generations;
+    };
+    let cached = cache.generations().unwrap_or_default();
+    let recent = cached
+        .iter()
+        .filter(|&&g| g >= oldest && g <= served)
+        .count();
+    recent.max(keep_generations)
+}
+
+/// Shows every complete generation of the cache under `.dagfs/generations/` and returns them
+/// for the state file. A generation whose objects are not all cached is left out (its files
+/// could not be read without the store). A generation already shown is not read again: its
+/// manifest and objects stay in the cache as long as it is kept.
+fn show_cached_views(cache: &Cache, fs: &DagFs<CacheSource>, mounted: &Mounted) -> Vec<ViewState> {
+    let shown: BTreeMap<u64, TreeLabel> = fs
+        .views()
+        .into_iter()
+        .map(|label| (label.generation, label))
+        .collect();
+    let mut trees = Vec::new();
+    let generations = cache.generations().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list the cached generations");
+        Vec::new()
+    });
+    for generation in generations {
+        if let Some(label) = shown.get(&generation) {
+            // set_views keeps a view shown with the same label without looking at its files.
+            trees.push((label.clone(), Vec::new()));
+            continue;
+        }
+        match cache.load_manifest(generation) {
+            Ok(Some(manifest))
+                if manifest
+                    .entries
+                    .iter()
+                    .all(|e| cache.has_object(&e.blake3, e.size)) =>
+            {
+                trees.push(tree_of(Some(&manifest)));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(generation, error = %e, "cannot read a cached manifest"),
+        }
+    }
+    let views: Vec<ViewState> = trees
+        .iter()
+        .map(|(label, _)| ViewState {
+            generation: label.generation,
+            tree_id: label.tree_id.clone(),
+        })
+        .collect();
+    let invalidator = mounted.invalidator();
+    match tokio::task::block_in_place(|| fs.set_views(trees, &invalidator)) {
+        Ok(()) => views,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot show the cached generations under .dagfs/generations");
+            fs.views()
+                .into_iter()
+                .map(|l| ViewState {
+                    generation: l.generation,
+                    tree_id: l.tree_id,
+                })
+                .collect()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,18 @@ pub struct MountState {
     pub started_ms: u64,
     /// Milliseconds since the epoch when this state was written.
     pub updated_ms: u64,
+    /// Generations readable under `MOUNTPOINT/.dagfs/generations/N`, oldest first.
+    #[serde(default)]
+    pub views: Vec<ViewState>,
+}
+
+/// One generation a mount shows under `.dagfs/generations/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewState {
+    /// The generation number (the directory's name).
+    pub generation: u64,
+    /// Its tree id (blake3 hex).
+    pub tree_id: String,
 }
 
 impl MountState {
@@ -240,6 +252,10 @@ mod tests {
             poll_interval_ms: 1000,
             started_ms: now_ms(),
             updated_ms: now_ms(),
+            views: vec![ViewState {
+                generation: 3,
+                tree_id: "ab".repeat(32),
+            }],
         }
     }
 

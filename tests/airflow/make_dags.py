@@ -3,9 +3,10 @@
 
     make_dags.py DIR [N]
 
-N DAG files (default 60) spread over team folders, a shared helper package the DAGs import,
-an .airflowignore'd scratch folder, and two files that fail to import (a syntax error and a
-missing module), so a listing shows both DAGs and import errors.
+N DAG files (default 60) spread over team folders, a shared helper package the DAGs import
+(kept out of parsing by .airflowignore, as many deployments do), an .airflowignore'd scratch
+folder, and two files that fail to import (a syntax error and a missing module), so a
+listing shows both DAGs and import errors.
 """
 import os
 import sys
@@ -55,7 +56,7 @@ def main():
         )
     write(os.path.join(root, "broken", "syntax_error.py"), "from airflow.sdk import DAG\nthis is not python\n")
     write(os.path.join(root, "broken", "missing_module.py"), "from airflow.sdk import DAG\nimport no_such_module_dagfs\n")
-    write(os.path.join(root, ".airflowignore"), "scratch/\n")
+    write(os.path.join(root, ".airflowignore"), "common/\nscratch/\n")
     write(os.path.join(root, "scratch", "wip.py"), "raise RuntimeError('ignored by .airflowignore')\n")
 
 

@@ -10,7 +10,14 @@ pub fn repo() -> &'static Path {
 
 /// The bin directory of the Airflow venv (created on first use, then reused).
 pub fn venv_bin() -> PathBuf {
+    venv_bin_of(None)
+}
+
+/// The bin directory of the venv of another pinned Airflow
+/// (`tests/airflow/requirements-VARIANT.txt`), or the default one.
+pub fn venv_bin_of(variant: Option<&str>) -> PathBuf {
     let out = Command::new(repo().join("scripts/airflow-venv"))
+        .args(variant)
         .output()
         .unwrap();
     assert!(

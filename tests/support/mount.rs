@@ -149,12 +149,25 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("fusermount3")
+        if !is_mounted(&self.mountpoint) {
+            return;
+        }
+        let detached = Command::new("fusermount3")
             .arg("-u")
             .arg("-z")
             .arg(&self.mountpoint)
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if !detached {
+            // Without fusermount3 (root mounts with mount(2)): a failed test must not leave
+            // a dead mount behind.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
