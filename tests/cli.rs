@@ -114,7 +114,7 @@ fn failover_refuses_unsafe_timing_in_one_line() {
     let output = dagfs(&args, &[("DAGFS_FAILOVER_TAKEOVER_AFTER", "20s")]);
     let text = assert_one_line_usage_error(&output);
     assert!(
-        text.contains("failover.takeover_after") && text.contains("45s"),
+        text.contains("failover.takeover_after") && text.contains("27s"),
         "{text}"
     );
 }

@@ -300,7 +300,8 @@ fn airflow_scheduler_and_dag_processor_fail_over_between_two_hosts() {
         || hosts[1].log(),
     );
     let state = hosts[1].state().unwrap();
-    assert_eq!(state.epoch, Some(2));
+    // Epochs are the number of the claim that started a term: above the first leader's.
+    assert!(state.epoch > Some(1), "{state:?}");
     let generation = state.generation.expect("b recorded its generation");
     assert_eq!(generation, 1);
 
