@@ -561,6 +561,36 @@ fn timings(rng: &mut Rng) -> Timing {
     }
 }
 
+/// A slow but valid setting (the old side of a rolling change).
+fn slow_timing(rng: &mut Rng) -> Timing {
+    let interval = rng.millis(4000, 5000);
+    let fence_after = interval * 2;
+    let kill_grace = rng.millis(1000, 2000);
+    let safety_margin = Duration::from_secs(1);
+    Timing {
+        interval,
+        fence_after,
+        kill_grace,
+        safety_margin,
+        takeover_after: fence_after + kill_grace + safety_margin,
+    }
+}
+
+/// The fastest valid setting: takeover_after exactly fence_after + kill_grace + margin.
+fn fastest_timing(rng: &mut Rng) -> Timing {
+    let interval = rng.millis(500, 700);
+    let fence_after = interval * 2;
+    let kill_grace = rng.millis(200, 400);
+    let safety_margin = Duration::from_secs(1);
+    Timing {
+        interval,
+        fence_after,
+        kill_grace,
+        safety_margin,
+        takeover_after: fence_after + kill_grace + safety_margin,
+    }
+}
+
 impl Sim {
     fn new(seed: u64, trace: Trace) -> Sim {
         let mut rng = Rng(seed);
@@ -568,11 +598,19 @@ impl Sim {
         lock(&world).tracing = trace != Trace::Off;
         let verbose = trace == Trace::Print;
         let count = 2 + rng.below(3) as usize;
-        let same = rng.chance(0.3);
+        // One setting for all, a different one each, or a rolling change caught half-way:
+        // the first host (which starts first, so usually leads) slow, the others at the
+        // fastest timing they may validly have.
+        let plan = rng.below(4);
         let shared = timings(&mut rng);
         let hosts = (0..count)
-            .map(|_| {
-                let timing = if same { shared } else { timings(&mut rng) };
+            .map(|h| {
+                let timing = match plan {
+                    0 => shared,
+                    1 if h == 0 => slow_timing(&mut rng),
+                    1 => fastest_timing(&mut rng),
+                    _ => timings(&mut rng),
+                };
                 Host {
                     timing,
                     clock: Arc::new(Mutex::new(Clock(Duration::from_secs(1000)))),
