@@ -216,6 +216,19 @@ fn dagfs_exe() -> PathBuf {
 }
 
 impl World {
+    /// Starts host `a` and waits until it runs the unit, then starts `b` and waits until it
+    /// follows `a`; both run the stand-in with `args`.
+    fn lead_then_follow(&self, a: &mut Host, b: &mut Host, args: &[&str]) {
+        a.start(self, args);
+        self.wait_start(&a.name, 1, Duration::from_secs(60));
+        b.start(self, args);
+        self.wait_for("b to follow a", Duration::from_secs(30), || {
+            b.state()
+                .and_then(|s| s.leader)
+                .is_some_and(|l| l.id == a.name)
+        });
+    }
+
     /// Every stretch of time in which a "tick" stand-in executed, as (host, first tick,
     /// last tick): ticks less than 0.5 s apart belong to one stretch (a stopped process
     /// makes a gap).
@@ -482,14 +495,7 @@ fn kill_9_of_the_leader_hands_over_within_takeover_plus_one_interval() {
     let world = World::new("kill9");
     let mut a = world.host("a", None, &[]);
     let mut b = world.host("b", None, &[]);
-    a.start(&world, &[]);
-    world.wait_start("a", 1, Duration::from_secs(60));
-    b.start(&world, &[]);
-    world.wait_for("b to follow a", Duration::from_secs(30), || {
-        b.state()
-            .and_then(|s| s.leader)
-            .is_some_and(|l| l.id == "a")
-    });
+    world.lead_then_follow(&mut a, &mut b, &[]);
     let killed = now_secs();
     a.kill9();
     let started = world.wait_start("b", 1, Duration::from_secs(30));
@@ -520,14 +526,7 @@ fn sigterm_on_the_leader_hands_over_without_waiting_for_the_timeout() {
     let (metrics_a, metrics_b) = (port().to_string(), port().to_string());
     let mut a = world.host("a", None, &[("DAGFS_FAILOVER_METRICS", &metrics_a)]);
     let mut b = world.host("b", None, &[("DAGFS_FAILOVER_METRICS", &metrics_b)]);
-    a.start(&world, &[]);
-    world.wait_start("a", 1, Duration::from_secs(60));
-    b.start(&world, &[]);
-    world.wait_for("b to follow a", Duration::from_secs(30), || {
-        b.state()
-            .and_then(|s| s.leader)
-            .is_some_and(|l| l.id == "a")
-    });
+    world.lead_then_follow(&mut a, &mut b, &[]);
     // Each controller's /metrics parses as Prometheus text and says who leads.
     let (leader, standby) = (
         support::scrape_metrics(&metrics_a),
@@ -900,14 +899,7 @@ fn emptying_the_heartbeats_never_runs_two_units() {
     let world = World::new("emptied");
     let mut a = world.host("a", None, &[]);
     let mut b = world.host("b", None, &[]);
-    a.start(&world, &[]);
-    world.wait_start("a", 1, Duration::from_secs(60));
-    b.start(&world, &[]);
-    world.wait_for("b to follow a", Duration::from_secs(30), || {
-        b.state()
-            .and_then(|s| s.leader)
-            .is_some_and(|l| l.id == "a")
-    });
+    world.lead_then_follow(&mut a, &mut b, &[]);
     for round in 0..2 {
         let out = world.cluster.hadoop_fs(&[
             "-rm",
@@ -998,14 +990,7 @@ fn a_leader_stopped_whole_and_resumed_is_killed_within_one_guard_tick() {
     ];
     let mut a = world.host("a", None, &grace);
     let mut b = world.host("b", None, &grace);
-    a.start(&world, &["tick"]);
-    world.wait_start("a", 1, Duration::from_secs(60));
-    b.start(&world, &["tick"]);
-    world.wait_for("b to follow a", Duration::from_secs(30), || {
-        b.state()
-            .and_then(|s| s.leader)
-            .is_some_and(|l| l.id == "a")
-    });
+    world.lead_then_follow(&mut a, &mut b, &["tick"]);
     a.signal_tree("STOP");
     world.wait_start("b", 1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));

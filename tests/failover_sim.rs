@@ -561,26 +561,12 @@ fn timings(rng: &mut Rng) -> Timing {
     }
 }
 
-/// A slow but valid setting (the old side of a rolling change).
-fn slow_timing(rng: &mut Rng) -> Timing {
-    let interval = rng.millis(4000, 5000);
+/// The tightest valid setting with an interval in `interval_ms` and a kill grace in
+/// `grace_ms`: fence_after = 2 x interval, takeover_after = fence_after + grace + 1 s.
+fn tightest_timing(rng: &mut Rng, interval_ms: (u64, u64), grace_ms: (u64, u64)) -> Timing {
+    let interval = rng.millis(interval_ms.0, interval_ms.1);
     let fence_after = interval * 2;
-    let kill_grace = rng.millis(1000, 2000);
-    let safety_margin = Duration::from_secs(1);
-    Timing {
-        interval,
-        fence_after,
-        kill_grace,
-        safety_margin,
-        takeover_after: fence_after + kill_grace + safety_margin,
-    }
-}
-
-/// The fastest valid setting: takeover_after exactly fence_after + kill_grace + margin.
-fn fastest_timing(rng: &mut Rng) -> Timing {
-    let interval = rng.millis(500, 700);
-    let fence_after = interval * 2;
-    let kill_grace = rng.millis(200, 400);
+    let kill_grace = rng.millis(grace_ms.0, grace_ms.1);
     let safety_margin = Duration::from_secs(1);
     Timing {
         interval,
@@ -607,8 +593,8 @@ impl Sim {
             .map(|h| {
                 let timing = match plan {
                     0 => shared,
-                    1 if h == 0 => slow_timing(&mut rng),
-                    1 => fastest_timing(&mut rng),
+                    1 if h == 0 => tightest_timing(&mut rng, (4000, 5000), (1000, 2000)),
+                    1 => tightest_timing(&mut rng, (500, 700), (200, 400)),
                     _ => timings(&mut rng),
                 };
                 Host {

@@ -50,6 +50,34 @@ fn candidate<'a>(
     Candidate::new(coordinator, me(id), timing).with_clock(clock.source())
 }
 
+/// A store on a temporary directory, for one test.
+struct Bed {
+    _dir: tempfile::TempDir,
+    store: LocalStore,
+}
+
+impl Bed {
+    async fn new() -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+        Bed { _dir: dir, store }
+    }
+}
+
+/// Candidate "a" with `timing`, elected over the empty register: it looks at t = 0 and
+/// takes over once its wait is over, at t = `takeover_after`.
+async fn first_leader<'a>(
+    coordinator: &'a dyn Coordinator,
+    timing: Timing,
+    clock: &FakeClock,
+) -> (Candidate<'a>, Term) {
+    let mut a = candidate(coordinator, "a", timing, clock);
+    assert!(is_following(&mut a).await);
+    clock.set(timing.takeover_after.as_secs());
+    let term = elect(&mut a).await;
+    (a, term)
+}
+
 async fn elect(candidate: &mut Candidate<'_>) -> Term {
     match candidate.standby_step(true).await.unwrap() {
         Standing::Elected(term) => term,
@@ -75,9 +103,9 @@ async fn seqs(store: &dyn Store) -> Vec<u64> {
 
 #[tokio::test]
 async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
@@ -98,7 +126,7 @@ async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
         assert_eq!(term.lease_until, Clock(Duration::from_secs(t + 3)));
         assert!(is_following(&mut b).await);
     }
-    assert_eq!(seqs(&store).await.len(), 4, "old beats are pruned");
+    assert_eq!(seqs(store).await.len(), 4, "old beats are pruned");
     // Silence: b takes over 5 s after it last saw a change, with the claim's number as epoch.
     clock.set(18);
     assert!(is_following(&mut b).await);
@@ -121,14 +149,11 @@ async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
 
 #[tokio::test]
 async fn release_hands_over_at_once_and_racing_standbys_elect_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let mut a = candidate(&coordinator, "a", TIMING, &clock);
-    a.standby_step(true).await.unwrap();
-    clock.set(5);
-    let term = elect(&mut a).await;
+    let (mut a, term) = first_leader(&coordinator, TIMING, &clock).await;
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     let mut c = candidate(&coordinator, "c", TIMING, &clock);
     b.standby_step(true).await.unwrap();
@@ -151,20 +176,17 @@ async fn release_hands_over_at_once_and_racing_standbys_elect_one() {
 /// and leave nothing in anyone's way.
 #[tokio::test]
 async fn a_stale_claim_of_a_deleted_name_loses() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let mut a = candidate(&coordinator, "a", TIMING, &clock);
-    a.standby_step(true).await.unwrap();
-    clock.set(5);
-    let mut term = elect(&mut a).await;
+    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
     let stale = coordinator.read().await.unwrap();
     for t in 6..12 {
         clock.set(t);
         a.renew(&mut term, None, None).await.unwrap();
     }
-    assert!(!seqs(&store).await.contains(&2), "beat 2 was pruned");
+    assert!(!seqs(store).await.contains(&2), "beat 2 was pruned");
     // A standby that was paused between its read (version 1) and its claim (of 2).
     let beat = Beat {
         owner: "b".into(),
@@ -172,7 +194,7 @@ async fn a_stale_claim_of_a_deleted_name_loses() {
     };
     let claimed = coordinator.claim(stale.version, 2, &beat).await.unwrap();
     assert_eq!(claimed, Claimed::Lost(None));
-    assert!(!seqs(&store).await.contains(&2), "the orphan is removed");
+    assert!(!seqs(store).await.contains(&2), "the orphan is removed");
     assert_eq!(
         a.renew(&mut term, None, None).await.unwrap(),
         Renewal::Renewed
@@ -184,9 +206,9 @@ async fn a_stale_claim_of_a_deleted_name_loses() {
 /// next term's epoch is above every epoch seen.
 #[tokio::test]
 async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
@@ -205,10 +227,7 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
         a.renew(&mut term, None, None).await.unwrap(),
         Renewal::Deposed(_)
     ));
-    assert!(
-        seqs(&store).await.is_empty(),
-        "the deposed claim is removed"
-    );
+    assert!(seqs(store).await.is_empty(), "the deposed claim is removed");
     // Removing it changed the directory: b's wait starts again from its next look.
     clock.set(14);
     assert!(is_following(&mut b).await);
@@ -223,9 +242,9 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
 /// leader's advertised lease + grace, not only its own `takeover_after`.
 #[tokio::test]
 async fn a_standby_honours_the_leaders_advertised_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
     let slow = Timing {
         interval: Duration::from_secs(10),
@@ -234,11 +253,8 @@ async fn a_standby_honours_the_leaders_advertised_lease() {
         safety_margin: Duration::from_secs(5),
         takeover_after: Duration::from_secs(45),
     };
-    let mut a = candidate(&coordinator, "a", slow, &clock);
+    let (_a, _term) = first_leader(&coordinator, slow, &clock).await;
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
-    a.standby_step(true).await.unwrap();
-    clock.set(45);
-    let _term = elect(&mut a).await;
     assert!(is_following(&mut b).await);
     // b's own takeover_after (5 s) has long passed; a's lease + grace + b's margin has not.
     clock.set(85);
@@ -254,14 +270,11 @@ async fn a_standby_honours_the_leaders_advertised_lease() {
 /// leader's own on the next renewal, which carries on instead of stepping down.
 #[tokio::test]
 async fn a_renewal_that_landed_late_is_recognised() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let mut a = candidate(&coordinator, "a", TIMING, &clock);
-    a.standby_step(true).await.unwrap();
-    clock.set(5);
-    let mut term = elect(&mut a).await;
+    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
     // The renewal the leader gave up on, which landed anyway.
     let late = a.beat(term.epoch, false, None, None);
     let bytes = Bytes::from(serde_json::to_vec(&late).unwrap());
@@ -282,19 +295,16 @@ async fn a_renewal_that_landed_late_is_recognised() {
 /// epoch is still above every epoch the chain ever held.
 #[tokio::test]
 async fn epochs_never_repeat_over_unreadable_beats() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let mut a = candidate(&coordinator, "a", TIMING, &clock);
-    a.standby_step(true).await.unwrap();
-    clock.set(5);
-    let mut term = elect(&mut a).await;
+    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
     for t in 6..9 {
         clock.set(t);
         a.renew(&mut term, None, None).await.unwrap();
     }
-    for seq in seqs(&store).await {
+    for seq in seqs(store).await {
         store
             .put(
                 &beat_key(seq),
@@ -315,9 +325,9 @@ async fn epochs_never_repeat_over_unreadable_beats() {
 /// largest one must not make the election overflow.
 #[tokio::test]
 async fn a_beat_named_with_the_largest_number_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-    let coordinator = StoreCoordinator::new(&store);
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
     store
         .put(
