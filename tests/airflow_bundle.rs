@@ -90,6 +90,21 @@ impl Env {
         command
     }
 
+    /// Runs `python -c script` in the venv; its standard output.
+    fn python(&self, script: &str) -> String {
+        let out = self
+            .command("python")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     fn airflow(&self, args: &[&str]) -> String {
         let out = self.command("airflow").args(args).output().unwrap();
         assert!(
@@ -120,17 +135,7 @@ impl Env {
              print(c.execute('select bundle_version from dag_run where run_id = ?', ({run:?},)).fetchone()[0])\n",
             format!("{}/airflow.db", db.1)
         );
-        let out = self
-            .command("python")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        self.python(&script).trim().to_string()
     }
 
     /// Bundle version per DAG id, from Airflow's database.
@@ -292,17 +297,7 @@ fn timed_refresh(env: &Env, url: &str, mnt: &Path) -> (f64, String) {
         mnt = mnt.display().to_string(),
         dagfs = env!("CARGO_BIN_EXE_dagfs"),
     );
-    let out = env
-        .command("python")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = env.python(&script);
     let line = text.lines().last().unwrap().to_string();
     let (secs, version) = line.split_once(' ').unwrap();
     (secs.parse().unwrap(), version.to_string())

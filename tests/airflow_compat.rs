@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use support::airflow::{make_dags, venv_bin_of};
 use support::minidfs::{superuser, MiniDfs};
-use support::mount::{push, Mount};
+use support::mount::{push, Folders, Mount};
 
 /// `bin/airflow ARGS` in `home` with `vars`, its JSON output line.
 fn airflow_json(bin: &Path, home: &Path, vars: &[(&str, String)], args: &[&str]) -> Value {
@@ -49,16 +49,11 @@ fn the_bundle_works_on_airflow_3_0() {
     let bin = venv_bin_of(Some("3.0"));
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("compat-3-0");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime, home) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-        tmp.path().join("home"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, home) = folders.paths();
     make_dags(&dags, 5);
     push(cluster, &runtime, &dags, &url);
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
     let tree = mount.serving(1).tree_id.unwrap();
     let version = format!("1-{}", &tree[..16]);
     let dagfs = env!("CARGO_BIN_EXE_dagfs");
@@ -78,7 +73,7 @@ fn the_bundle_works_on_airflow_3_0() {
         ),
         (
             "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH",
-            s(&tmp.path().join("bundles")),
+            s(&folders.root.join("bundles")),
         ),
         ("DAGFS_RUNTIME_DIR", s(&runtime)),
         ("DAGFS_STORE_HADOOP_CONF_DIR", s(cluster.conf_dir())),
@@ -188,13 +183,8 @@ fn airflow_2_10_parses_the_mount_like_a_local_copy() {
     let bin = venv_bin_of(Some("2.10"));
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("compat-2-10");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime, home) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-        tmp.path().join("home"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, home) = folders.paths();
     // The 3.x DAG files import airflow.sdk; Airflow 2 DAGs import airflow.
     make_dags(&dags, 20);
     for entry in walkdir::WalkDir::new(&dags) {
@@ -215,7 +205,7 @@ fn airflow_2_10_parses_the_mount_like_a_local_copy() {
         }
     }
     push(cluster, &runtime, &dags, &url);
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
     mount.serving(1);
     airflow_json(&bin, &home, &[], &["db", "migrate"]);
     let (local_ids, local_errors) = parsed_2_10(&bin, &home, &dags);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use support::airflow::{make_dags, venv_bin};
 use support::minidfs::MiniDfs;
-use support::mount::{push, Mount};
+use support::mount::{push, Folders, Mount};
 
 /// `airflow ARGS` with `dags_folder` set, returning parsed JSON stdout.
 fn airflow_json(bin: &Path, home: &Path, dags: &Path, args: &[&str]) -> Value {
@@ -95,16 +95,11 @@ fn airflow_parses_the_mount_like_a_local_copy() {
     let bin = venv_bin();
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("mount-airflow");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime, home) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-        tmp.path().join("airflow-home"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, home) = folders.paths();
     make_dags(&dags, 60);
     push(cluster, &runtime, &dags, &url);
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
     mount.serving(1);
 
     let migrated = airflow(&bin, &home, &dags)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dagfs::format::Digest;
 
 use support::minidfs::{MiniDfs, MiniDfsOptions};
-use support::mount::{push, Mount};
+use support::mount::{push, Folders, Mount};
 
 /// The bound the mount promises for any filesystem call while HDFS is down.
 const CALL_BOUND: Duration = Duration::from_secs(2);
@@ -63,12 +63,8 @@ fn hashes(root: &Path) -> BTreeMap<String, Digest> {
 fn serves_identical_bytes_and_switches_atomically() {
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("mount-atomic");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, _) = folders.paths();
     const FILES: usize = 100;
     write_generation(&dags, 1, FILES);
     std::fs::write(dags.join("run.sh"), "#!/bin/sh\n").unwrap();
@@ -90,7 +86,7 @@ fn serves_identical_bytes_and_switches_atomically() {
         &runtime,
         &url,
         &mnt,
-        &tmp.path().join("cache"),
+        &folders.root.join("cache"),
         &["--metrics", &metrics],
     );
     let state = mount.serving(1);
@@ -179,12 +175,8 @@ fn serves_identical_bytes_and_switches_atomically() {
 fn corrupt_object_reads_as_eio_never_wrong_bytes() {
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("mount-corrupt");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, _) = folders.paths();
     std::fs::create_dir_all(&dags).unwrap();
     std::fs::write(dags.join("good.py"), "good = 1\n").unwrap();
     std::fs::write(dags.join("bad.py"), "bad = 1\n").unwrap();
@@ -193,7 +185,7 @@ fn corrupt_object_reads_as_eio_never_wrong_bytes() {
     // Same size, other bytes: only the hash can tell.
     support::corrupt_object(cluster, &url, b"bad = 1\n", b"bad = 2\n");
 
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &tmp.path().join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
     mount.serving(1);
     assert_eq!(std::fs::read(mnt.join("good.py")).unwrap(), b"good = 1\n");
     let err = std::fs::read(mnt.join("bad.py")).unwrap_err();
@@ -209,13 +201,9 @@ fn corrupt_object_reads_as_eio_never_wrong_bytes() {
 fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
     let cluster = MiniDfs::start(MiniDfsOptions::default());
     let url = format!("{}/dags-offline", cluster.url());
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime, cache) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-        tmp.path().join("cache"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, _) = folders.paths();
+    let cache = folders.root.join("cache");
     write_generation(&dags, 1, 40);
     push(&cluster, &runtime, &dags, &url);
     let mut mount = Mount::start(&cluster, &runtime, &url, &mnt, &cache);
@@ -263,13 +251,9 @@ fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
 fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("mount-lifecycle");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime, cache) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-        tmp.path().join("cache"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, _) = folders.paths();
+    let cache = folders.root.join("cache");
     write_generation(&dags, 1, 5);
     push(cluster, &runtime, &dags, &url);
 
@@ -309,12 +293,8 @@ fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
 fn every_recently_served_generation_is_readable_under_dagfs_generations() {
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("mount-views");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, mnt, runtime) = (
-        tmp.path().join("dags"),
-        tmp.path().join("mnt"),
-        tmp.path().join("run"),
-    );
+    let folders = Folders::new();
+    let (dags, mnt, runtime, _) = folders.paths();
     const FILES: usize = 20;
     write_generation(&dags, 1, FILES);
     push(cluster, &runtime, &dags, &url);
@@ -324,7 +304,7 @@ fn every_recently_served_generation_is_readable_under_dagfs_generations() {
         &runtime,
         &url,
         &mnt,
-        &tmp.path().join("cache"),
+        &folders.root.join("cache"),
         &[
             "--set",
             "mount.keep_generations=1",

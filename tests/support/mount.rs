@@ -37,6 +37,31 @@ pub fn push(cluster: &MiniDfs, runtime: &Path, dir: &Path, url: &str) {
 }
 
 /// A running `dagfs mount`, killed and unmounted on drop.
+/// One test's folders under a temporary directory: `root/dags` (the DAG folder), `root/mnt`
+/// (the mountpoint), `root/run` (the runtime directory), `root/home` (an Airflow home).
+pub struct Folders {
+    _tmp: tempfile::TempDir,
+    /// The temporary directory.
+    pub root: PathBuf,
+}
+
+impl Folders {
+    /// A new, empty temporary directory.
+    pub fn new() -> Folders {
+        let tmp = tempfile::tempdir().unwrap();
+        Folders {
+            root: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+
+    /// (dags, mnt, run, home).
+    pub fn paths(&self) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+        let at = |name| self.root.join(name);
+        (at("dags"), at("mnt"), at("run"), at("home"))
+    }
+}
+
 pub struct Mount {
     child: Child,
     mountpoint: PathBuf,
