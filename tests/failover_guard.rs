@@ -115,7 +115,9 @@ fn a_forged_group_report_kills_nothing() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let _logs = tracing::subscriber::set_default(subscriber);
+    // Global, not scoped: a callsite first reached by another test's thread (no subscriber)
+    // can be cached as uninterested, and a scoped subscriber then never sees the line.
+    tracing::subscriber::set_global_default(subscriber).expect("only this test sets one");
     let mut victim = Victim(
         std::process::Command::new("sleep")
             .arg("1000")
@@ -124,8 +126,6 @@ fn a_forged_group_report_kills_nothing() {
             .unwrap(),
     );
     let victim_pid = victim.0.id();
-    // One thread: the log subscriber is this thread's, and the tasks reading the guard's
-    // output must log through it.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
