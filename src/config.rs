@@ -69,6 +69,9 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
+    /// Whether every host runs the commands (`all-active`, the default) or one leader at a
+    /// time (`single-active`).
+    pub mode: FailoverMode,
     /// How often the leader renews its heartbeat and standbys look at it.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -109,9 +112,23 @@ pub struct FailoverConfig {
     pub metrics: Option<String>,
 }
 
+/// How many hosts run the supervised commands.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverMode {
+    /// Every host runs them, gated and supervised, with no election: Airflow 2+ on PostgreSQL
+    /// or MySQL runs several schedulers, DAG processors and triggerers at once, and nothing
+    /// but the metadata database is needed to keep running.
+    #[default]
+    AllActive,
+    /// One elected leader at a time runs them (Airflow 1, or setups that must not run two).
+    SingleActive,
+}
+
 impl Default for FailoverConfig {
     fn default() -> Self {
         FailoverConfig {
+            mode: FailoverMode::AllActive,
             interval: Duration::from_secs(10),
             fence_after: Duration::from_secs(20),
             kill_grace: Duration::from_secs(5),

@@ -13,11 +13,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
-use crate::config::FailoverConfig;
+use crate::config::{FailoverConfig, FailoverMode};
 use crate::election::{Beat, Candidate, Clock, Coordinator, Identity, Renewal, Standing, Term};
 use crate::generations;
 use crate::metrics::{Health, Registry};
-use crate::mount::state::StateDir;
+use crate::mount::state::{MountState, StateDir};
+use crate::running::{Floor, RunningRecord};
 use crate::runtime::{now_ms, ClaimError, StateFile};
 use crate::store::Store;
 use crate::supervise::{health_check, AfterFailure, MemberInfo, RestartPolicy, Unit, UnitSpec};
@@ -157,10 +158,7 @@ pub struct FailoverOptions {
     pub mountpoint: PathBuf,
     /// The commands, run as one unit.
     pub commands: Vec<String>,
-    /// Supervise and gate on every host, without election (Airflow 2+ with several
-    /// schedulers).
-    pub all_active: bool,
-    /// Timing and supervision settings (validated).
+    /// Mode, timing and supervision settings (validated).
     pub config: FailoverConfig,
     /// Where the mount's and the controller's state files are.
     pub runtime_dir: PathBuf,
@@ -246,46 +244,73 @@ impl FailoverMetrics {
     }
 }
 
-/// Why the commands may not start yet.
+/// The generation and tree id the commands may start on, or why they may not.
 type GateResult = Result<(Option<u64>, Option<String>), String>;
 
-/// The identity gate: the local mount must be current and serve the store's head (or, when
-/// the head cannot be read, at least the generation the previous leader recorded).
+/// The identity gate: reads the local mount's state and the store's head (bounded by
+/// `bound`; a timeout counts as unreadable) and applies [`admit`].
 async fn gate(
     store: &dyn Store,
     states: &StateDir,
     mountpoint: &Path,
     bound: Duration,
-    previous: Option<u64>,
+    floor: Option<&Floor>,
 ) -> GateResult {
     let mount = states.read(mountpoint).map_err(|e| e.to_string())?;
-    if !mount.is_current() {
-        return Err(format!(
-            "the mount at {} serves generation {} but its head is {}{}",
-            mountpoint.display(),
+    let head = match tokio::time::timeout(bound, generations::head(store)).await {
+        Ok(Ok(head)) => Ok(head),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(bound)
+        )),
+    };
+    admit(&mount, head, floor)
+}
+
+/// The identity gate's rule.
+/// - The store's head is readable: the mount is online and serves it.
+/// - It is not (HDFS down): the mount serves at least `floor`, the newest generation any host
+///   has run (recorded in the metadata database, or in the previous leader's heartbeat), so
+///   no host ever goes back to older code and hosts whose cache lacks the newest stay out.
+///   With no floor known, nothing starts.
+fn admit(
+    mount: &MountState,
+    head: Result<Option<u64>, String>,
+    floor: Option<&Floor>,
+) -> GateResult {
+    let here = mount.mountpoint.display();
+    match head {
+        Ok(head) if mount.is_current() && mount.generation == head => {
+            Ok((mount.generation, mount.tree_id.clone()))
+        }
+        Ok(_) if !mount.is_current() => Err(format!(
+            "the mount at {here} serves generation {} but its head is {}{}",
             show(mount.generation),
             show(mount.head),
             if mount.online { "" } else { " (offline)" }
-        ));
-    }
-    let head = match tokio::time::timeout(bound, generations::head(store)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(e)) if mount.generation >= previous && previous.is_some() => {
-            tracing::warn!(error = %e, "cannot read the head; the mount serves at least the previous leader's generation");
-            mount.generation
-        }
-        Ok(Err(e)) => return Err(format!("cannot read the head generation: {e}")),
-        Err(_) => return Err("reading the head generation timed out".into()),
-    };
-    if mount.generation != head {
-        return Err(format!(
-            "the mount at {} serves generation {} but the store's head is {}",
-            mountpoint.display(),
+        )),
+        Ok(head) => Err(format!(
+            "the mount at {here} serves generation {} but the store's head is {}",
             show(mount.generation),
-            show(head)
-        ));
+            show(head),
+        )),
+        Err(e) => match (floor, mount.generation) {
+            (Some(floor), Some(served)) if served >= floor.generation => {
+                tracing::warn!(error = %e, served, floor = floor.generation, "cannot read the head; the mount serves the newest generation any host has run");
+                Ok((mount.generation, mount.tree_id.clone()))
+            }
+            (Some(floor), served) => Err(format!(
+                "cannot read the head generation ({e}), and {} runs generation {} while the mount at {here} serves {}: staying out until the mount can fetch it",
+                floor.candidate,
+                floor.generation,
+                show(served)
+            )),
+            (None, _) => Err(format!(
+                "cannot read the head generation ({e}), and no host has recorded the generation it runs (the metadata database is not configured or not readable)"
+            )),
+        },
     }
-    Ok((mount.generation, mount.tree_id))
 }
 
 fn show(generation: Option<u64>) -> String {
@@ -299,9 +324,9 @@ enum Phase {
     Restarting { at: Clock },
 }
 
-/// Leadership (or, with `--all-active`, activity) of this host.
+/// Leadership (or, all-active, activity) of this host.
 struct Lead {
-    /// `None` with `--all-active`.
+    /// `None` when all-active.
     term: Option<Term>,
     phase: Phase,
 }
@@ -315,6 +340,8 @@ impl Lead {
 /// The controller's loop state.
 struct Controller<'a> {
     store: &'a dyn Store,
+    /// Where the generation this host runs is recorded (the metadata database).
+    record: Option<&'a dyn RunningRecord>,
     /// Since when every election call failed (`None`: the last one succeeded).
     failing_since: Option<Clock>,
     /// This controller's state file, claimed (locked) for its life.
@@ -335,11 +362,13 @@ struct Controller<'a> {
 }
 
 /// Runs the controller until `shutdown` resolves (SIGTERM/SIGINT at the CLI), then stops the
-/// commands and hands leadership over. `coordinator` holds the election (the store's
-/// heartbeat chain); `store` is read for the head generation.
+/// commands and hands leadership over. `coordinator` holds the election (single-active);
+/// `store` is read for the head generation; `record` (the metadata database) keeps hosts on
+/// one generation while the store cannot be read.
 pub async fn run(
     store: &dyn Store,
     coordinator: &dyn Coordinator,
+    record: Option<&dyn RunningRecord>,
     options: FailoverOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FailoverError> {
@@ -377,6 +406,7 @@ pub async fn run(
     })?;
     let mut controller = Controller {
         store,
+        record,
         failing_since: None,
         state_file,
         next_renewal: Clock::now(),
@@ -400,7 +430,7 @@ pub async fn run(
     tracing::info!(
         id = %controller.options.id,
         store = %store.url(),
-        all_active = controller.options.all_active,
+        all_active = controller.all_active(),
         "failover controller started"
     );
     controller.run(shutdown).await
@@ -433,6 +463,10 @@ async fn unit_exit(lead: &mut Option<Lead>) -> crate::supervise::MemberExit {
 }
 
 impl<'a> Controller<'a> {
+    fn all_active(&self) -> bool {
+        self.options.config.mode == FailoverMode::AllActive
+    }
+
     async fn run(
         &mut self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -506,9 +540,9 @@ impl<'a> Controller<'a> {
     }
 
     async fn stand_by(&mut self) {
-        let mount = self.mount_current();
+        let mount = self.mount_usable().await;
         let eligible = !self.cooling_down() && mount.is_ok();
-        if self.options.all_active {
+        if self.all_active() {
             if !self.cooling_down() {
                 self.lead = Some(Lead {
                     term: None,
@@ -541,23 +575,28 @@ impl<'a> Controller<'a> {
         }
     }
 
-    /// Whether the local mount claims to serve its head (the cheap, local part of the gate;
-    /// a standby with a lagging mount does not take leadership it could not use).
-    fn mount_current(&self) -> Result<(), String> {
+    /// Whether the local mount could pass the gate (a standby with a lagging mount does not
+    /// take leadership it could not use): it serves its head, or, offline, at least the
+    /// newest generation any host has run.
+    async fn mount_usable(&mut self) -> Result<(), String> {
         let mount = self
             .mounts
             .read(&self.options.mountpoint)
             .map_err(|e| e.to_string())?;
         if mount.is_current() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the mount at {} serves generation {} but its head is {}",
-                self.options.mountpoint.display(),
-                show(mount.generation),
-                show(mount.head)
-            ))
+            return Ok(());
         }
+        if !mount.online {
+            let floor = self.floor().await;
+            let unreadable = Err("the mount is offline".to_string());
+            return admit(&mount, unreadable, floor.as_ref()).map(|_| ());
+        }
+        Err(format!(
+            "the mount at {} serves generation {} but its head is {}",
+            self.options.mountpoint.display(),
+            show(mount.generation),
+            show(mount.head)
+        ))
     }
 
     async fn lead_step(&mut self) {
@@ -632,27 +671,140 @@ impl<'a> Controller<'a> {
                     self.try_start(now).await;
                 }
             }
-            Phase::Running { .. } => self.check_health().await,
+            Phase::Running { .. } => {
+                if self.follow().await {
+                    self.check_health().await;
+                }
+            }
+        }
+    }
+
+    /// The newest generation any host has run, as far as this host can tell: the record in
+    /// the metadata database, and (single-active) the previous leader's heartbeat.
+    async fn floor(&mut self) -> Option<Floor> {
+        let previous = self
+            .candidate
+            .seen()
+            .and_then(|s| s.beat.as_ref())
+            .and_then(|b| {
+                Some(Floor {
+                    generation: b.generation?,
+                    candidate: b.owner.clone(),
+                })
+            });
+        let recorded = match self.record {
+            Some(record) => match record.floor().await {
+                Ok(floor) => floor,
+                Err(e) => {
+                    self.error(format!("cannot read the generations other hosts run: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        [previous, recorded]
+            .into_iter()
+            .flatten()
+            .max_by_key(|f| f.generation)
+    }
+
+    /// Records the generation the unit runs (before it starts on it); an unrecorded
+    /// generation is not run, so the floor never lags behind a running unit.
+    async fn record_running(
+        &self,
+        generation: Option<u64>,
+        tree_id: Option<&str>,
+    ) -> Result<(), String> {
+        match (self.record, generation, tree_id) {
+            (Some(record), Some(generation), Some(tree_id)) => record
+                .record(&self.options.id, generation, tree_id)
+                .await
+                .map_err(|e| {
+                    format!("cannot record generation {generation} as running in the metadata database: {e}")
+                }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A running unit follows its mount: a generation the mount switched to is recorded;
+    /// a mount that is offline and behind the newest generation another host runs stops
+    /// the unit until it can fetch that generation (two hosts never parse different
+    /// generations for longer than a mount takes to follow a publish). Returns whether the
+    /// unit still runs.
+    async fn follow(&mut self) -> bool {
+        let Ok(mount) = self.mounts.read(&self.options.mountpoint) else {
+            return true;
+        };
+        if mount.generation > self.generation {
+            match self
+                .record_running(mount.generation, mount.tree_id.as_deref())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(generation = ?mount.generation, "the mount switched; the commands run the new generation");
+                    self.generation = mount.generation;
+                    self.tree_id = mount.tree_id.clone();
+                }
+                Err(e) => self.error(e),
+            }
+        }
+        if mount.online {
+            return true;
+        }
+        let Some(floor) = self.floor().await else {
+            return true;
+        };
+        if mount.generation >= Some(floor.generation) {
+            return true;
+        }
+        self.fall_behind(&mount, &floor).await;
+        false
+    }
+
+    /// Stops the unit of a host whose mount cannot fetch the generation another host runs.
+    async fn fall_behind(&mut self, mount: &MountState, floor: &Floor) {
+        self.error(format!(
+            "{} runs generation {} and the mount at {} serves {} and is offline: stopping the commands until it can fetch it",
+            floor.candidate,
+            floor.generation,
+            mount.mountpoint.display(),
+            show(mount.generation)
+        ));
+        let Some(lead) = &mut self.lead else {
+            return;
+        };
+        let phase = std::mem::replace(
+            &mut lead.phase,
+            Phase::WaitingForMount {
+                since: Clock::now(),
+            },
+        );
+        self.health = None;
+        if !stop_phase(phase).await {
+            self.fence("the commands did not stop").await;
         }
     }
 
     /// Starts the unit if the gate is open; steps down when it stayed shut too long.
     async fn try_start(&mut self, waiting_since: Clock) {
-        let previous = self
-            .candidate
-            .seen()
-            .and_then(|s| s.beat.as_ref())
-            .and_then(|b| b.generation);
+        let floor = self.floor().await;
         let config = &self.options.config;
-        match gate(
+        let admitted = match gate(
             self.store,
             &self.mounts,
             &self.options.mountpoint,
             config.interval,
-            previous,
+            floor.as_ref(),
         )
         .await
         {
+            Ok((generation, tree_id)) => self
+                .record_running(generation, tree_id.as_deref())
+                .await
+                .map(|()| (generation, tree_id)),
+            Err(reason) => Err(reason),
+        };
+        match admitted {
             Ok((generation, tree_id)) => {
                 let Some(lead) = &mut self.lead else {
                     return;
@@ -853,7 +1005,7 @@ impl<'a> Controller<'a> {
             host: host_name(),
             store: self.store.url().to_string(),
             mountpoint: self.options.mountpoint.clone(),
-            all_active: self.options.all_active,
+            all_active: self.all_active(),
             role,
             epoch: lead_term.map(|t| t.epoch),
             lease_remaining_ms: lead_term.map(|t| t.lease_until.since(now).as_millis() as u64),
@@ -972,6 +1124,46 @@ mod tests {
         states.write(&mount_state(&mnt, Some(1), Some(1))).unwrap();
         let err = gate(&store, &states, &mnt, bound, None).await.unwrap_err();
         assert!(err.contains("store's head is 2"), "{err}");
+    }
+
+    /// Issue 16: with HDFS down every host used to refuse to start (the gate wanted the
+    /// store's head), so a crash of a scheduler during an outage stopped scheduling. Now a
+    /// mount serving at least the newest generation any host ran is admitted; one serving
+    /// less stays out, and so does every host when nobody recorded what it runs.
+    #[test]
+    fn an_unreadable_store_admits_only_the_newest_generation_any_host_ran() {
+        let mnt = Path::new("/mnt/dags");
+        let offline = |generation| MountState {
+            online: false,
+            ..mount_state(mnt, Some(generation), Some(generation))
+        };
+        let down = || Err::<Option<u64>, _>("connection refused".to_string());
+        let floor = |generation| Floor {
+            generation,
+            candidate: "b".into(),
+        };
+        assert_eq!(
+            admit(&offline(2), down(), Some(&floor(2))).unwrap().0,
+            Some(2)
+        );
+        assert_eq!(
+            admit(&offline(3), down(), Some(&floor(2))).unwrap().0,
+            Some(3)
+        );
+        let err = admit(&offline(1), down(), Some(&floor(2))).unwrap_err();
+        assert!(
+            err.contains("b runs generation 2") && err.contains("serves 1"),
+            "{err}"
+        );
+        let err = admit(&offline(2), down(), None).unwrap_err();
+        assert!(err.contains("no host has recorded"), "{err}");
+        // With the head readable, the head decides, whatever the record says.
+        assert!(admit(&offline(2), Ok(Some(2)), Some(&floor(2)))
+            .unwrap_err()
+            .contains("offline"));
+        let current = mount_state(mnt, Some(2), Some(2));
+        assert_eq!(admit(&current, Ok(Some(2)), None).unwrap().0, Some(2));
+        assert!(admit(&current, Ok(Some(3)), Some(&floor(3))).is_err());
     }
 
     /// /healthz of failover: 503 while the coordinator is unreachable for fence_after, and

@@ -41,6 +41,7 @@ pub mod mirror;
 pub mod mount;
 pub mod proc;
 pub mod publish;
+pub mod running;
 pub mod runtime;
 pub mod scan;
 pub mod store;

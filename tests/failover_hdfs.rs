@@ -333,7 +333,11 @@ impl Host {
                 self.name,
                 args.join(" ")
             ))
-            .args(self.all_active.then_some("--all-active"))
+            .arg(if self.all_active {
+                "--all-active"
+            } else {
+                "--single-active"
+            })
             .env_remove("DAGFS_CONFIG")
             .env("DAGFS_RUNTIME_DIR", &self.runtime)
             .env("DAGFS_STORE_USER", superuser())

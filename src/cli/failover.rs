@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, FailoverConfig, FailoverMode};
 use crate::election::{Clock, StoreCoordinator};
 use crate::failover::{self, FailoverMetrics, FailoverOptions};
 use crate::metrics::{Health, Registry};
@@ -37,10 +37,13 @@ pub struct FailoverArgs {
     /// This candidate's id, unique among the hosts [default: the host name].
     #[arg(long, value_name = "NAME")]
     id: Option<String>,
-    /// No election: run the commands on every host (Airflow 2+ with several schedulers),
-    /// still gated on the mount and supervised.
-    #[arg(long)]
+    /// Run the commands on every host, gated on the mount and supervised, with no election
+    /// (Airflow 2+ on PostgreSQL or MySQL) [default: failover.mode, all-active].
+    #[arg(long, conflicts_with = "single_active")]
     all_active: bool,
+    /// Run the commands on one elected host at a time [default: failover.mode].
+    #[arg(long)]
+    single_active: bool,
     /// Serve Prometheus metrics and /healthz on this address [default: failover.metrics].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -85,15 +88,21 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         }),
         mountpoint: crate::mount::state::absolute_mountpoint(&args.mount),
         commands: args.commands,
-        all_active: args.all_active,
-        config: config.failover.clone(),
+        config: FailoverConfig {
+            mode: match (args.all_active, args.single_active) {
+                (true, _) => FailoverMode::AllActive,
+                (_, true) => FailoverMode::SingleActive,
+                _ => config.failover.mode,
+            },
+            ..config.failover.clone()
+        },
         runtime_dir: runtime_dir(),
         guard_exe: std::env::current_exe().context("cannot find the dagfs executable")?,
         metrics,
         health,
     };
     let coordinator = StoreCoordinator::new(store.as_ref());
-    failover::run(store.as_ref(), &coordinator, options, shutdown).await?;
+    failover::run(store.as_ref(), &coordinator, None, options, shutdown).await?;
     Ok(())
 }
 

@@ -37,3 +37,18 @@ pub fn make_dags(dir: &Path, count: usize) {
         .unwrap();
     assert!(made.success(), "make_dags.py failed");
 }
+
+/// Writes `DIR/python/dagfs_host.py`, whose `name()` is `DAGFS_CANDIDATE` (the candidate id
+/// `dagfs failover` puts in its commands' environment), and returns `DIR/python`: with
+/// `AIRFLOW__CORE__HOSTNAME_CALLABLE=dagfs_host.name` on that `PYTHONPATH`, each candidate's
+/// Airflow jobs on this one machine carry the candidate's name.
+pub fn hostname_module(dir: &Path) -> PathBuf {
+    let python = dir.join("python");
+    std::fs::create_dir_all(&python).unwrap();
+    std::fs::write(
+        python.join("dagfs_host.py"),
+        "import os\nimport socket\n\n\ndef name():\n    return os.environ.get(\"DAGFS_CANDIDATE\") or socket.getfqdn()\n",
+    )
+    .unwrap();
+    python
+}

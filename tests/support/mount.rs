@@ -96,7 +96,10 @@ impl Mount {
         std::fs::create_dir_all(runtime).unwrap();
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let log = std::fs::File::create(runtime.join(format!("mount-{n}.log"))).unwrap();
-        let child = dagfs(cluster, runtime, &["mount", "--poll", "200ms"])
+        // A poll of 200 ms unless `extra` sets one.
+        let poll = (!extra.contains(&"--poll")).then_some(["--poll", "200ms"]);
+        let child = dagfs(cluster, runtime, &["mount"])
+            .args(poll.iter().flatten())
             .args([url])
             .arg(mountpoint)
             .arg("--cache-dir")

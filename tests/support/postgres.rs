@@ -1,0 +1,85 @@
+//! A database of its own for each test on the local PostgreSQL cluster (Debian's
+//! `postgresql`, installed by `scripts/install-deps`), as Airflow's metadata database.
+
+use std::process::{Command, Output};
+
+fn run(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `psql` as the postgres superuser.
+pub fn psql(database: &str, sql: &str) -> String {
+    let out = run(Command::new("runuser").args([
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-tAd",
+        database,
+        "-c",
+        sql,
+    ]));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A database of its own on the local PostgreSQL cluster (started if it is not running),
+/// dropped on drop.
+pub struct Database {
+    /// The database's name.
+    pub name: String,
+}
+
+impl Database {
+    /// Creates it (starting the cluster if it is not running).
+    pub fn create() -> Database {
+        let clusters = run(Command::new("pg_lsclusters").arg("-h"));
+        let line = String::from_utf8(clusters.stdout).unwrap();
+        let mut words = line.split_whitespace();
+        let (version, cluster) = (words.next().unwrap(), words.next().unwrap());
+        if !line.contains("online") {
+            run(Command::new("pg_ctlcluster").args([version, cluster, "start"]));
+        }
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("airflow_{}_{n}", std::process::id());
+        psql(
+            "postgres",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dagfs_test') \
+             THEN CREATE ROLE dagfs_test LOGIN PASSWORD 'dagfs_test'; END IF; END $$",
+        );
+        psql(
+            "postgres",
+            &format!("CREATE DATABASE {name} OWNER dagfs_test"),
+        );
+        Database { name }
+    }
+
+    /// Its SQLAlchemy URL, as `airflow.cfg` would hold it.
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql+psycopg2://dagfs_test:dagfs_test@127.0.0.1:5432/{}",
+            self.name
+        )
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", "psql", "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .status();
+    }
+}
