@@ -87,7 +87,8 @@ pub struct FailoverConfig {
     /// A standby takes over after the heartbeat has not changed for this long.
     #[serde(with = "humantime_serde")]
     pub takeover_after: Duration,
-    /// How long a new leader waits for its mount to serve the head before stepping down.
+    /// How long a new leader waits for its mount to serve the head before stepping down
+    /// (single-active; all-active hosts wait as long as it takes).
     #[serde(with = "humantime_serde")]
     pub gate_timeout: Duration,
     /// Restarts of the commands allowed within restart_window before stepping down.

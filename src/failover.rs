@@ -837,7 +837,9 @@ impl<'a> Controller<'a> {
             Err(reason) => {
                 let waited = Clock::now().since(waiting_since);
                 self.last_error = Some(format!("not starting: {reason}"));
-                if waited >= config.gate_timeout {
+                // An all-active host has nobody to hand over to: it waits as long as it takes
+                // (an HDFS outage can outlast any timeout) instead of cooling down after it.
+                if waited >= config.gate_timeout && !self.all_active() {
                     let why = format!(
                         "the mount did not serve the head within gate_timeout ({}): {reason}",
                         humantime::format_duration(config.gate_timeout)
