@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use crate::metadb::{MetaDb, Pool};
+
 /// The newest generation a host recorded running.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Floor {
@@ -64,5 +66,130 @@ impl RunningRecord for MemoryRecord {
                 generation: *generation,
                 candidate: candidate.clone(),
             }))
+    }
+}
+
+/// The record in Airflow's metadata database: table `dagfs_running_generation`, one row per
+/// store and candidate (created on first use; every host's `CREATE TABLE IF NOT EXISTS` may
+/// race, and losing that race is not an error).
+pub struct DatabaseRecord {
+    db: MetaDb,
+    /// blake3 of the store URL, hex: the rows of this store.
+    store_key: String,
+    store: String,
+}
+
+const TABLE: &str = "dagfs_running_generation";
+
+impl DatabaseRecord {
+    /// The record of `store_url`'s hosts in `db`, creating its table if missing.
+    pub async fn open(db: MetaDb, store_url: &str) -> Result<DatabaseRecord, RecordError> {
+        let record = DatabaseRecord {
+            store_key: blake3::hash(store_url.as_bytes()).to_hex().to_string(),
+            store: store_url.to_string(),
+            db,
+        };
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} (store_key VARCHAR(64) NOT NULL, \
+             candidate VARCHAR(255) NOT NULL, store VARCHAR(2048) NOT NULL, \
+             generation BIGINT NOT NULL, tree_id VARCHAR(64) NOT NULL, \
+             updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+             PRIMARY KEY (store_key, candidate))"
+        );
+        let created = match &record.db.pool {
+            Pool::Postgres(pool) => sqlx::query(&ddl).execute(pool).await.map(drop),
+            Pool::MySql(pool) => sqlx::query(&ddl).execute(pool).await.map(drop),
+        };
+        match created {
+            Ok(()) => Ok(record),
+            // Two PostgreSQL sessions creating the same table at once: one wins, the other
+            // fails on the catalog's unique index; the table exists either way.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("23505" | "42P07")) =>
+            {
+                Ok(record)
+            }
+            Err(e) => Err(record.error(e)),
+        }
+    }
+
+    fn error(&self, e: sqlx::Error) -> RecordError {
+        RecordError(self.db.query_error(e).to_string())
+    }
+}
+
+#[async_trait]
+impl RunningRecord for DatabaseRecord {
+    async fn record(
+        &self,
+        candidate: &str,
+        generation: u64,
+        tree_id: &str,
+    ) -> Result<(), RecordError> {
+        // BIGINT is signed; generation numbers stay far below 2^63 (format::MAX_GENERATION).
+        let generation = i64::try_from(generation).map_err(|_| {
+            RecordError(format!(
+                "generation {generation} does not fit the database's BIGINT"
+            ))
+        })?;
+        let done = match &self.db.pool {
+            Pool::Postgres(pool) => sqlx::query(&format!(
+                "INSERT INTO {TABLE} (store_key, candidate, store, generation, tree_id, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (store_key, candidate) DO UPDATE \
+                 SET store = EXCLUDED.store, generation = EXCLUDED.generation, \
+                 tree_id = EXCLUDED.tree_id, updated_at = now()"
+            ))
+            .bind(&self.store_key)
+            .bind(candidate)
+            .bind(&self.store)
+            .bind(generation)
+            .bind(tree_id)
+            .execute(pool)
+            .await
+            .map(drop),
+            Pool::MySql(pool) => sqlx::query(&format!(
+                "INSERT INTO {TABLE} (store_key, candidate, store, generation, tree_id, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP) ON DUPLICATE KEY UPDATE \
+                 store = VALUES(store), generation = VALUES(generation), \
+                 tree_id = VALUES(tree_id), updated_at = CURRENT_TIMESTAMP"
+            ))
+            .bind(&self.store_key)
+            .bind(candidate)
+            .bind(&self.store)
+            .bind(generation)
+            .bind(tree_id)
+            .execute(pool)
+            .await
+            .map(drop),
+        };
+        done.map_err(|e| self.error(e))
+    }
+
+    async fn floor(&self) -> Result<Option<Floor>, RecordError> {
+        let row: Option<(String, i64)> = match &self.db.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_as(&format!(
+                    "SELECT candidate, generation FROM {TABLE} WHERE store_key = $1 \
+                 ORDER BY generation DESC, candidate LIMIT 1"
+                ))
+                .bind(&self.store_key)
+                .fetch_optional(pool)
+                .await
+            }
+            Pool::MySql(pool) => {
+                sqlx::query_as(&format!(
+                    "SELECT candidate, generation FROM {TABLE} WHERE store_key = ? \
+                 ORDER BY generation DESC, candidate LIMIT 1"
+                ))
+                .bind(&self.store_key)
+                .fetch_optional(pool)
+                .await
+            }
+        }
+        .map_err(|e| self.error(e))?;
+        Ok(row.map(|(candidate, generation)| Floor {
+            generation: generation.max(0) as u64,
+            candidate,
+        }))
     }
 }

@@ -10,7 +10,9 @@ use clap::Args;
 use crate::config::{Config, FailoverConfig, FailoverMode};
 use crate::election::{Clock, StoreCoordinator};
 use crate::failover::{self, FailoverMetrics, FailoverOptions};
+use crate::metadb::{self, MetaDb, MetadbError, PoolSettings};
 use crate::metrics::{Health, Registry};
+use crate::running::{DatabaseRecord, RunningRecord};
 use crate::runtime::runtime_dir;
 use crate::supervise;
 
@@ -101,9 +103,59 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         metrics,
         health,
     };
+    let record = running_record(config, &options.config, store.url()).await?;
     let coordinator = StoreCoordinator::new(store.as_ref());
-    failover::run(store.as_ref(), &coordinator, None, options, shutdown).await?;
+    let record = record.as_ref().map(|r| r as &dyn RunningRecord);
+    failover::run(store.as_ref(), &coordinator, record, options, shutdown).await?;
     Ok(())
+}
+
+/// The record of the generations the hosts run, in Airflow's metadata database. None, with
+/// a warning, when no database is configured, or (single-active, where the previous leader's
+/// heartbeat also tells the generation) when it cannot be used: units then start only while
+/// the store's head can be read. All-active, a database that is configured but unusable is an
+/// error: on SQLite it would run several schedulers on a database that supports one.
+async fn running_record(
+    config: &Config,
+    failover: &FailoverConfig,
+    store_url: &str,
+) -> Result<Option<DatabaseRecord>> {
+    let all_active = failover.mode == FailoverMode::AllActive;
+    let without = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "no record of the generations the hosts run: while the store's head cannot be read no unit starts here (see \"Which mode\" in OPERATIONS)");
+    };
+    let url = match metadb::resolve(&config.database) {
+        Ok(url) => url,
+        Err(e) if !all_active || matches!(e, MetadbError::NotConfigured { .. }) => {
+            without(&e);
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "{e} (failover.mode = all-active runs a scheduler on every host and keeps them on one generation through Airflow's PostgreSQL or MySQL database; for one scheduler at a time set failover.mode = \"single-active\")"
+            ))
+        }
+    };
+    let settings = PoolSettings {
+        max_connections: 2,
+        connect_timeout: config.database.connect_timeout,
+        // A renewal or gate check never waits on the database for longer than an interval.
+        statement_timeout: failover.interval,
+    };
+    let opened = match MetaDb::connect(&url, &settings).await {
+        Ok(db) => DatabaseRecord::open(db, store_url)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    match opened {
+        Ok(record) => Ok(Some(record)),
+        Err(e) if !all_active => {
+            without(&e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `dagfs failover-guard`: the process between the controller and one command.
