@@ -8,7 +8,7 @@
 #      SYS_ADMIN) or in link mode (DAGFS_MOUNT_MODE=link: no device, no capabilities;
 #      Airflow reads $DAGFS_MOUNTPOINT/current);
 #   2. `dagfs failover` runs the Airflow 3 unit (scheduler, DAG processor, triggerer) while
-#      this container holds the scheduler lease (DAGFS_FAILOVER_ALL_ACTIVE=true: on every
+#      this container holds the scheduler lease (DAGFS_IMAGE_ALL_ACTIVE=true: on every
 #      container, no election), gated on the mount serving the head.
 #
 # SIGTERM (`docker stop`): the controller stops the unit and releases the lease (a standby
@@ -22,8 +22,11 @@
 #
 #   DAGFS_STORE_URL    the store, e.g. hdfs://prod-ns/airflow/dagfs (required)
 #   DAGFS_MOUNTPOINT   default /opt/airflow/dags
-#   DAGFS_MOUNT_ARGS   extra `dagfs mount` flags, e.g. --pin 42 --metrics 0.0.0.0:9101
-#   DAGFS_FAILOVER_ARGS extra `dagfs failover` flags, e.g. --id scheduler-1 --metrics ...
+#   DAGFS_IMAGE_MOUNT_ARGS     extra `dagfs mount` flags, e.g. --pin 42 --metrics 0.0.0.0:9101
+#   DAGFS_IMAGE_FAILOVER_ARGS  extra `dagfs failover` flags, e.g. --id scheduler-1
+#   DAGFS_IMAGE_ALL_ACTIVE     true: the unit runs in every container (no election)
+# (DAGFS_IMAGE_* are this script's own: a DAGFS_MOUNT_*/DAGFS_FAILOVER_* name would be read
+# by dagfs as a configuration key and refused.)
 # Any DAGFS_<SECTION>_<KEY> variable sets a dagfs configuration key (DAGFS_STORE_USER,
 # DAGFS_MOUNT_MODE...). Unless set, Airflow's dags_folder is the served tree and its DAG
 # bundle is the dagfs bundle over this store and mount (AIRFLOW__DAG_PROCESSOR__
@@ -53,13 +56,13 @@ runtime=${DAGFS_RUNTIME_DIR:-/opt/airflow/run}
 mkdir -p "$runtime" "$dir"
 [[ $(id -u) == 0 ]] && chown airflow:0 "$runtime" && chmod 775 "$runtime"
 all_active=()
-[[ ${DAGFS_FAILOVER_ALL_ACTIVE:-false} == true ]] && all_active=(--all-active)
+[[ ${DAGFS_IMAGE_ALL_ACTIVE:-false} == true ]] && all_active=(--all-active)
 
-# shellcheck disable=SC2086 # DAGFS_MOUNT_ARGS is a list of flags
-dagfs mount "$DAGFS_STORE_URL" "$dir" --cache-dir /var/cache/dagfs "${mount_flags[@]}" ${DAGFS_MOUNT_ARGS:-} &
+# shellcheck disable=SC2086 # DAGFS_IMAGE_MOUNT_ARGS is a list of flags
+dagfs mount "$DAGFS_STORE_URL" "$dir" --cache-dir /var/cache/dagfs "${mount_flags[@]}" ${DAGFS_IMAGE_MOUNT_ARGS:-} &
 mount_pid=$!
 # shellcheck disable=SC2086 # flags
-"${as_airflow[@]}" dagfs failover --store "$DAGFS_STORE_URL" --mount "$dir" "${all_active[@]}" ${DAGFS_FAILOVER_ARGS:-} \
+"${as_airflow[@]}" dagfs failover --store "$DAGFS_STORE_URL" --mount "$dir" "${all_active[@]}" ${DAGFS_IMAGE_FAILOVER_ARGS:-} \
   --run "airflow scheduler" --run "airflow dag-processor" --run "airflow triggerer" &
 failover_pid=$!
 
