@@ -14,6 +14,7 @@ use dagfs::failover::{ControllerState, Role};
 
 use support::minidfs::MiniDfs;
 use support::mount::{dagfs, push, Mount};
+use support::postgres::{psql, Database};
 
 const DAG: &str = r#"from datetime import datetime
 
@@ -52,71 +53,6 @@ fn run(command: &mut Command) -> Output {
 fn airflow_bin() -> PathBuf {
     let out = run(&mut Command::new(repo().join("scripts/airflow-venv")));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
-}
-
-/// `psql` as the postgres superuser.
-fn psql(database: &str, sql: &str) -> String {
-    let out = run(Command::new("runuser").args([
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-tAd",
-        database,
-        "-c",
-        sql,
-    ]));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A database of its own on the local PostgreSQL cluster (started if it is not running),
-/// dropped on drop.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    fn create() -> Database {
-        let clusters = run(Command::new("pg_lsclusters").arg("-h"));
-        let line = String::from_utf8(clusters.stdout).unwrap();
-        let mut words = line.split_whitespace();
-        let (version, cluster) = (words.next().unwrap(), words.next().unwrap());
-        if !line.contains("online") {
-            run(Command::new("pg_ctlcluster").args([version, cluster, "start"]));
-        }
-        let name = format!("airflow_failover_{}", std::process::id());
-        psql(
-            "postgres",
-            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dagfs_test') \
-             THEN CREATE ROLE dagfs_test LOGIN PASSWORD 'dagfs_test'; END IF; END $$",
-        );
-        psql(
-            "postgres",
-            &format!("CREATE DATABASE {name} OWNER dagfs_test"),
-        );
-        Database { name }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgresql+psycopg2://dagfs_test:dagfs_test@127.0.0.1:5432/{}",
-            self.name
-        )
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", "psql", "-qc"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .status();
-    }
 }
 
 /// One scheduler host: its mount, Airflow home and controller.
@@ -227,7 +163,7 @@ fn wait_for(
 #[test]
 fn airflow_scheduler_and_dag_processor_fail_over_between_two_hosts() {
     let bin = airflow_bin();
-    let db = Database::create();
+    let db = Database::create("airflow_failover");
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("failover-airflow");
     let tmp = tempfile::tempdir().unwrap();

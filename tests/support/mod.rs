@@ -4,6 +4,7 @@
 pub mod airflow;
 pub mod minidfs;
 pub mod mount;
+pub mod postgres;
 
 use dagfs::store::Store;
 
