@@ -401,6 +401,37 @@ pub struct MountConfig {
     pub concurrency: usize,
     /// Address of the Prometheus endpoint (`/metrics`, `/healthz`); unset: none.
     pub metrics: Option<String>,
+    /// How generations are served: a FUSE filesystem, or directories and a symlink.
+    pub mode: MountMode,
+    /// In link mode, how a generation directory gets its files from the cache.
+    pub link_files: LinkFiles,
+}
+
+/// `mount.mode`: how `dagfs mount` serves generations.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MountMode {
+    /// A read-only FUSE filesystem at the mountpoint (needs /dev/fuse).
+    #[default]
+    Fuse,
+    /// No FUSE and no privileges: `DIR/.dagfs/generations/N` directories built from the
+    /// cache and a symlink `DIR/current` swapped atomically (point `dags_folder` at it).
+    Link,
+}
+
+/// `mount.link_files`: how link mode places a file of a generation directory.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkFiles {
+    /// Hard links to the cache when running as root (the files are then root's and
+    /// read-only, so no reader can write the cache through them), copies otherwise.
+    #[default]
+    Auto,
+    /// Hard links to the cache, made read-only: only when every reader runs as another user
+    /// than dagfs (a reader of the same user could make them writable again).
+    Hardlink,
+    /// Copies (reflinks on XFS/Btrfs): safe whoever reads.
+    Copy,
 }
 
 impl Default for MountConfig {
@@ -415,6 +446,8 @@ impl Default for MountConfig {
             threads: 4,
             concurrency: 16,
             metrics: None,
+            mode: MountMode::Fuse,
+            link_files: LinkFiles::Auto,
         }
     }
 }

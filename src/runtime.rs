@@ -113,6 +113,10 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     check_dir(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    // Readable by every user (a temporary file is 0600): a mount running as root is read by
+    // the airflow user's controller and DAG bundle. State holds no secrets.
+    file.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     // One write: serde_json writes token by token, a syscall each when unbuffered.
     file.write_all(&serde_json::to_vec_pretty(value)?)?;
     file.as_file().sync_all()?;
@@ -315,5 +319,15 @@ mod tests {
             .create(&mine)
             .unwrap();
         check_private(&mine).unwrap();
+    }
+
+    /// A mount running as root is read by the airflow user's controller and bundle: state
+    /// files are readable by all (a temporary file starts 0600).
+    #[test]
+    fn state_files_are_readable_by_other_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("thing-1.json");
+        write_json(&json, &Sample { pid: 1, n: 2 }).unwrap();
+        assert_eq!(std::fs::metadata(&json).unwrap().mode() & 0o777, 0o644);
     }
 }

@@ -157,7 +157,7 @@ fn wait_for(
 #[test]
 fn airflow_scheduler_and_dag_processor_fail_over_between_two_hosts() {
     let bin = airflow_bin();
-    let db = Database::create();
+    let db = Database::create("airflow_failover");
     let cluster = MiniDfs::shared();
     let url = cluster.unique_root("failover-airflow");
     let tmp = tempfile::tempdir().unwrap();

@@ -357,7 +357,7 @@ impl Bed {
         std::fs::create_dir_all(tmp.path().join("no-dags")).unwrap();
         let shared = Shared {
             bin: venv_bin(),
-            db: Database::create(),
+            db: Database::create("outage"),
             python: hostname_module(tmp.path()),
             witness,
             api_port: free_port(),

@@ -23,7 +23,7 @@ async fn open(db: &Database, store: &str) -> DatabaseRecord {
 
 #[tokio::test]
 async fn hosts_record_their_generations_and_read_the_newest() {
-    let db = Database::create();
+    let db = Database::create("record");
     // Eight hosts start at once on a database without the table: every one opens it.
     let opens = (0..8).map(|_| open(&db, "hdfs://ns/dags"));
     let records = futures::future::join_all(opens).await;

@@ -42,6 +42,10 @@ pub struct MountArgs {
     /// Serve Prometheus metrics and /healthz on this address [default: mount.metrics].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// `fuse`, or `link`: no FUSE and no privileges, MOUNTPOINT/current is a symlink to
+    /// MOUNTPOINT/.dagfs/generations/N, swapped atomically [default: mount.mode, fuse].
+    #[arg(long, value_name = "MODE")]
+    mode: Option<crate::config::MountMode>,
 }
 
 /// `dagfs mount URL MOUNTPOINT`.
@@ -49,6 +53,9 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
     let store: Arc<dyn crate::store::Store> =
         Arc::from(open_store(Some(&args.url), config, "URL").await?);
     let mut mount_config = config.mount.clone();
+    if let Some(mode) = args.mode {
+        mount_config.mode = mode;
+    }
     if let Some(poll) = args.poll {
         anyhow::ensure!(
             !poll.is_zero(),

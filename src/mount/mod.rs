@@ -8,8 +8,11 @@
 //! [`state`] for `dagfs failover`, `dagfs status` and the Airflow bundle.
 //!
 //! - [`state`]: the state file other commands read (served generation, head, errors);
-//! - [`metrics`]: its Prometheus metrics.
+//! - [`metrics`]: its Prometheus metrics;
+//! - [`link`]: link mode (`mount.mode = "link"`), the same loop serving directories and a
+//!   symlink instead of a FUSE filesystem.
 
+pub mod link;
 pub mod metrics;
 pub mod state;
 
@@ -23,7 +26,7 @@ use dagfs_fuse::fuse::{FuseOptions, Mounted};
 use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, TreeLabel};
 
 use crate::cache::{Cache, CacheError};
-use crate::config::MountConfig;
+use crate::config::{MountConfig, MountMode};
 use crate::format::{Digest, Manifest};
 use crate::generations;
 use crate::metrics::{Health, KindLabels};
@@ -207,8 +210,12 @@ fn tree_of(manifest: Option<&Manifest>) -> (TreeLabel, Vec<FileSpec>) {
 
 /// Makes sure `mountpoint` can be mounted: a directory, not served by a live dagfs mount; a
 /// dead FUSE mount left by a crashed process ("Transport endpoint is not connected") is
-/// unmounted first.
-fn prepare_mountpoint(mountpoint: &Path, states: &StateDir) -> Result<(), MountError> {
+/// unmounted first. In link mode the directory is created if missing.
+fn prepare_mountpoint(
+    mountpoint: &Path,
+    states: &StateDir,
+    mode: MountMode,
+) -> Result<(), MountError> {
     let bad = |detail: String| MountError::Mountpoint {
         path: mountpoint.to_path_buf(),
         detail,
@@ -218,6 +225,9 @@ fn prepare_mountpoint(mountpoint: &Path, states: &StateDir) -> Result<(), MountE
             "already served by dagfs mount pid {} (generation {:?}); stop it first",
             state.pid, state.generation
         )));
+    }
+    if mode == MountMode::Link {
+        return std::fs::create_dir_all(mountpoint).map_err(|e| bad(e.to_string()));
     }
     match std::fs::metadata(mountpoint) {
         Ok(meta) if meta.is_dir() => Ok(()),
@@ -370,15 +380,68 @@ async fn fetch(
     Ok((cached.manifest, cached.corrupt))
 }
 
+/// What the poll loop serves generations through: the FUSE filesystem ([`Fuse`]), or link
+/// mode's directories and symlink ([`link::LinkTree`]).
+trait Serving {
+    /// Makes `manifest` (`None`: the store is empty) the generation served; `unservable`
+    /// are its files that read as EIO. Blocking.
+    fn switch(&self, manifest: Option<&Manifest>, unservable: &[String]) -> Result<(), MountError>;
+    /// Shows every complete generation of `cache` under `.dagfs/generations/` and returns
+    /// them for the state file. Blocking.
+    fn show_views(&self, cache: &Cache) -> Vec<ViewState>;
+    /// Whether someone ended it from outside (`fusermount3 -u`).
+    fn ended_outside(&self) -> bool;
+}
+
+/// The FUSE filesystem and its kernel session.
+struct Fuse {
+    fs: Arc<DagFs<CacheSource>>,
+    mounted: Mounted,
+}
+
+impl Serving for Fuse {
+    fn switch(
+        &self,
+        manifest: Option<&Manifest>,
+        _unservable: &[String],
+    ) -> Result<(), MountError> {
+        let (label, files) = tree_of(manifest);
+        let generation = label.generation;
+        let report = self
+            .fs
+            .switch(label, &files, &self.mounted.invalidator())
+            .map_err(|e| MountError::Tree {
+                generation,
+                detail: e.to_string(),
+            })?;
+        tracing::debug!(
+            generation,
+            entries_invalidated = report.entries_invalidated,
+            dirs_invalidated = report.dirs_invalidated,
+            "kernel caches invalidated"
+        );
+        Ok(())
+    }
+
+    fn show_views(&self, cache: &Cache) -> Vec<ViewState> {
+        show_cached_views(cache, &self.fs, &self.mounted)
+    }
+
+    fn ended_outside(&self) -> bool {
+        self.mounted.is_finished()
+    }
+}
+
 /// Runs the mount until `shutdown` resolves or someone unmounts it; then unmounts and removes
-/// the state file.
+/// the state file. In link mode (`mount.mode = "link"`) the tree is left in place.
 pub async fn run(
     store: Arc<dyn Store>,
     options: MountOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
     let mountpoint = state::absolute_mountpoint(&options.mountpoint);
-    prepare_mountpoint(&mountpoint, &options.state_dir)?;
+    let mode = options.config.mode;
+    prepare_mountpoint(&mountpoint, &options.state_dir, mode)?;
     // Own the mountpoint's state file before mounting: a second mount racing this one is
     // refused here rather than stacked on top.
     options
@@ -394,8 +457,40 @@ pub async fn run(
         Some((manifest, unservable)) => (Some(manifest), unservable),
         None => (None, Vec::new()),
     };
+    let first = Served {
+        state: MountState {
+            pid: std::process::id(),
+            mountpoint: mountpoint.clone(),
+            store: store.url().to_string(),
+            generation: manifest.as_ref().map(|m| m.generation),
+            tree_id: manifest.as_ref().map(|m| m.tree_id.to_string()),
+            manifest_id: manifest.as_ref().map(|m| m.manifest_id.to_string()),
+            head,
+            pinned: options.pin,
+            online: error.is_none(),
+            last_poll_ok_ms: error.is_none().then(crate::runtime::now_ms),
+            last_error: error,
+            poll_interval_ms: options.config.poll.as_millis() as u64,
+            started_ms: crate::runtime::now_ms(),
+            updated_ms: 0,
+            views: Vec::new(),
+        },
+        manifest,
+        unservable,
+        left: BTreeMap::new(),
+    };
+    if mode == MountMode::Link {
+        let tree = tokio::task::block_in_place(|| {
+            let tree = link::LinkTree::open(&mountpoint, cache.clone(), options.config.link_files)?;
+            tree.switch(first.manifest.as_ref(), &first.unservable)?;
+            Ok::<_, MountError>(tree)
+        })?;
+        serve(&tree, &store, &cache, &options, first, shutdown).await;
+        tracing::info!(dir = %mountpoint.display(), "stopped; the generation directories and the link stay for their readers");
+        return Ok(());
+    }
 
-    let (label, files) = tree_of(manifest.as_ref());
+    let (label, files) = tree_of(first.manifest.as_ref());
     let source = CacheSource {
         cache: cache.clone(),
         store: Arc::clone(&store),
@@ -439,56 +534,12 @@ pub async fn run(
                 source,
             }
         })?;
-    let views = show_cached_views(&cache, &fs, &mounted);
-    let now = crate::runtime::now_ms();
-    let mut served = Served {
-        state: MountState {
-            pid: std::process::id(),
-            mountpoint: mountpoint.clone(),
-            store: store.url().to_string(),
-            generation: manifest.as_ref().map(|m| m.generation),
-            tree_id: manifest.as_ref().map(|m| m.tree_id.to_string()),
-            manifest_id: manifest.as_ref().map(|m| m.manifest_id.to_string()),
-            head,
-            pinned: options.pin,
-            online: error.is_none(),
-            last_poll_ok_ms: error.is_none().then_some(now),
-            last_error: error,
-            poll_interval_ms: options.config.poll.as_millis() as u64,
-            started_ms: now,
-            updated_ms: now,
-            views,
-        },
-        manifest,
-        unservable,
-        left: BTreeMap::new(),
-    };
-    tracing::info!(mountpoint = %mountpoint.display(), generation = ?served.generation(),
-        files = files.len(), files_cached_in = %cache.root().display(), "mounted");
-    write_state(&options.state_dir, &mut served.state);
-    report_health(&options.health, &served);
-    options.metrics.set_generations(served.generation(), head);
-    options.metrics.online.set(i64::from(served.state.online));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-
-    let ended_outside = poll_loop(
-        &store,
-        &cache,
-        &fs,
-        &mounted,
-        &options,
-        &mut served,
-        shutdown,
-    )
-    .await;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Err(e) = options.state_dir.remove(&mountpoint) {
-        tracing::warn!(error = %e, "cannot remove the mount state file");
-    }
-    if ended_outside {
+    let fuse = Fuse { fs, mounted };
+    if serve(&fuse, &store, &cache, &options, first, shutdown).await {
         tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside; exiting");
         return Ok(());
     }
+    let mounted = fuse.mounted;
     let unmount = tokio::task::spawn_blocking(move || mounted.unmount());
     match unmount.await.expect("unmount does not panic") {
         Ok(()) => tracing::info!(mountpoint = %mountpoint.display(), "unmounted"),
@@ -502,6 +553,36 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Serves through `serving` from the first generation (`served`) until `shutdown` resolves
+/// or the mount is ended from outside (returns whether it was); removes the state file.
+async fn serve(
+    serving: &impl Serving,
+    store: &Arc<dyn Store>,
+    cache: &Cache,
+    options: &MountOptions,
+    mut served: Served,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> bool {
+    served.state.views = tokio::task::block_in_place(|| serving.show_views(cache));
+    let files = served.manifest.as_ref().map_or(0, |m| m.entries.len());
+    tracing::info!(mountpoint = %served.state.mountpoint.display(), mode = ?options.config.mode,
+        generation = ?served.generation(), files, files_cached_in = %cache.root().display(), "mounted");
+    write_state(&options.state_dir, &mut served.state);
+    report_health(&options.health, &served);
+    options
+        .metrics
+        .set_generations(served.generation(), served.state.head);
+    options.metrics.online.set(i64::from(served.state.online));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let ended_outside = poll_loop(store, cache, serving, options, &mut served, shutdown).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Err(e) = options.state_dir.remove(&served.state.mountpoint) {
+        tracing::warn!(error = %e, "cannot remove the mount state file");
+    }
+    ended_outside
 }
 
 /// Sets `/healthz` from the state of the mount (see [`health_problem`]).
@@ -527,8 +608,7 @@ fn write_state(states: &StateDir, state: &mut MountState) {
 async fn poll_loop(
     store: &Arc<dyn Store>,
     cache: &Cache,
-    fs: &Arc<DagFs<CacheSource>>,
-    mounted: &Mounted,
+    serving: &impl Serving,
     options: &MountOptions,
     served: &mut Served,
     shutdown: impl std::future::Future<Output = ()>,
@@ -542,13 +622,13 @@ async fn poll_loop(
             _ = &mut shutdown => return false,
             _ = ticks.tick() => {}
         }
-        if mounted.is_finished() {
+        if serving.ended_outside() {
             return true;
         }
         if watchdog.is_some() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
-        let result = poll_once(store.as_ref(), cache, fs, mounted, options, served).await;
+        let result = poll_once(store.as_ref(), cache, serving, options, served).await;
         let metrics = &options.metrics;
         metrics.set_generations(served.generation(), served.state.head);
         let state = &mut served.state;
@@ -586,8 +666,7 @@ async fn poll_loop(
 async fn poll_once(
     store: &dyn Store,
     cache: &Cache,
-    fs: &Arc<DagFs<CacheSource>>,
-    mounted: &Mounted,
+    serving: &impl Serving,
     options: &MountOptions,
     served: &mut Served,
 ) -> Result<(), MountError> {
@@ -616,24 +695,13 @@ async fn poll_once(
         None => (None, Vec::new()),
     };
     let fetched = started.elapsed();
-    let (label, files) = tree_of(manifest.as_ref());
-    let generation = label.generation;
-    let invalidator = mounted.invalidator();
-    let report =
-        tokio::task::block_in_place(|| fs.switch(label, &files, &invalidator)).map_err(|e| {
-            MountError::Tree {
-                generation,
-                detail: e.to_string(),
-            }
-        })?;
+    tokio::task::block_in_place(|| serving.switch(manifest.as_ref(), &unservable))?;
     tracing::info!(
-        generation,
+        generation = ?manifest.as_ref().map(|m| m.generation),
         previous = ?served.generation(),
-        files = files.len(),
+        files = manifest.as_ref().map_or(0, |m| m.entries.len()),
         fetch_ms = fetched.as_millis() as u64,
         switch_ms = (started.elapsed() - fetched).as_millis() as u64,
-        entries_invalidated = report.entries_invalidated,
-        dirs_invalidated = report.dirs_invalidated,
         "switched to a new generation"
     );
     options.metrics.switches.inc();
@@ -665,7 +733,7 @@ async fn poll_once(
             Err(e) => tracing::warn!(error = %e, "cache eviction failed"),
         }
     }
-    served.state.views = show_cached_views(cache, fs, mounted);
+    served.state.views = tokio::task::block_in_place(|| serving.show_views(cache));
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! A database of its own for each test on the local PostgreSQL cluster (Debian's
-//! `postgresql`, installed by `scripts/install-deps`), as Airflow's metadata database.
+//! A PostgreSQL database of its own for a test (Debian's `postgresql`, started if needed):
+//! the metadata database Airflow schedulers share.
 
 use std::process::{Command, Output};
 
@@ -39,8 +39,8 @@ pub struct Database {
 }
 
 impl Database {
-    /// Creates it (starting the cluster if it is not running).
-    pub fn create() -> Database {
+    /// A new database named `prefix_<pid>_<n>`.
+    pub fn create(prefix: &str) -> Database {
         let clusters = run(Command::new("pg_lsclusters").arg("-h"));
         let line = String::from_utf8(clusters.stdout).unwrap();
         let mut words = line.split_whitespace();
@@ -50,7 +50,7 @@ impl Database {
         }
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let name = format!("airflow_{}_{n}", std::process::id());
+        let name = format!("{prefix}_{}_{n}", std::process::id());
         psql(
             "postgres",
             "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dagfs_test') \
@@ -63,7 +63,7 @@ impl Database {
         Database { name }
     }
 
-    /// Its SQLAlchemy URL, as `airflow.cfg` would hold it.
+    /// Its SQLAlchemy URL.
     pub fn url(&self) -> String {
         format!(
             "postgresql+psycopg2://dagfs_test:dagfs_test@127.0.0.1:5432/{}",
