@@ -57,6 +57,49 @@ pub struct Config {
     pub log: LogConfig,
     /// Scheduler failover: election timing, supervision, the identity gate.
     pub failover: FailoverConfig,
+    /// Airflow's metadata database (the database coordinator of `dagfs failover`).
+    pub database: DatabaseConfig,
+}
+
+/// The `[database]` section: where Airflow's metadata database is. Every key is optional:
+/// unset, the connection is Airflow's own (`AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`, its `_CMD`
+/// variant, else `sql_alchemy_conn` in `airflow.cfg`); see [`crate::metadb::resolve`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The connection: a SQLAlchemy URL as in `airflow.cfg` (`postgresql+psycopg2://...`,
+    /// `mysql+mysqldb://...`) or a driver URL (`postgres://...`, `mysql://...`).
+    pub url: Option<String>,
+    /// Airflow's configuration file; unset: `$AIRFLOW_HOME/airflow.cfg` (`~/airflow`).
+    pub airflow_config: Option<PathBuf>,
+    /// Upper bound on opening a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            airflow_config: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where `dagfs failover` keeps its leadership lease.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CoordinatorKind {
+    /// A chain of heartbeat files in the store: needs nothing but the store, and fences
+    /// every leader while the store is unreachable. The default: hosts that mixed the two
+    /// would hold two independent elections, so a changed default would make a rolling
+    /// upgrade unsafe (docs/OPERATIONS.md: switching coordinators).
+    #[default]
+    Store,
+    /// One row in Airflow's metadata database (`[database]`): leadership survives store
+    /// outages, and is lost only when the scheduler could not work anyway.
+    Database,
 }
 
 /// The `[failover]` section: timing of the election and the supervision of the commands.
@@ -69,6 +112,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
+    /// Where the leadership lease lives: `"store"` or `"database"`.
+    pub coordinator: CoordinatorKind,
     /// How often the leader renews its heartbeat and standbys look at it.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -112,6 +157,7 @@ pub struct FailoverConfig {
 impl Default for FailoverConfig {
     fn default() -> Self {
         FailoverConfig {
+            coordinator: CoordinatorKind::default(),
             interval: Duration::from_secs(10),
             fence_after: Duration::from_secs(20),
             kill_grace: Duration::from_secs(5),
@@ -439,7 +485,7 @@ impl Default for LogConfig {
 /// Sections that `DAGFS_<SECTION>_<KEY>` variables map into. Other `DAGFS_*` variables (like
 /// `DAGFS_CONFIG`) are not configuration keys.
 const SECTIONS: &[&str] = &[
-    "store", "scan", "publish", "mount", "sync", "log", "failover",
+    "store", "scan", "publish", "mount", "sync", "log", "failover", "database",
 ];
 
 /// Which file to read and what to lay over it.

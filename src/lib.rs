@@ -9,6 +9,7 @@
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
 //! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
+//! - [`metadb`]: Airflow's metadata database: its connection (dagfs config, Airflow's), a pool;
 //! - [`mirror`]: the plain copy of the head for `hadoop fs` and NFS-gateway readers;
 //! - [`cache`]: the mount's verified local cache of manifests and objects;
 //! - [`checkout`]: one generation materialised as a local directory (Airflow workers);
@@ -36,6 +37,7 @@ pub mod format;
 pub mod gc;
 pub mod generations;
 pub mod import;
+pub mod metadb;
 pub mod metrics;
 pub mod mirror;
 pub mod mount;
