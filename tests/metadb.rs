@@ -1,12 +1,16 @@
-//! The metadata database connection against real servers (a private PostgreSQL and
-//! MariaDB, Debian's packages): resolved from `airflow.cfg` as Airflow writes it, and the
-//! one-line errors for a wrong password, a missing database and a stopped server.
+//! The metadata database against real servers (a private PostgreSQL and MariaDB, Debian's
+//! packages): the connection resolved from `airflow.cfg` as Airflow writes it, the one-line
+//! errors for a wrong password, a missing database and a stopped server, and the database
+//! coordinator's lease row as a compare-and-swap register.
 
 mod support;
 
 use std::time::Duration;
 
 use dagfs::config::DatabaseConfig;
+use dagfs::election::{
+    Beat, Claimed, Coordinator, DatabaseCoordinator, SqlCoordinator, SqlLeaseTable, Version,
+};
 use dagfs::metadb::{self, MetaDb, Pool, PoolSettings};
 
 use support::database::{Kind, Server};
@@ -122,4 +126,117 @@ async fn postgres_connection_from_airflow_cfg_and_bad_settings() {
 #[tokio::test]
 async fn mariadb_connection_from_airflow_cfg_and_bad_settings() {
     connects_from_airflow_cfg_and_explains_bad_settings(Kind::MariaDb).await;
+}
+
+fn beat(owner: &str, epoch: u64) -> Beat {
+    Beat {
+        epoch,
+        owner: owner.into(),
+        host: owner.into(),
+        pid: 1,
+        instance: 7,
+        released: false,
+        generation: None,
+        tree_id: None,
+        lease_ms: Some(3000),
+        kill_grace_ms: Some(1000),
+    }
+}
+
+/// The lease row's SQL on a real server: concurrent creators of the table all succeed; of
+/// racing claims from one version exactly one wins; a claim repeated after its reply was
+/// lost is recognised as landed; a stale expectation and a row deleted by hand lose.
+async fn lease_row_is_a_compare_and_swap_register(kind: Kind) {
+    let server = Server::start(kind);
+    let url = metadb::resolve(&with_url(&server.sqlalchemy_url())).unwrap();
+    let group = "hdfs://ns/airflow/dagfs";
+    let opened = futures::future::join_all((0..4).map(|_| {
+        let url = url.clone();
+        async move {
+            let db = MetaDb::connect(&url, &settings()).await.unwrap();
+            SqlLeaseTable::open(db, group).await
+        }
+    }))
+    .await;
+    let coordinators: Vec<SqlCoordinator> = opened
+        .into_iter()
+        .map(|t| DatabaseCoordinator::new(t.expect("concurrent creators all succeed")))
+        .collect();
+    assert_eq!(coordinators[0].read().await.unwrap().version, None);
+
+    let race = |expected: Option<Version>, seq: u64| {
+        let coordinators = &coordinators;
+        async move {
+            let claims = coordinators.iter().enumerate().map(|(i, c)| async move {
+                c.claim(expected, seq, &beat(&format!("c{i}"), seq))
+                    .await
+                    .unwrap()
+            });
+            futures::future::join_all(claims).await
+        }
+    };
+    let won = |results: &[Claimed]| -> Vec<Version> {
+        results
+            .iter()
+            .filter_map(|r| match r {
+                Claimed::Won(v) => Some(*v),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = race(None, 1).await;
+    assert_eq!(won(&first).len(), 1, "{first:?}");
+    let v1 = won(&first)[0];
+    let second = race(Some(v1), 2).await;
+    assert_eq!(won(&second).len(), 1, "{second:?}");
+    let v2 = won(&second)[0];
+    let winner = second
+        .iter()
+        .position(|r| matches!(r, Claimed::Won(_)))
+        .unwrap();
+    for (i, r) in second.iter().enumerate().filter(|(i, _)| *i != winner) {
+        assert!(
+            matches!(r, Claimed::Lost(Some(b)) if b.owner == format!("c{winner}")),
+            "c{i}: {r:?}"
+        );
+    }
+    let snapshot = coordinators[0].read().await.unwrap();
+    assert_eq!(snapshot.version, Some(v2));
+    assert_eq!(snapshot.beat.unwrap().owner, format!("c{winner}"));
+
+    // The winner's reply was lost: it claims again from the same version.
+    let again = coordinators[winner]
+        .claim(Some(v1), 2, &beat(&format!("c{winner}"), 2))
+        .await
+        .unwrap();
+    assert_eq!(again, Claimed::Landed(v2));
+    // Anyone else with that stale expectation loses.
+    let other = (winner + 1) % 4;
+    let stale = coordinators[other]
+        .claim(Some(v1), 2, &beat(&format!("c{other}"), 2))
+        .await
+        .unwrap();
+    assert!(matches!(stale, Claimed::Lost(Some(_))), "{stale:?}");
+
+    // An operator deletes the row: the old version never matches again; a claim over the
+    // empty register wins once.
+    server.admin("airflow", "DELETE FROM dagfs_failover_lease");
+    assert_eq!(coordinators[0].read().await.unwrap().version, None);
+    let lost = coordinators[winner]
+        .claim(Some(v2), 3, &beat(&format!("c{winner}"), 2))
+        .await
+        .unwrap();
+    assert_eq!(lost, Claimed::Lost(None));
+    let empty = race(None, 10).await;
+    assert_eq!(won(&empty).len(), 1, "{empty:?}");
+}
+
+#[tokio::test]
+async fn postgres_lease_row_is_a_compare_and_swap_register() {
+    lease_row_is_a_compare_and_swap_register(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_lease_row_is_a_compare_and_swap_register() {
+    lease_row_is_a_compare_and_swap_register(Kind::MariaDb).await;
 }
