@@ -20,6 +20,7 @@ use dagfs::failover::{ControllerState, Role};
 use dagfs::mount::state::{MountState, StateDir};
 use dagfs::runtime::now_ms;
 
+use support::database::{Kind, Server};
 use support::minidfs::{superuser, MiniDfs};
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -1016,4 +1017,135 @@ fn a_leader_stopped_whole_and_resumed_is_killed_within_one_guard_tick() {
         .stretches()
         .iter()
         .any(|(h, _, end)| h == "b" && *end > resumed + 4.0));
+}
+
+/// Issue 16: with `failover.coordinator = "database"` (the lease in a PostgreSQL, as
+/// Airflow's metadata database) a leader cut off from HDFS but not from the database keeps
+/// its unit alive, and the standby does not take over. With the store coordinator the same
+/// cut fences the leader (`a_leader_cut_off_from_hdfs_or_paused_fences_itself_...`);
+/// `DAGFS_TEST_COORDINATOR=store` runs this test with it, and watches it fail.
+#[test]
+fn a_database_coordinated_leader_keeps_its_unit_through_an_hdfs_outage() {
+    let _serial = serial();
+    let world = World::new("db-hdfs-outage");
+    let server = Server::start(Kind::Postgres);
+    let url = server.sqlalchemy_url();
+    let coordinator = std::env::var("DAGFS_TEST_COORDINATOR").unwrap_or_else(|_| "database".into());
+    let env = [
+        ("DAGFS_FAILOVER_COORDINATOR", coordinator.as_str()),
+        ("DAGFS_DATABASE_URL", url.as_str()),
+    ];
+    let (uid_a, uid_b) = (61_003, 61_004);
+    let partition = Partition::new(uid_a);
+    let mut a = world.host("a", Some(uid_a), &env);
+    let mut b = world.host("b", Some(uid_b), &env);
+    world.lead_then_follow(&mut a, &mut b, &[]);
+    assert!(a.log().contains("failover lease in the metadata database") || coordinator == "store");
+    // Everything but the database is cut: HDFS is unreachable for the leader.
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        &partition.table,
+        "out",
+        "meta",
+        "skuid",
+        &uid_a.to_string(),
+        "tcp",
+        "dport",
+        "!=",
+        &server.port.to_string(),
+        "drop",
+    ]);
+    let outage = TAKEOVER_AFTER * 3;
+    let until = Instant::now() + outage;
+    while Instant::now() < until {
+        assert_eq!(
+            a.role(),
+            Some(Role::Running),
+            "the leader stopped during an HDFS outage:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    partition.heal();
+    let starts = world.starts();
+    assert_eq!(starts.len(), 1, "{}", world.witness());
+    assert!(!world.witness().contains("stop a"), "{}", world.witness());
+    world.assert_no_overlap();
+}
+
+/// Statements a PostgreSQL database has run (committed transactions: every statement of the
+/// database coordinator autocommits), sampled from `pg_stat_database`.
+fn committed(server: &Server) -> f64 {
+    // The statistics are flushed by each backend at most once a second.
+    server
+        .admin(
+            "postgres",
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'airflow'",
+        )
+        .parse()
+        .unwrap()
+}
+
+fn statement_rate(server: &Server, window: Duration) -> f64 {
+    let before = committed(server);
+    std::thread::sleep(window);
+    (committed(server) - before) / window.as_secs_f64()
+}
+
+/// BENCHMARKS.md, the database coordinator on PostgreSQL: takeover after kill -9 at the 1 s
+/// and the default timing, and statements per second of an idle leader and standby.
+/// `cargo test --release --test failover_hdfs -- --ignored --nocapture bench_database`.
+#[test]
+#[ignore = "benchmark (about 5 minutes): run with --ignored --nocapture"]
+fn bench_database_coordinator_takeover_time_and_idle_query_rate() {
+    let _serial = serial();
+    for (label, timing, rounds, window) in [
+        ("1s", &[][..], 3, Duration::from_secs(20)),
+        ("10s", &DEFAULT_TIMING[..], 2, Duration::from_secs(60)),
+    ] {
+        let world = World::new("bench-db");
+        let server = Server::start(Kind::Postgres);
+        let url = server.sqlalchemy_url();
+        let mut env = vec![
+            ("DAGFS_FAILOVER_COORDINATOR", "database"),
+            ("DAGFS_DATABASE_URL", url.as_str()),
+        ];
+        env.extend_from_slice(timing);
+        let baseline = statement_rate(&server, window);
+        let mut hosts = [world.host("a", None, &env), world.host("b", None, &env)];
+        hosts[0].start(&world, &[]);
+        world.wait_start("a", 1, Duration::from_secs(120));
+        let leader_rate = statement_rate(&server, window) - baseline;
+        hosts[1].start(&world, &[]);
+        world.wait_for("b to follow", Duration::from_secs(60), || {
+            hosts[1].state().and_then(|s| s.leader).is_some()
+        });
+        let standby_rate = statement_rate(&server, window) - baseline - leader_rate;
+        eprintln!(
+            "database, interval {label}: statements/s: baseline {baseline:.2}, leader +{leader_rate:.2}, standby +{standby_rate:.2}"
+        );
+        let mut leader = 0;
+        for round in 0..rounds {
+            let standby = 1 - leader;
+            let name = hosts[standby].name.clone();
+            let before = world.starts().iter().filter(|(h, _)| *h == name).count();
+            let killed = now_secs();
+            hosts[leader].kill9();
+            let started = world.wait_start(&name, before + 1, Duration::from_secs(180));
+            eprintln!(
+                "database, interval {label}: takeover {round}: {:.2} s after kill -9",
+                started - killed
+            );
+            hosts[leader].start(&world, &[]);
+            world.wait_for(
+                "the restarted host to follow",
+                Duration::from_secs(60),
+                || hosts[leader].state().and_then(|s| s.leader).is_some(),
+            );
+            leader = standby;
+        }
+        world.assert_no_overlap();
+    }
 }

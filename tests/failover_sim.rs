@@ -1,7 +1,7 @@
 //! Deterministic simulation of `dagfs failover` (single-active mode): several candidates,
 //! each with its own clock, settings, controller, guard and unit, over an in-memory store
-//! that answers the real [`StoreCoordinator`] and the real [`Candidate`] one operation at a
-//! time in a seeded order, with faults:
+//! (or lease row) that answers the real [`StoreCoordinator`] (or [`DatabaseCoordinator`])
+//! and the real [`Candidate`] one operation at a time in a seeded order, with faults:
 //!
 //! - pauses of any length: the whole process tree (`SIGSTOP`, the clock keeps counting) or
 //!   the whole host frozen with its clock (a VM stopped and continued);
@@ -10,7 +10,10 @@
 //! - store calls that fail before doing the work, that do the work and lose the reply, and
 //!   that take longer than the caller waits (and land later);
 //! - the heartbeat directory emptied, a beat deleted or rewritten with garbage behind the
-//!   protocol's back;
+//!   protocol's back (the database: the row deleted, or rewritten with garbage);
+//! - with the database coordinator, statements the caller gave up on are aborted by the
+//!   server's statement timeout once they are older than the host's interval, or (half of
+//!   them: delayed on the network before the server saw them) land later anyway;
 //! - a different valid `[failover]` per candidate (a rolling change).
 //!
 //! Store calls never time out by the caller's clock here (the runtime's timer is never
@@ -23,9 +26,9 @@
 //! check normally cuts short). Liveness: once faults stop and one healthy candidate remains,
 //! it runs the unit within its takeover wait + 2 intervals + 1 s.
 //!
-//! `DAGFS_SIM_SCHEDULES` (default 10,000) sets the number of schedules, `DAGFS_SIM_BASE_SEED`
-//! the first seed; a failure prints its seed, and `DAGFS_SIM_SEED=<seed>` replays exactly that
-//! schedule with its event trace.
+//! One test per coordinator. `DAGFS_SIM_SCHEDULES` (default 10,000 each) sets the number of
+//! schedules, `DAGFS_SIM_BASE_SEED` the first seed; a failure prints its seed and test, and
+//! `DAGFS_SIM_SEED=<seed>` replays exactly that schedule with its event trace.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,7 +42,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use dagfs::election::{
-    Candidate, Clock, Identity, Renewal, Standing, StoreCoordinator, Timing, BEATS_DIR,
+    Candidate, Clock, Coordinator, CoordinatorError, DatabaseCoordinator, Identity, LeaseRow,
+    LeaseTable, Renewal, Standing, StoreCoordinator, Timing, Version, BEATS_DIR,
 };
 use dagfs::store::{EntryInfo, EntryKind, ErrorKind, Overwrite, Store, StoreError, StoreResult};
 use dagfs::supervise::kill_deadline;
@@ -88,12 +92,25 @@ enum Op {
     Delete(String),
     Stat(String),
     Mkdirs,
+    /// The database coordinator's statements on the lease row.
+    Select,
+    Insert(LeaseRow),
+    Update(Version, LeaseRow),
+}
+
+impl Op {
+    fn is_statement(&self) -> bool {
+        matches!(self, Op::Select | Op::Insert(_) | Op::Update(..))
+    }
 }
 
 struct Pending {
     host: usize,
     op: Op,
     reply: Option<oneshot::Sender<StoreResult<Answer>>>,
+    /// Simulated time it was sent, and the host's statement timeout (its interval).
+    sent: Duration,
+    statement_timeout: Duration,
 }
 
 enum Answer {
@@ -102,6 +119,8 @@ enum Answer {
     List(Vec<EntryInfo>),
     Deleted(bool),
     Stat(EntryInfo),
+    Row(Option<LeaseRow>),
+    Applied(bool),
 }
 
 #[derive(Default)]
@@ -112,6 +131,8 @@ struct Files {
     dir_changed: u64,
     /// Whether the beats directory exists.
     dir_exists: bool,
+    /// The database coordinator's lease row.
+    row: Option<LeaseRow>,
 }
 
 impl Files {
@@ -165,6 +186,24 @@ impl Files {
                 }
                 Ok(Answer::Done)
             }
+            Op::Select => Ok(Answer::Row(self.row.clone())),
+            Op::Insert(row) => {
+                let inserted = self.row.is_none();
+                if inserted {
+                    self.row = Some(row.clone());
+                }
+                Ok(Answer::Applied(inserted))
+            }
+            Op::Update(expected, row) => {
+                let matched = self
+                    .row
+                    .as_ref()
+                    .is_some_and(|r| r.seq == expected.seq && r.tag == expected.tag);
+                if matched {
+                    self.row = Some(row.clone());
+                }
+                Ok(Answer::Applied(matched))
+            }
             Op::Stat(key) => {
                 if !self.dir_exists {
                     return Err(StoreError::new(ErrorKind::NotFound, "stat", key, "missing"));
@@ -203,6 +242,8 @@ impl Files {
 struct Shared {
     files: Files,
     pending: Vec<Pending>,
+    /// Simulated time, for statement timeouts.
+    now: Duration,
     /// What the controllers did, for the trace (kept only while tracing).
     notes: Vec<String>,
     tracing: bool,
@@ -214,11 +255,13 @@ fn lock(world: &World) -> MutexGuard<'_, Shared> {
     world.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One host's view of the simulated store: every call waits until the scheduler answers it.
+/// One host's view of the simulated store (and lease row): every call waits until the
+/// scheduler answers it.
 #[derive(Debug)]
 struct SimStore {
     world: WorldRef,
     host: usize,
+    statement_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -233,11 +276,17 @@ impl std::fmt::Debug for WorldRef {
 impl SimStore {
     async fn call(&self, op: Op) -> StoreResult<Answer> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.world.0).pending.push(Pending {
-            host: self.host,
-            op,
-            reply: Some(tx),
-        });
+        {
+            let mut world = lock(&self.world.0);
+            let sent = world.now;
+            world.pending.push(Pending {
+                host: self.host,
+                op,
+                reply: Some(tx),
+                sent,
+                statement_timeout: self.statement_timeout,
+            });
+        }
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::new(
                 ErrorKind::Unavailable,
@@ -304,6 +353,40 @@ impl Store for SimStore {
         assert_eq!(key, BEATS_DIR);
         self.call(Op::Mkdirs).await.map(|_| ())
     }
+}
+
+/// The lease row as the database coordinator sees it: the same calls, answered by the same
+/// scheduler with the same faults.
+#[async_trait]
+impl LeaseTable for SimStore {
+    fn url(&self) -> &str {
+        "sim-db://"
+    }
+    async fn select(&self) -> Result<Option<LeaseRow>, CoordinatorError> {
+        match self.call(Op::Select).await? {
+            Answer::Row(row) => Ok(row),
+            _ => unreachable!(),
+        }
+    }
+    async fn insert(&self, row: &LeaseRow) -> Result<bool, CoordinatorError> {
+        match self.call(Op::Insert(row.clone())).await? {
+            Answer::Applied(done) => Ok(done),
+            _ => unreachable!(),
+        }
+    }
+    async fn update(&self, expected: Version, row: &LeaseRow) -> Result<bool, CoordinatorError> {
+        match self.call(Op::Update(expected, row.clone())).await? {
+            Answer::Applied(done) => Ok(done),
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Which coordinator a schedule runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Store,
+    Database,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -447,15 +530,23 @@ async fn controller(
     world: World,
     instance: u64,
     shutdown: Duration,
+    kind: Kind,
 ) {
     // Leaked: the candidate borrows its coordinator, which borrows its store (a few hundred
     // bytes per controller start).
     let store: &'static SimStore = Box::leak(Box::new(SimStore {
-        world: WorldRef(world),
+        world: WorldRef(world.clone()),
         host,
+        statement_timeout: timing.interval,
     }));
-    let coordinator: &'static StoreCoordinator<'static> =
-        Box::leak(Box::new(StoreCoordinator::new(store)));
+    let coordinator: &'static dyn Coordinator = match kind {
+        Kind::Store => Box::leak(Box::new(StoreCoordinator::new(store))),
+        Kind::Database => Box::leak(Box::new(DatabaseCoordinator::new(SimStore {
+            world: WorldRef(world),
+            host,
+            statement_timeout: timing.interval,
+        }))),
+    };
     let me = Identity {
         id: format!("h{host}"),
         host: format!("h{host}"),
@@ -527,6 +618,7 @@ async fn controller(
 // The scheduler.
 
 struct Sim {
+    kind: Kind,
     rng: Rng,
     world: World,
     hosts: Vec<Host>,
@@ -578,7 +670,7 @@ fn tightest_timing(rng: &mut Rng, interval_ms: (u64, u64), grace_ms: (u64, u64))
 }
 
 impl Sim {
-    fn new(seed: u64, trace: Trace) -> Sim {
+    fn new(seed: u64, trace: Trace, kind: Kind) -> Sim {
         let mut rng = Rng(seed);
         let world: World = Arc::default();
         lock(&world).tracing = trace != Trace::Off;
@@ -611,6 +703,7 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
+            kind,
             rng,
             world,
             hosts,
@@ -657,6 +750,7 @@ impl Sim {
             self.world.clone(),
             self.rng.next(),
             shutdown,
+            self.kind,
         );
         // Unconstrained: the scheduler polls every controller within one runtime task that
         // never yields, so tokio's cooperative budget would never be refilled.
@@ -695,6 +789,23 @@ impl Sim {
             }
             9..=13 if self.hosts[h].controller.is_none() && !self.hosts[h].gone => {
                 self.start_controller(h);
+            }
+            14..=16 if self.kind == Kind::Database => {
+                let mut world = lock(&self.world);
+                let Some(row) = &mut world.files.row else {
+                    return;
+                };
+                self.tampered = Some(self.time);
+                if self.rng.chance(0.5) {
+                    world.files.row = None;
+                    drop(world);
+                    self.log("operator deletes the lease row".into());
+                } else {
+                    row.beat = "{\"epoch\": garbage".into();
+                    row.tag = self.rng.next() >> 1;
+                    drop(world);
+                    self.log("operator rewrites the lease row with garbage".into());
+                }
             }
             14 => {
                 let mut world = lock(&self.world);
@@ -736,6 +847,7 @@ impl Sim {
         let mut world = lock(&self.world);
         let mut pending = std::mem::take(&mut world.pending);
         let mut keep = Vec::new();
+        let now = self.time;
         // Shuffle: a random interleaving of the hosts' calls.
         for i in (1..pending.len()).rev() {
             let j = self.rng.below(i as u64 + 1) as usize;
@@ -745,6 +857,19 @@ impl Sim {
         for mut call in pending {
             let paused = self.hosts[call.host].paused.is_some();
             let abandoned = call.reply.as_ref().is_none_or(|r| r.is_closed());
+            // A statement its caller gave up on, older than the statement timeout: the
+            // server aborted it, unless the network held it back before the server saw it.
+            if abandoned
+                && call.op.is_statement()
+                && now > call.sent + call.statement_timeout
+                && self.rng.chance(0.5)
+            {
+                lines.push(format!(
+                    "h{} {:?} aborted by the statement timeout",
+                    call.host, call.op
+                ));
+                continue;
+            }
             // A paused host's calls are stuck in its send buffer, unless already sent.
             if (paused && !abandoned) || !self.rng.chance(0.6) {
                 keep.push(call);
@@ -777,7 +902,7 @@ impl Sim {
                 } else {
                     if !matches!(
                         call.op,
-                        Op::Read(_) | Op::List(_) | Op::Stat(_) | Op::Mkdirs
+                        Op::Read(_) | Op::List(_) | Op::Stat(_) | Op::Mkdirs | Op::Select
                     ) {
                         lines.push(format!(
                             "h{} {:?} -> {}",
@@ -821,6 +946,7 @@ impl Sim {
     fn advance(&mut self) {
         self.time += STEP;
         let time = self.time;
+        lock(&self.world).now = time;
         let mut lines = Vec::new();
         for (h, host) in self.hosts.iter_mut().enumerate() {
             match host.paused {
@@ -1024,21 +1150,22 @@ enum Trace {
 
 /// Runs one schedule; on failure, the error and (unless `Off`) the event trace. A schedule
 /// is a function of its seed, so a failure is traced by running it again.
-fn run_seed(seed: u64, trace: Trace) -> Result<(), (String, Vec<String>)> {
+fn run_seed(seed: u64, trace: Trace, kind: Kind) -> Result<(), (String, Vec<String>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut sim = Sim::new(seed, trace);
+        let mut sim = Sim::new(seed, trace, kind);
         sim.run().map_err(|e| (e, std::mem::take(&mut sim.trace)))
     })
 }
 
-#[test]
-fn simulated_schedules_never_run_two_units_and_a_survivor_leads() {
+/// Runs the schedules (or replays `DAGFS_SIM_SEED`) over coordinator `kind`; `test` names
+/// the test for the replay line.
+fn run_schedules(kind: Kind, test: &str) {
     if let Some(seed) = env_u64("DAGFS_SIM_SEED") {
-        if let Err((error, _)) = run_seed(seed, Trace::Print) {
+        if let Err((error, _)) = run_seed(seed, Trace::Print, kind) {
             panic!("seed {seed}: {error}");
         }
         return;
@@ -1047,17 +1174,34 @@ fn simulated_schedules_never_run_two_units_and_a_survivor_leads() {
     let base = env_u64("DAGFS_SIM_BASE_SEED").unwrap_or(1);
     let started = SystemTime::now();
     for seed in base..base + schedules {
-        if let Err((error, _)) = run_seed(seed, Trace::Off) {
-            let (_, trace) = run_seed(seed, Trace::Keep).expect_err("a schedule replays");
+        if let Err((error, _)) = run_seed(seed, Trace::Off, kind) {
+            let (_, trace) = run_seed(seed, Trace::Keep, kind).expect_err("a schedule replays");
             let tail = trace[trace.len().saturating_sub(60)..].join("\n");
             panic!(
-                "seed {seed}: {error}\nlast events:\n{tail}\nreplay: DAGFS_SIM_SEED={seed} cargo test --test failover_sim -- --nocapture"
+                "seed {seed} ({kind:?} coordinator): {error}\nlast events:\n{tail}\nreplay: DAGFS_SIM_SEED={seed} cargo test --test failover_sim {test} -- --nocapture"
             );
         }
     }
     eprintln!(
-        "{schedules} schedules (seeds {base}..{}), 0 violations, in {:?}",
+        "{kind:?} coordinator: {schedules} schedules (seeds {base}..{}), 0 violations, in {:?}",
         base + schedules,
         started.elapsed().unwrap_or_default()
+    );
+}
+
+#[test]
+fn simulated_schedules_never_run_two_units_and_a_survivor_leads() {
+    run_schedules(
+        Kind::Store,
+        "simulated_schedules_never_run_two_units_and_a_survivor_leads",
+    );
+}
+
+/// The same schedules over the database coordinator's lease row.
+#[test]
+fn database_coordinator_schedules_never_run_two_units_and_a_survivor_leads() {
+    run_schedules(
+        Kind::Database,
+        "database_coordinator_schedules_never_run_two_units_and_a_survivor_leads",
     );
 }

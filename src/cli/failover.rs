@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::config::{Config, FailoverConfig, FailoverMode};
-use crate::election::{Clock, StoreCoordinator};
+use crate::config::{Config, CoordinatorKind, FailoverConfig, FailoverMode};
+use crate::election::{
+    Clock, Coordinator, DatabaseCoordinator, SqlCoordinator, SqlLeaseTable, StoreCoordinator,
+};
 use crate::failover::{self, FailoverMetrics, FailoverOptions};
 use crate::metadb::{self, MetaDb, MetadbError, PoolSettings};
 use crate::metrics::{Health, Registry};
@@ -104,9 +106,12 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         health,
     };
     let record = running_record(config, &options.config, store.url()).await?;
-    let coordinator = StoreCoordinator::new(store.as_ref());
     let record = record.as_ref().map(|r| r as &dyn RunningRecord);
-    failover::run(store.as_ref(), &coordinator, record, options, shutdown).await?;
+    let coordinator: Box<dyn Coordinator + '_> = match config.failover.coordinator {
+        CoordinatorKind::Store => Box::new(StoreCoordinator::new(store.as_ref())),
+        CoordinatorKind::Database => Box::new(database_coordinator(config, store.url()).await?),
+    };
+    failover::run(store.as_ref(), coordinator.as_ref(), record, options, shutdown).await?;
     Ok(())
 }
 
@@ -156,6 +161,23 @@ async fn running_record(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The lease row of the failover group `group` (the store URL) in Airflow's metadata
+/// database: connects at once, so a wrong setting stops the controller with one line.
+async fn database_coordinator(config: &Config, group: &str) -> Result<SqlCoordinator> {
+    let url = crate::metadb::resolve(&config.database)?;
+    let settings = crate::metadb::PoolSettings {
+        max_connections: 2,
+        connect_timeout: config.database.connect_timeout,
+        // A hung statement never outlives the election step that sent it.
+        statement_timeout: config.failover.interval,
+    };
+    let db = crate::metadb::MetaDb::connect(&url, &settings).await?;
+    tracing::info!(database = %url.redacted(), from = %url.setting, "failover lease in the metadata database");
+    Ok(DatabaseCoordinator::new(
+        SqlLeaseTable::open(db, group).await?,
+    ))
 }
 
 /// `dagfs failover-guard`: the process between the controller and one command.

@@ -1,7 +1,8 @@
 //! What the election needs from shared state: one register of leadership records, read and
 //! replaced by compare-and-swap. The store implements it as a chain of heartbeat files
-//! ([`super::store::StoreCoordinator`]); a test simulation implements the same trait's
-//! backing store in memory, so one election code runs against both.
+//! ([`super::store::StoreCoordinator`]), Airflow's metadata database as one row
+//! ([`super::database::DatabaseCoordinator`]); a test simulation implements both backings in
+//! memory, so one election code runs against all of them.
 
 use std::time::Duration;
 
@@ -97,6 +98,9 @@ pub enum CoordinatorError {
     /// The store failed or timed out.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The metadata database failed (the database coordinator).
+    #[error(transparent)]
+    Database(#[from] crate::metadb::MetadbError),
     /// The step did not finish within its time bound.
     #[error("{op} on {url} did not finish within {}", humantime::format_duration(*.bound))]
     TimedOut {

@@ -1,5 +1,5 @@
 //! Leader election over a [`Coordinator`]: a register of leadership records (heartbeats)
-//! replaced by compare-and-swap.
+//! replaced by compare-and-swap, kept in the store or in Airflow's metadata database.
 //!
 //! The leader renews by claiming the version after its own every `interval`; a standby that
 //! has seen the newest version unchanged for long enough on its own clock takes over by
@@ -15,11 +15,16 @@
 //! readings of the same host.
 
 mod coordinator;
+mod database;
 mod store;
 
 use std::time::Duration;
 
 pub use coordinator::{Beat, Claimed, Coordinator, CoordinatorError, Snapshot, Version};
+pub use database::{
+    DatabaseCoordinator, LeaseRow, LeaseTable, SqlCoordinator, SqlLeaseTable, LEASE_TABLE,
+    LEASE_TABLE_DDL,
+};
 pub use store::{beat_key, StoreCoordinator, BEATS_DIR};
 
 /// A reading of this host's `CLOCK_BOOTTIME`: monotonic, never set back, and counting while
