@@ -95,8 +95,16 @@ public final class Main {
     MiniDFSCluster.Builder builder = new MiniDFSCluster.Builder(conf)
         .numDataNodes(opts.dataNodes)
         .format(true);
-    if (opts.ha) {
+    if (opts.ha && opts.nameNodePort != 0) {
       builder.nnTopology(MiniDFSNNTopology.simpleHATopology(2, opts.nameNodePort));
+    } else if (opts.ha) {
+      // simpleHATopology(2, 0) would give the NameNodes the fixed ports 0..3 (HTTP on 1 and
+      // 3), which clash between two HA clusters on one machine: take free ephemeral ones.
+      int[] ports = freePorts(4);
+      builder.nnTopology(new MiniDFSNNTopology().addNameservice(
+          new MiniDFSNNTopology.NSConf("minidfs-ns")
+              .addNN(new MiniDFSNNTopology.NNConf("nn0").setIpcPort(ports[0]).setHttpPort(ports[1]))
+              .addNN(new MiniDFSNNTopology.NNConf("nn1").setIpcPort(ports[2]).setHttpPort(ports[3]))));
     } else {
       builder.nameNodePort(opts.nameNodePort).nameNodeHttpPort(0);
     }
@@ -110,6 +118,25 @@ public final class Main {
     String defaultFs = main.writeClientConfig(opts.confDir);
     protocol.println("READY " + defaultFs);
     main.serve();
+  }
+
+  /** {@code n} distinct ports free on loopback right now. */
+  private static int[] freePorts(int n) throws IOException {
+    java.net.ServerSocket[] sockets = new java.net.ServerSocket[n];
+    int[] ports = new int[n];
+    try {
+      for (int i = 0; i < n; i++) {
+        sockets[i] = new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress());
+        ports[i] = sockets[i].getLocalPort();
+      }
+    } finally {
+      for (java.net.ServerSocket socket : sockets) {
+        if (socket != null) {
+          socket.close();
+        }
+      }
+    }
+    return ports;
   }
 
   /** Writes core-site.xml and hdfs-site.xml for clients; returns the default file system URL. */

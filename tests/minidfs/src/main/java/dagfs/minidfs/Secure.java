@@ -78,6 +78,12 @@ final class Secure {
     conf.setBoolean("ignore.secure.ports.for.testing", true);
     // A client principal that is no OS user: give it HDFS's superuser group.
     conf.set("hadoop.user.group.static.mapping.overrides", "dr.who=;" + CLIENT + "=supergroup");
+    if (ticketLifetime > 0) {
+      // Keytab logins (the launcher's, the DataNodes') renew themselves, and may log in again
+      // at once when a ticket expired: Hadoop otherwise waits 60 s between logins.
+      conf.setBoolean("hadoop.kerberos.keytab.login.autorenewal.enabled", true);
+      conf.setLong("hadoop.kerberos.min.seconds.before.relogin", 1);
+    }
     UserGroupInformation.setConfiguration(conf);
     // The launcher itself (waitActive's DataNode reports, commands) acts as the services.
     UserGroupInformation.loginUserFromKeytab(service, serviceKeytab.getAbsolutePath());
