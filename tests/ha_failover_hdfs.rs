@@ -153,7 +153,7 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     }
     // The mount serves the head, byte for byte.
     let state = host
-        .mount
+        .mount()
         .wait_for("the head", |s| s.generation == Some(head));
     assert!(state.online, "{state:?}");
     let local = dags.clone();

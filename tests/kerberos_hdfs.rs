@@ -4,7 +4,8 @@
 //! - Every command logs in with a keytab and with a ticket cache (`kinit`, `KRB5CCNAME`).
 //! - A wrong principal, a missing keytab, a missing and an expired ticket are each one line
 //!   naming the principal and the fix, with a non-zero exit; daemons report it as degraded
-//!   (`dagfs status`, metrics, `/healthz`) and the mount keeps serving its cache.
+//!   (`dagfs status`, metrics, `/healthz`) and the mount keeps serving its cache, also when
+//!   it starts while logged out.
 //! - Daemons logged in with a keytab stay logged in across ticket expiry (a KDC issuing
 //!   short tickets, NameNode failovers forcing new connections after each expiry); with a
 //!   ticket cache they warn ahead of expiry.
@@ -328,7 +329,21 @@ fn a_lost_login_degrades_the_daemons_and_the_mount_keeps_serving() {
         metrics.contains("permission"),
         "no error counted:\n{metrics}"
     );
-    // The mount keeps serving what it has.
+    // The mount keeps serving what it has, also when it starts while logged out (a reboot).
+    assert_eq!(
+        std::fs::read_to_string(host.mnt.join("a.py")).unwrap(),
+        "print(1)\n"
+    );
+    host.restart_mount();
+    let state = host
+        .mount()
+        .wait_for("the mount to start from its cache", |s| {
+            s.generation.is_some()
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("expired"))
+        });
+    assert!(!state.online, "{state:?}");
     assert_eq!(
         std::fs::read_to_string(host.mnt.join("a.py")).unwrap(),
         "print(1)\n"

@@ -68,6 +68,19 @@ impl Drop for Daemon {
     }
 }
 
+/// A copy of `command`: program, arguments and environment changes.
+fn copy(command: &Command) -> Command {
+    let mut copy = Command::new(command.get_program());
+    copy.args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => copy.env(key, value),
+            None => copy.env_remove(key),
+        };
+    }
+    copy
+}
+
 /// A free loopback address for a metrics server.
 pub fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -94,8 +107,9 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 pub struct Host {
     /// `dagfs sync` of `dags/`.
     pub sync: Daemon,
-    /// `dagfs mount` on `mnt/`.
-    pub mount: Mount,
+    mount: Option<Mount>,
+    /// The mount's command line and environment, to start it again.
+    mount_command: Command,
     /// `dagfs failover` behind the mount.
     pub failover: Daemon,
     /// The sync daemon's metrics and `/healthz` address.
@@ -126,14 +140,13 @@ impl Host {
         sync.env("DAGFS_SYNC_BACKOFF_INITIAL", "200ms")
             .env("DAGFS_SYNC_BACKOFF_MAX", "1s");
         let sync = Daemon::start(sync, folders.root.join("sync.log"));
-        let mount = Mount::spawn(
-            command(&["mount", "--poll", "200ms"]),
-            &run_dir,
-            url,
-            &mnt,
-            &folders.root.join("mount-cache"),
-            &[],
-        );
+        let mut mount_command = command(&["mount", "--poll", "200ms"]);
+        mount_command
+            .arg(url)
+            .arg(&mnt)
+            .arg("--cache-dir")
+            .arg(folders.root.join("mount-cache"));
+        let mount = Mount::spawn(copy(&mount_command), &run_dir, &mnt);
         let unit = folders.root.join("unit.sh");
         std::fs::write(
             &unit,
@@ -163,12 +176,31 @@ impl Host {
         let failover = Daemon::start(failover, folders.root.join("failover.log"));
         Host {
             sync,
-            mount,
+            mount: Some(mount),
+            mount_command,
             failover,
             sync_metrics,
             mnt,
             root: folders.root.clone(),
         }
+    }
+
+    /// `dagfs mount` on `mnt/`.
+    pub fn mount(&mut self) -> &mut Mount {
+        self.mount.as_mut().expect("the mount runs")
+    }
+
+    /// Stops the mount (SIGTERM: it unmounts and exits 0) and starts it again with the same
+    /// cache and environment, as a reboot of the host would.
+    pub fn restart_mount(&mut self) {
+        if let Some(mount) = self.mount.take() {
+            mount.stop();
+        }
+        self.mount = Some(Mount::spawn(
+            copy(&self.mount_command),
+            &self.root.join("run"),
+            &self.mnt,
+        ));
     }
 
     /// Writes `rel` in the DAG folder and waits until the mount serves it.

@@ -92,20 +92,19 @@ impl Mount {
         cache: &Path,
         extra: &[&str],
     ) -> Mount {
-        let command = dagfs(cluster, runtime, &["mount", "--poll", "200ms"]);
-        Mount::spawn(command, runtime, url, mountpoint, cache, extra)
+        let mut command = dagfs(cluster, runtime, &["mount", "--poll", "200ms"]);
+        command
+            .arg(url)
+            .arg(mountpoint)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra);
+        Mount::spawn(command, runtime, mountpoint)
     }
 
-    /// Starts `command` (a `dagfs mount` command line with its environment, as [`dagfs`]
-    /// makes it) for `url` on `mountpoint`, its log in `runtime`.
-    pub fn spawn(
-        mut command: Command,
-        runtime: &Path,
-        url: &str,
-        mountpoint: &Path,
-        cache: &Path,
-        extra: &[&str],
-    ) -> Mount {
+    /// Starts `command`, a whole `dagfs mount` command line for `mountpoint` with its
+    /// environment (as [`dagfs`] makes it), its log in `runtime`.
+    pub fn spawn(mut command: Command, runtime: &Path, mountpoint: &Path) -> Mount {
         // A dead mount left by a killed process exists but cannot be stat'ed: leave it.
         if let Err(e) = std::fs::create_dir_all(mountpoint) {
             assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
@@ -114,16 +113,7 @@ impl Mount {
         std::fs::create_dir_all(runtime).unwrap();
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let log = std::fs::File::create(runtime.join(format!("mount-{n}.log"))).unwrap();
-        let child = command
-            .args([url])
-            .arg(mountpoint)
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Mount {
             child,
             mountpoint: mountpoint.to_path_buf(),
