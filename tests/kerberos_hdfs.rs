@@ -23,7 +23,7 @@ use support::host::{http_get, until, write, Host};
 use support::minidfs::{Kerberos, MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, Folders};
 /// The ticket lifetime of the short-ticket cluster, in seconds.
-const SHORT_LIFETIME: u32 = 8;
+const SHORT_LIFETIME: u32 = 12;
 
 /// The secure cluster shared by the tests that need no faults and no short tickets.
 fn secure() -> &'static MiniDfs {

@@ -8,7 +8,7 @@
 //! dagfs runs no `kinit -k -t` of its own into a private cache: that would duplicate what the
 //! library already does per connection, add a binary to depend on, and keep a live ticket in a
 //! file. `keytab_daemons_stay_logged_in_across_ticket_expiry` (tests/kerberos_hdfs.rs) attacks
-//! this with a KDC issuing 8 s tickets and NameNode failovers after each expiry.
+//! this with a KDC issuing 12 s tickets and NameNode failovers after each expiry.
 //!
 //! With a ticket cache (`kinit`, `KRB5CCNAME`) only its owner can renew the ticket:
 //! [`Login::watch`] warns ahead of its expiry, naming the principal and what to run, and a
