@@ -1,6 +1,6 @@
 //! NameNode HA failover during every protocol step, with real processes: `dagfs sync`
-//! publishes edits (objects, staged manifest, commit, mirror), a mount follows (polls,
-//! fetches) and a failover controller renews its lease, while the NameNodes of an HA MiniDFS
+//! publishes edits (objects, staged manifest, commit, mirror), `dagfs gc` runs race them, a
+//! mount follows (polls, fetches) and a failover controller renews its lease, while the NameNodes of an HA MiniDFS
 //! swap roles (`transitionToStandby` / `transitionToActive`) at seeded random points.
 //!
 //! Between failovers the cluster stays up for 1.5-3 s (a failover storm longer than
@@ -19,7 +19,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dagfs::generations;
@@ -66,6 +66,21 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     // Each round: an edit (a new file, sometimes a change of base.py too), then a failover
     // after a random delay: during the edit's scan, object upload, staged manifest, commit
     // or mirror update, the mount's poll or fetch, or the controller's renewal.
+    // In a quarter of the rounds a gc run races the publishes and the failover: it keeps
+    // every generation but moves unreferenced objects aside with no grace period, which is
+    // safe by construction (DESIGN, garbage collection) even when an answer is lost.
+    let gc = |run_dir: &std::path::Path| {
+        let mut command = dagfs(
+            &cluster,
+            run_dir,
+            &[
+                "gc", "--store", &url, "--keep", "1000", "--grace", "0s", "-q",
+            ],
+        );
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+    };
+    let mut gcs = Vec::new();
     let started = Instant::now();
     let mut active = 0;
     for i in 0..failovers {
@@ -76,6 +91,9 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
         );
         if rng.bool() {
             write(&dags, "base.py", &format!("print('base', {i})\n"));
+        }
+        if rng.u8(0..4) == 0 {
+            gcs.push(gc(&run_dir).spawn().unwrap());
         }
         // Where the failover lands in the protocol; a delay that injects, not one that waits.
         std::thread::sleep(Duration::from_millis(rng.u64(0..1500)));
@@ -92,6 +110,20 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     );
     // The pipeline still runs: a last edit reaches the mount.
     host.edit_and_see("final.py", "print('final')\n");
+    // The racing gc runs end (some may have failed on a failover: that is allowed, they put
+    // back what they moved or leave it to the next run), and one more run with a stable
+    // cluster must succeed.
+    let gc_failures = gcs
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .filter(|out| !out.status.success())
+        .count();
+    let out = gc(&run_dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let options = cluster.options(None, Duration::from_secs(30));
@@ -172,5 +204,8 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     host.failover.assert_running();
     assert_eq!(host.unit_starts(), 1, "{}", host.failover.log());
     let ambiguous = host.sync.log().matches("commit outcome unknown").count();
-    println!("{head} generations; {ambiguous} commit(s) with a lost answer, read back");
+    println!(
+        "{head} generations; {ambiguous} commit(s) with a lost answer, read back; \
+         {gc_failures} racing gc run(s) failed"
+    );
 }
