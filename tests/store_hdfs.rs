@@ -195,8 +195,8 @@ async fn refused_connection_is_unavailable_or_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ha_nameservice_follows_a_namenode_failover() {
     let cluster = start(MiniDfsOptions {
-        datanodes: 1,
         ha: true,
+        ..MiniDfsOptions::default()
     })
     .await;
     assert_eq!(cluster.url(), "hdfs://dagfs-ha");

@@ -111,7 +111,14 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         CoordinatorKind::Store => Box::new(StoreCoordinator::new(store.as_ref())),
         CoordinatorKind::Database => Box::new(database_coordinator(config, store.url()).await?),
     };
-    failover::run(store.as_ref(), coordinator.as_ref(), record, options, shutdown).await?;
+    failover::run(
+        store.as_ref(),
+        coordinator.as_ref(),
+        record,
+        options,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

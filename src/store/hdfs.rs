@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use hdfs_native::client::FileStatus;
 use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
 
+use super::kerberos::{Login, TicketWatch};
 use super::key::{check_entry_key, check_key, child, parent};
 use super::{
     EntryInfo, EntryKind, ErrorKind, Overwrite, Store, StoreError, StoreLocation, StoreResult,
@@ -63,6 +64,9 @@ pub struct HdfsStore {
     url: String,
     root: String,
     timeout: Duration,
+    /// Who the client logs in as, to explain a failed Kerberos login.
+    login: Login,
+    _ticket_watch: Option<TicketWatch>,
 }
 
 impl HdfsStore {
@@ -105,11 +109,17 @@ impl HdfsStore {
             let hint = "check the URL, HADOOP_CONF_DIR (core-site.xml/hdfs-site.xml) and Kerberos settings";
             StoreError::new(ErrorKind::Invalid, "open", &url, format!("{e}; {hint}"))
         })?;
+        let login = Login::new(
+            options.kerberos_principal.clone(),
+            options.kerberos_keytab.clone(),
+        );
         Ok(HdfsStore {
             client,
             url,
             root: root.clone(),
             timeout: options.timeout,
+            _ticket_watch: login.watch(options.config_dir.as_deref(), &options.properties),
+            login,
         })
     }
 
@@ -131,7 +141,7 @@ impl HdfsStore {
         call: impl Future<Output = Result<T, HdfsError>>,
     ) -> StoreResult<T> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| hdfs_error(op, key, e)),
+            Ok(result) => result.map_err(|e| hdfs_error(op, key, e, &self.login)),
             Err(_) => Err(StoreError::timeout(op, key, self.timeout)),
         }
     }
@@ -231,8 +241,9 @@ impl HdfsStore {
 }
 
 /// Maps hdfs-native's errors (and the Java exception class names the NameNode sends) onto
-/// the store's error kinds.
-fn hdfs_error(op: &'static str, key: &str, err: HdfsError) -> StoreError {
+/// the store's error kinds; a failed Kerberos login becomes one line naming the principal and
+/// the fix ([`Login::explain`]).
+fn hdfs_error(op: &'static str, key: &str, err: HdfsError, login: &Login) -> StoreError {
     use std::io::ErrorKind as Io;
     let kind = match &err {
         HdfsError::FileNotFound(_) => ErrorKind::NotFound,
@@ -246,6 +257,7 @@ fn hdfs_error(op: &'static str, key: &str, err: HdfsError) -> StoreError {
         HdfsError::SASLError(_) | HdfsError::GSSAPIError(..) | HdfsError::NoSASLMechanism => {
             ErrorKind::PermissionDenied
         }
+        HdfsError::OperationFailed(msg) if msg.contains("libgssapi") => ErrorKind::PermissionDenied,
         HdfsError::IOError(io) => match io.kind() {
             Io::TimedOut => ErrorKind::Timeout,
             Io::NotFound => ErrorKind::NotFound,
@@ -262,6 +274,10 @@ fn hdfs_error(op: &'static str, key: &str, err: HdfsError) -> StoreError {
         HdfsError::RPCError(class, msg) | HdfsError::FatalRPCError(class, msg) => {
             let short = class.rsplit('.').next().unwrap_or(class);
             format!("{short}: {}", msg.lines().next().unwrap_or_default())
+        }
+        HdfsError::GSSAPIError(_, _, reason) => login.explain(reason),
+        HdfsError::OperationFailed(msg) if msg.contains("libgssapi") => {
+            "Kerberos is configured but libgssapi_krb5.so.2 cannot be loaded; install MIT Kerberos (Debian: apt-get install libgssapi-krb5-2)".to_string()
         }
         other => other.to_string(),
     };

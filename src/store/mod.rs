@@ -16,6 +16,7 @@
 mod error;
 pub mod faulty;
 mod hdfs;
+pub mod kerberos;
 mod key;
 mod local;
 mod location;

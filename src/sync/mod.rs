@@ -290,6 +290,10 @@ fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
+/// The first and the longest wait before a failed mirror update is tried again.
+const MIRROR_RETRY_MIN: Duration = Duration::from_secs(1);
+const MIRROR_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Updates the plain mirror in the background, so the next generation does not wait for
 /// the mirror of the last one. Requests coalesce: one update after several generations.
 struct MirrorWorker {
@@ -305,9 +309,18 @@ impl MirrorWorker {
         requests.mark_changed();
         let task = tokio::spawn(async move {
             while requests.changed().await.is_ok() {
-                if let Err(e) = crate::mirror::update(&*store).await {
-                    // The generation is committed; the mirror catches up with the next one.
-                    tracing::warn!(error = %e, "mirror not updated");
+                // The generation is committed; a failed update (a NameNode failover, a staged
+                // file a gc run took) is retried, or the mirror of the last generation would
+                // stay stale until the folder changes again.
+                let mut retry = MIRROR_RETRY_MIN;
+                while let Err(e) = crate::mirror::update(&*store).await {
+                    tracing::warn!(error = %e, retry_in = ?retry, "mirror not updated; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        // A newer generation: update at once.
+                        changed = requests.changed() => if changed.is_err() { return },
+                    }
+                    retry = (retry * 2).min(MIRROR_RETRY_MAX);
                 }
             }
         });

@@ -25,6 +25,10 @@ pub struct MiniDfsOptions {
     pub datanodes: usize,
     /// Two NameNodes behind a nameservice (`hdfs://dagfs-ha`), NameNode 0 active.
     pub ha: bool,
+    /// Kerberos: an in-process KDC, Kerberos RPC and SASL `privacy` on block transfers.
+    pub secure: bool,
+    /// With `secure`: the longest ticket the KDC issues, in seconds (a day when `None`).
+    pub ticket_lifetime: Option<u32>,
 }
 
 impl Default for MiniDfsOptions {
@@ -32,7 +36,92 @@ impl Default for MiniDfsOptions {
         MiniDfsOptions {
             datanodes: 1,
             ha: false,
+            secure: false,
+            ticket_lifetime: None,
         }
+    }
+}
+
+/// The Kerberos side of a secure cluster: the files the launcher wrote next to the client
+/// configuration.
+#[derive(Clone, Debug)]
+pub struct Kerberos {
+    /// The MIT `krb5.conf` for clients (`KRB5_CONFIG`).
+    pub krb5_conf: PathBuf,
+    /// The client principal, `dagfs@EXAMPLE.COM`: an HDFS superuser.
+    pub principal: String,
+    /// A keytab (mode 0600) holding the client principal.
+    pub keytab: PathBuf,
+}
+
+impl Kerberos {
+    fn read(conf_dir: &Path) -> Kerberos {
+        let env = std::fs::read_to_string(conf_dir.join("kerberos.env")).expect("kerberos.env");
+        let value = |key: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{key} missing from kerberos.env:\n{env}"))
+                .to_string()
+        };
+        Kerberos {
+            krb5_conf: value("KRB5_CONFIG").into(),
+            principal: value("DAGFS_KERBEROS_PRINCIPAL"),
+            keytab: value("DAGFS_KERBEROS_KEYTAB").into(),
+        }
+    }
+
+    /// Points `command` (a `dagfs` process) at this KDC and logs it in with the keytab; its
+    /// ticket cache is a private, empty one, never the machine's.
+    pub fn login_with_keytab(&self, command: &mut Command, private: &Path) {
+        command
+            .env("KRB5_CONFIG", &self.krb5_conf)
+            .env(
+                "KRB5CCNAME",
+                format!("FILE:{}", private.join("unused-ccache").display()),
+            )
+            .env_remove("DAGFS_STORE_USER")
+            .env("DAGFS_STORE_KERBEROS_PRINCIPAL", &self.principal)
+            .env("DAGFS_STORE_KERBEROS_KEYTAB", &self.keytab);
+    }
+
+    /// Points `command` at this KDC and the ticket cache `ccache` (filled by [`Kerberos::kinit`]).
+    pub fn login_with_cache(&self, command: &mut Command, ccache: &Path) {
+        command
+            .env("KRB5_CONFIG", &self.krb5_conf)
+            .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+            .env_remove("DAGFS_STORE_USER")
+            .env_remove("DAGFS_STORE_KERBEROS_PRINCIPAL")
+            .env_remove("DAGFS_STORE_KERBEROS_KEYTAB");
+    }
+
+    /// `kinit -k -t KEYTAB [-l LIFETIME] PRINCIPAL` into `ccache`, as a person would.
+    pub fn kinit(&self, ccache: &Path, lifetime: Option<&str>) {
+        let out = Command::new("kinit")
+            .args(lifetime.map(|l| ["-l", l]).into_iter().flatten())
+            .arg("-k")
+            .arg("-t")
+            .arg(&self.keytab)
+            .arg(&self.principal)
+            .env("KRB5_CONFIG", &self.krb5_conf)
+            .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+            .output()
+            .expect("run kinit (scripts/install-deps installs krb5-user)");
+        assert!(
+            out.status.success(),
+            "kinit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether `ccache` holds a ticket that has not expired (`klist -s`).
+    pub fn ticket_valid(&self, ccache: &Path) -> bool {
+        Command::new("klist")
+            .arg("-s")
+            .env("KRB5_CONFIG", &self.krb5_conf)
+            .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+            .status()
+            .expect("run klist")
+            .success()
     }
 }
 
@@ -48,6 +137,7 @@ pub struct MiniDfs {
     url: String,
     conf_dir: PathBuf,
     log: PathBuf,
+    kerberos: Option<Kerberos>,
     _dir: tempfile::TempDir,
 }
 
@@ -103,6 +193,12 @@ impl MiniDfs {
         if options.ha {
             command.arg("--ha");
         }
+        if options.secure {
+            command.arg("--secure");
+        }
+        if let Some(lifetime) = options.ticket_lifetime {
+            command.args(["--ticket-lifetime", &lifetime.to_string()]);
+        }
         let mut child = command.spawn().expect("start java (is a JDK installed?)");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -134,6 +230,7 @@ impl MiniDfs {
             child: Mutex::new(child),
             control: Mutex::new(Control { stdin, replies }),
             url,
+            kerberos: options.secure.then(|| Kerberos::read(&conf_dir)),
             conf_dir,
             log,
             _dir: dir,
@@ -155,6 +252,11 @@ impl MiniDfs {
     /// Directory holding the client `core-site.xml` and `hdfs-site.xml`.
     pub fn conf_dir(&self) -> &Path {
         &self.conf_dir
+    }
+
+    /// The KDC and client credentials of a secure cluster.
+    pub fn kerberos(&self) -> Option<&Kerberos> {
+        self.kerberos.as_ref()
     }
 
     /// A fresh store URL under this cluster, named after `test`.

@@ -3,6 +3,7 @@
 
 pub mod airflow;
 pub mod database;
+pub mod host;
 pub mod minidfs;
 pub mod mount;
 pub mod postgres;

@@ -1,4 +1,5 @@
-//! Running `dagfs push` and `dagfs mount` as processes against a MiniDFS cluster.
+//! Running `dagfs push` and `dagfs mount` as processes against a MiniDFS cluster (logged in
+//! with the client keytab when the cluster is secure).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,9 @@ pub fn dagfs(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> Command {
         .env("DAGFS_STORE_TIMEOUT", "3s")
         .env("DAGFS_RUNTIME_DIR", runtime)
         .env("XDG_CACHE_HOME", runtime.join("xdg-cache"));
+    if let Some(kerberos) = cluster.kerberos() {
+        kerberos.login_with_keytab(&mut command, runtime);
+    }
     command
 }
 
@@ -88,6 +92,22 @@ impl Mount {
         cache: &Path,
         extra: &[&str],
     ) -> Mount {
+        // A poll of 200 ms unless `extra` sets one.
+        let poll = (!extra.contains(&"--poll")).then_some(["--poll", "200ms"]);
+        let mut command = dagfs(cluster, runtime, &["mount"]);
+        command
+            .args(poll.iter().flatten())
+            .arg(url)
+            .arg(mountpoint)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra);
+        Mount::spawn(command, runtime, mountpoint)
+    }
+
+    /// Starts `command`, a whole `dagfs mount` command line for `mountpoint` with its
+    /// environment (as [`dagfs`] makes it), its log in `runtime`.
+    pub fn spawn(mut command: Command, runtime: &Path, mountpoint: &Path) -> Mount {
         // A dead mount left by a killed process exists but cannot be stat'ed: leave it.
         if let Err(e) = std::fs::create_dir_all(mountpoint) {
             assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
@@ -96,19 +116,7 @@ impl Mount {
         std::fs::create_dir_all(runtime).unwrap();
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let log = std::fs::File::create(runtime.join(format!("mount-{n}.log"))).unwrap();
-        // A poll of 200 ms unless `extra` sets one.
-        let poll = (!extra.contains(&"--poll")).then_some(["--poll", "200ms"]);
-        let child = dagfs(cluster, runtime, &["mount"])
-            .args(poll.iter().flatten())
-            .args([url])
-            .arg(mountpoint)
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Mount {
             child,
             mountpoint: mountpoint.to_path_buf(),

@@ -24,8 +24,9 @@ import org.apache.hadoop.hdfs.MiniDFSNNTopology;
  *
  * <ul>
  *   <li>On start: {@code READY <defaultFS>} once the cluster is active and the client
- *       configuration ({@code core-site.xml}, {@code hdfs-site.xml}) is written to
- *       {@code --conf-dir}.
+ *       configuration ({@code core-site.xml}, {@code hdfs-site.xml}; with {@code --secure} also
+ *       {@code krb5.conf}, the client keytab and {@code kerberos.env}, see {@link Secure}) is
+ *       written to {@code --conf-dir}.
  *   <li>Then one command per stdin line, each answered by {@code OK} or {@code ERR <reason>}:
  *       {@code stop-namenode [i]}, {@code restart-namenode [i]}, {@code stop-datanode i},
  *       {@code restart-datanode i}, {@code transition-to-active i}, {@code transition-to-standby i},
@@ -41,11 +42,16 @@ public final class Main {
   private final PrintStream out;
   private final MiniDFSCluster cluster;
   private final boolean ha;
+  private final Configuration conf;
+  private final Secure secure;
 
-  private Main(PrintStream out, MiniDFSCluster cluster, boolean ha) {
+  private Main(PrintStream out, MiniDFSCluster cluster, boolean ha, Configuration conf,
+      Secure secure) {
     this.out = out;
     this.cluster = cluster;
     this.ha = ha;
+    this.conf = conf;
+    this.secure = secure;
   }
 
   public static void main(String[] args) throws Exception {
@@ -80,11 +86,25 @@ public final class Main {
       conf.setInt("dfs.namenode.file.close.num-committed-allowed", 1);
     }
 
+    Secure secure = null;
+    if (opts.secure) {
+      secure = Secure.start(conf, opts.baseDir, opts.confDir, opts.ticketLifetime,
+          opts.protection);
+    }
+
     MiniDFSCluster.Builder builder = new MiniDFSCluster.Builder(conf)
         .numDataNodes(opts.dataNodes)
         .format(true);
-    if (opts.ha) {
+    if (opts.ha && opts.nameNodePort != 0) {
       builder.nnTopology(MiniDFSNNTopology.simpleHATopology(2, opts.nameNodePort));
+    } else if (opts.ha) {
+      // simpleHATopology(2, 0) would give the NameNodes the fixed ports 0..3 (HTTP on 1 and
+      // 3), which clash between two HA clusters on one machine: take free ephemeral ones.
+      int[] ports = freePorts(4);
+      builder.nnTopology(new MiniDFSNNTopology().addNameservice(
+          new MiniDFSNNTopology.NSConf("minidfs-ns")
+              .addNN(new MiniDFSNNTopology.NNConf("nn0").setIpcPort(ports[0]).setHttpPort(ports[1]))
+              .addNN(new MiniDFSNNTopology.NNConf("nn1").setIpcPort(ports[2]).setHttpPort(ports[3]))));
     } else {
       builder.nameNodePort(opts.nameNodePort).nameNodeHttpPort(0);
     }
@@ -94,10 +114,29 @@ public final class Main {
     }
     cluster.waitActive();
 
-    Main main = new Main(protocol, cluster, opts.ha);
+    Main main = new Main(protocol, cluster, opts.ha, conf, secure);
     String defaultFs = main.writeClientConfig(opts.confDir);
     protocol.println("READY " + defaultFs);
     main.serve();
+  }
+
+  /** {@code n} distinct ports free on loopback right now. */
+  private static int[] freePorts(int n) throws IOException {
+    java.net.ServerSocket[] sockets = new java.net.ServerSocket[n];
+    int[] ports = new int[n];
+    try {
+      for (int i = 0; i < n; i++) {
+        sockets[i] = new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress());
+        ports[i] = sockets[i].getLocalPort();
+      }
+    } finally {
+      for (java.net.ServerSocket socket : sockets) {
+        if (socket != null) {
+          socket.close();
+        }
+      }
+    }
+    return ports;
   }
 
   /** Writes core-site.xml and hdfs-site.xml for clients; returns the default file system URL. */
@@ -125,6 +164,9 @@ public final class Main {
     // hdfs-native requires a fallback link in every viewfs mount table.
     client.set("fs.viewfs.mounttable." + VIEWFS_CLUSTER + ".linkFallback", defaultFs + "/");
     client.set("dfs.replication", Integer.toString(Math.min(3, cluster.getDataNodes().size())));
+    if (secure != null) {
+      secure.configureClient(client, conf);
+    }
 
     for (String name : new String[] {"core-site.xml", "hdfs-site.xml"}) {
       Path tmp = confDir.toPath().resolve(name + ".tmp");
@@ -158,6 +200,9 @@ public final class Main {
       }
     }
     cluster.shutdown(true);
+    if (secure != null) {
+      secure.stop();
+    }
     out.println("BYE");
     System.exit(0);
   }
@@ -201,7 +246,8 @@ public final class Main {
   /** Command-line options. */
   private static final class Options {
     static final String USAGE = "usage: minidfs --conf-dir DIR --base-dir DIR [--datanodes N] "
-        + "[--ha] [--namenode-port P] [--block-size BYTES] [--fast-close]";
+        + "[--ha] [--namenode-port P] [--block-size BYTES] [--fast-close] "
+        + "[--secure [--protection authentication|integrity|privacy] [--ticket-lifetime SECONDS]]";
 
     File confDir;
     File baseDir;
@@ -210,6 +256,9 @@ public final class Main {
     int nameNodePort = 0;
     long blockSize = 1024 * 1024;
     boolean fastClose;
+    boolean secure;
+    String protection = "privacy";
+    long ticketLifetime;
 
     static Options parse(String[] args) {
       Options o = new Options();
@@ -236,6 +285,15 @@ public final class Main {
             break;
           case "--fast-close":
             o.fastClose = true;
+            break;
+          case "--secure":
+            o.secure = true;
+            break;
+          case "--protection":
+            o.protection = value(args, ++i, a);
+            break;
+          case "--ticket-lifetime":
+            o.ticketLifetime = Long.parseLong(value(args, ++i, a));
             break;
           default:
             throw new IllegalArgumentException("unknown option '" + a + "'");
