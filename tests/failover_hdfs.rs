@@ -1149,3 +1149,118 @@ fn bench_database_coordinator_takeover_time_and_idle_query_rate() {
         world.assert_no_overlap();
     }
 }
+
+/// Issue 16, the database coordinator on a real server (`kind`): kill -9 of the leader, then
+/// randomized trials cutting the leader's uid off the database port alone (nftables), every
+/// fourth pausing its controller (SIGSTOP) instead: never two units alive. Trials:
+/// `DAGFS_DB_TRIALS` (default 4; run 20 or more by hand), `DAGFS_DB_SEED` replays.
+fn database_coordinator_trials(kind: Kind, uids: [u32; 2]) {
+    let _serial = serial();
+    let world = World::new(&format!("db-trials-{kind:?}"));
+    let server = Server::start(kind);
+    let url = server.sqlalchemy_url();
+    let env = [
+        ("DAGFS_FAILOVER_COORDINATOR", "database"),
+        ("DAGFS_DATABASE_URL", url.as_str()),
+    ];
+    let partition = Partition::new(uids[0]);
+    let mut hosts = [
+        world.host("a", Some(uids[0]), &env),
+        world.host("b", Some(uids[1]), &env),
+    ];
+    {
+        let [a, b] = &mut hosts;
+        world.lead_then_follow(a, b, &[]);
+    }
+    let killed = now_secs();
+    hosts[0].kill9();
+    let took = world.wait_start("b", 1, Duration::from_secs(30)) - killed;
+    eprintln!("{kind:?}: takeover after kill -9: {took:.2} s");
+    assert!(
+        took <= (TAKEOVER_AFTER + INTERVAL).as_secs_f64() + 1.0,
+        "{took:.2} s"
+    );
+    hosts[0].start(&world, &[]);
+    world.wait_for("a to follow b", Duration::from_secs(30), || {
+        hosts[0]
+            .state()
+            .and_then(|s| s.leader)
+            .is_some_and(|l| l.id == "b")
+    });
+    let trials: u64 = std::env::var("DAGFS_DB_TRIALS")
+        .ok()
+        .map_or(4, |v| v.parse().expect("DAGFS_DB_TRIALS is a number"));
+    let seed = std::env::var("DAGFS_DB_SEED")
+        .ok()
+        .map_or(now_secs() as u64, |v| {
+            v.parse().expect("DAGFS_DB_SEED is a number")
+        });
+    eprintln!("{kind:?}: {trials} partition trials, seed {seed} (DAGFS_DB_SEED replays)");
+    let mut random = Lcg(seed);
+    for trial in 0..trials {
+        let leader = hosts
+            .iter()
+            .position(|h| h.role() == Some(Role::Running))
+            .unwrap_or_else(|| panic!("no leader before trial {trial}\n{}", world.logs()));
+        std::thread::sleep(Duration::from_millis(random.below(1000)));
+        let outage = Duration::from_millis(1_000 + random.below(6_000));
+        let pause = trial % 4 == 3;
+        if pause {
+            hosts[leader].signal("STOP");
+        } else {
+            nft(&[
+                "add",
+                "rule",
+                "inet",
+                &partition.table,
+                "out",
+                "meta",
+                "skuid",
+                &uids[leader].to_string(),
+                "tcp",
+                "dport",
+                &server.port.to_string(),
+                "drop",
+            ]);
+        }
+        std::thread::sleep(outage);
+        if pause {
+            hosts[leader].signal("CONT");
+        } else {
+            partition.heal();
+        }
+        let healed_ms = now_ms();
+        world.assert_no_overlap();
+        world.wait_for("a leader after the outage", Duration::from_secs(30), || {
+            hosts.iter().any(|h| {
+                h.state()
+                    .is_some_and(|s| s.role == Role::Running && s.updated_ms > healed_ms)
+            })
+        });
+        let now_leading = hosts
+            .iter()
+            .find(|h| h.role() == Some(Role::Running))
+            .map_or("?", |h| &h.name);
+        eprintln!(
+            "{kind:?} trial {trial}: {} {} for {:.1} s, leader now {now_leading}",
+            if pause {
+                "paused"
+            } else {
+                "cut off the database"
+            },
+            hosts[leader].name,
+            outage.as_secs_f64(),
+        );
+    }
+    world.assert_no_overlap();
+}
+
+#[test]
+fn database_coordinator_on_postgres_survives_kill_partitions_and_pauses() {
+    database_coordinator_trials(Kind::Postgres, [61_005, 61_006]);
+}
+
+#[test]
+fn database_coordinator_on_mariadb_survives_kill_partitions_and_pauses() {
+    database_coordinator_trials(Kind::MariaDb, [61_007, 61_008]);
+}
