@@ -17,6 +17,7 @@ use serde_json::Value;
 use support::airflow::{repo, venv_bin};
 use support::minidfs::{superuser, MiniDfs, MiniDfsOptions};
 use support::mount::{push, Mount};
+use support::{free_port, outage};
 
 /// Everything Airflow and the bundle need, as environment variables.
 struct Env {
@@ -248,15 +249,6 @@ fn sha256(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The lines of `parses.log` from line `from` on: (code version, helper version, file).
 fn parses(witness: &Path, from: usize) -> Vec<(String, String, String)> {
     std::fs::read_to_string(witness.join("parses.log"))
@@ -275,15 +267,6 @@ fn parses(witness: &Path, from: usize) -> Vec<(String, String, String)> {
 fn witnessed(witness: &Path, run: &str) -> Vec<String> {
     let line = std::fs::read_to_string(witness.join(run)).unwrap();
     line.split_whitespace().map(String::from).collect()
-}
-
-/// How long the NameNode stays down (`DAGFS_OUTAGE_SECS`; the acceptance figure is 180).
-fn outage() -> Duration {
-    let secs = std::env::var("DAGFS_OUTAGE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
-    Duration::from_secs(secs)
 }
 
 /// `DagfsBundle.refresh()` in the venv's Python as the DAG processor calls it: (seconds it
@@ -421,8 +404,8 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
         Duration::from_secs(180),
         || witness.join("run_offline").exists(),
     );
-    wait_until("the outage", outage() + Duration::from_secs(5), || {
-        down.elapsed() >= outage()
+    wait_until("the outage", outage(40) + Duration::from_secs(5), || {
+        down.elapsed() >= outage(40)
     });
     // Both keep heartbeating (`jobs check` exits 1 when the newest job's heartbeat is stale).
     for job in ["DagProcessorJob", "SchedulerJob"] {

@@ -17,20 +17,10 @@ use std::time::{Duration, Instant};
 use support::minidfs::{superuser, MiniDfs};
 use support::mount::push;
 use support::postgres::Database;
+use support::{free_port, run};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(command: &mut Command) -> Output {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn stdout(command: &mut Command) -> String {
@@ -243,14 +233,6 @@ impl Site {
         );
         container
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs the published DAG `dag_id` in `container` and waits for its task to succeed.

@@ -7,14 +7,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use dagfs::failover::{ControllerState, Role};
 
 use support::minidfs::MiniDfs;
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
+use support::{run, wait_for};
 
 const DAG: &str = r#"from datetime import datetime
 
@@ -27,17 +28,6 @@ with DAG("failover_probe", start_date=datetime(2026, 1, 1), schedule=None, catch
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(command: &mut Command) -> Output {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn airflow_bin() -> PathBuf {
@@ -134,23 +124,6 @@ impl Drop for Candidate {
                 .status();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_for(
-    what: &str,
-    deadline: Duration,
-    mut done: impl FnMut() -> bool,
-    logs: impl Fn() -> String,
-) {
-    let until = Instant::now() + deadline;
-    while !done() {
-        assert!(
-            Instant::now() < until,
-            "timed out waiting for {what}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

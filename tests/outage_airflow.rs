@@ -26,18 +26,10 @@ use support::airflow::{hostname_module, venv_bin};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
+use support::{free_port, outage, wait_for};
 
 /// Airflow's processes of both tests on 2 cores would starve each other: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// How long the NameNode stays down.
-fn outage() -> Duration {
-    let secs = std::env::var("DAGFS_OUTAGE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
-    Duration::from_secs(secs)
-}
 
 fn dag(version: u32) -> String {
     format!(
@@ -65,32 +57,6 @@ with DAG(
     record()
 "#
     )
-}
-
-fn wait_for(
-    what: &str,
-    limit: Duration,
-    mut done: impl FnMut() -> bool,
-    logs: impl Fn() -> String,
-) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < until,
-            "timed out after {limit:?} waiting for {what}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// What every Airflow process of the test shares.
@@ -423,7 +389,7 @@ impl Bed {
         self.cluster.stop_namenode(0);
         let from = self.shared.now();
         let down = Instant::now();
-        while down.elapsed() < outage() {
+        while down.elapsed() < outage(90) {
             during();
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -496,7 +462,7 @@ fn all_active_schedules_through_a_namenode_outage_on_one_generation() {
             }
         }
         // Half-way through, a's scheduler dies: a must restart it from its cache.
-        if !a_restarted && published.elapsed() > outage() / 2 {
+        if !a_restarted && published.elapsed() > outage(90) / 2 {
             for pid in airflow_processes_of("a", "scheduler") {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
@@ -517,10 +483,10 @@ fn all_active_schedules_through_a_namenode_outage_on_one_generation() {
     );
     let counts = bed
         .shared
-        .successes_per_minute(&from, outage().as_secs() / 60);
+        .successes_per_minute(&from, outage(90).as_secs() / 60);
     eprintln!(
         "all-active, outage of {:?}: successful tasks per minute {counts:?}",
-        outage()
+        outage(90)
     );
     assert!(
         !counts.is_empty() && counts.iter().all(|&n| n >= 1),

@@ -31,14 +31,6 @@ pub struct Server {
     stdin: Option<ChildStdin>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(command: &mut Command) -> String {
     let out = command
         .output()
@@ -71,7 +63,7 @@ impl Server {
             .tempdir()
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let port = free_port();
+        let port = super::free_port();
         let data = dir.path().join("data");
         // PostgreSQL's fast shutdown is SIGINT (SIGTERM waits for clients); MariaDB's SIGTERM.
         let (owner, script, stop) = match kind {

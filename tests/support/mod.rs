@@ -56,3 +56,52 @@ pub fn corrupt_object(cluster: &minidfs::MiniDfs, url: &str, content: &[u8], byt
     ))
     .unwrap();
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `done` every 500 ms until it holds; after `limit`, fails with `what` and `logs()`.
+pub fn wait_for(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) {
+    let until = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// How long a test stops the NameNode: `DAGFS_OUTAGE_SECS`, else `default_secs` (the
+/// acceptance figure, 180, is for runs by hand).
+pub fn outage(default_secs: u64) -> std::time::Duration {
+    let secs = std::env::var("DAGFS_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_secs);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Runs `command`; fails the test with its output unless it succeeds.
+pub fn run(command: &mut std::process::Command) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

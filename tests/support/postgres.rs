@@ -1,18 +1,9 @@
 //! A PostgreSQL database of its own for a test (Debian's `postgresql`, started if needed):
 //! the metadata database Airflow schedulers share.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn run(command: &mut Command) -> Output {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use super::run;
 
 /// `psql` as the postgres superuser.
 pub fn psql(database: &str, sql: &str) -> String {
