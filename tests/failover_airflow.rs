@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dagfs::failover::{ControllerState, Role};
 
+use support::airflow::airflow_processes_of;
 use support::minidfs::MiniDfs;
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
@@ -229,28 +230,6 @@ fn airflow_scheduler_and_dag_processor_fail_over_between_two_hosts() {
     assert_eq!(stored, md5);
     // Nothing of a's unit survived its controller (Airflow itself only notices a dead
     // scheduler once its heartbeat is older than scheduler_health_check_threshold).
-    assert_eq!(airflow_processes_of("a"), Vec::<String>::new());
+    assert_eq!(airflow_processes_of("a"), Vec::new());
     assert!(!airflow_processes_of("b").is_empty());
-}
-
-/// Command lines of the running Airflow processes started for candidate `name` (by the
-/// `DAGFS_CANDIDATE` the controller put in their environment).
-fn airflow_processes_of(name: &str) -> Vec<String> {
-    let marker = format!("DAGFS_CANDIDATE={name}");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let dir = entry.path();
-        let (Ok(environ), Ok(cmdline)) = (
-            std::fs::read(dir.join("environ")),
-            std::fs::read(dir.join("cmdline")),
-        ) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let ours = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
-        if ours && cmdline.contains("airflow") && !cmdline.contains("failover") {
-            found.push(cmdline);
-        }
-    }
-    found
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::{hostname_module, venv_bin};
+use support::airflow::{airflow_processes_of, hostname_module, venv_bin};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
@@ -273,30 +273,13 @@ impl Drop for Host {
     }
 }
 
-/// Pids of the running processes of candidate `name`'s Airflow whose command line contains
-/// `what` (by the `DAGFS_CANDIDATE` the controller put in their environment).
-fn airflow_processes_of(name: &str, what: &str) -> Vec<u32> {
-    let marker = format!("DAGFS_CANDIDATE={name}");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let dir = entry.path();
-        let (Ok(environ), Ok(cmdline)) = (
-            std::fs::read(dir.join("environ")),
-            std::fs::read(dir.join("cmdline")),
-        ) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let ours = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
-        let zombie = dagfs::proc::process(pid).is_none_or(|p| p.zombie);
-        if ours && !zombie && cmdline.contains(what) && !cmdline.contains("dagfs") {
-            found.push(pid);
-        }
-    }
-    found
+/// The pids of `processes` whose command line contains `what`.
+fn pids(processes: Vec<(u32, String)>, what: &str) -> Vec<u32> {
+    processes
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(what))
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// The bed: a MiniDFS of its own (its NameNode is stopped), generation 1 published, the
@@ -453,7 +436,7 @@ fn all_active_schedules_through_a_namenode_outage_on_one_generation() {
             b_offline_since = Some(Instant::now());
         }
         if b_offline_since.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
-            let running = airflow_processes_of("b", "airflow");
+            let running = pids(airflow_processes_of("b"), "airflow");
             if !running.is_empty() || b.role() == Some(Role::Running) {
                 b_ran_during_outage.push(format!(
                     "b runs generation 1 while a runs 2: {running:?} {:?}",
@@ -463,7 +446,7 @@ fn all_active_schedules_through_a_namenode_outage_on_one_generation() {
         }
         // Half-way through, a's scheduler dies: a must restart it from its cache.
         if !a_restarted && published.elapsed() > outage(90) / 2 {
-            for pid in airflow_processes_of("a", "scheduler") {
+            for pid in pids(airflow_processes_of("a"), "scheduler") {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
             a_restarted = true;
@@ -550,8 +533,8 @@ fn single_active_with_the_database_coordinator_takes_over_during_a_namenode_outa
             killed = true;
         }
         let (in_a, in_b) = (
-            airflow_processes_of("a", "scheduler"),
-            airflow_processes_of("b", "scheduler"),
+            pids(airflow_processes_of("a"), "scheduler"),
+            pids(airflow_processes_of("b"), "scheduler"),
         );
         if !in_a.is_empty() && !in_b.is_empty() {
             both.push(format!("a: {in_a:?}, b: {in_b:?}"));

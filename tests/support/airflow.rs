@@ -52,3 +52,35 @@ pub fn hostname_module(dir: &Path) -> PathBuf {
     .unwrap();
     python
 }
+
+/// The live Airflow processes `dagfs failover` started for candidate `name` (by the
+/// `DAGFS_CANDIDATE` it puts in their environment), controllers and guards left out:
+/// (pid, command line).
+pub fn airflow_processes_of(name: &str) -> Vec<(u32, String)> {
+    let marker = format!("DAGFS_CANDIDATE={name}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let dir = entry.path();
+        let (Ok(environ), Ok(cmdline)) = (
+            std::fs::read(dir.join("environ")),
+            std::fs::read(dir.join("cmdline")),
+        ) else {
+            continue;
+        };
+        // The controller and its guards are `dagfs` itself (whatever the path holds).
+        let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        let is_dagfs = Path::new(&*String::from_utf8_lossy(program))
+            .file_name()
+            .is_some_and(|n| n == "dagfs");
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
+        let zombie = dagfs::proc::process(pid).is_none_or(|p| p.zombie);
+        if ours && !zombie && !is_dagfs && cmdline.contains("airflow") {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
