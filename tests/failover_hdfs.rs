@@ -340,6 +340,9 @@ impl Host {
                 "--single-active"
             })
             .env_remove("DAGFS_CONFIG")
+            // No metadata database unless a trial names one: not this machine's ~/airflow.
+            .env("AIRFLOW_HOME", self.runtime.join("no-airflow"))
+            .env_remove("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
             .env("DAGFS_RUNTIME_DIR", &self.runtime)
             .env("DAGFS_STORE_USER", superuser())
             .env("DAGFS_STORE_TIMEOUT", "2s")

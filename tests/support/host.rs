@@ -163,7 +163,14 @@ impl Host {
             cluster,
             &run_dir,
             &[
-                "failover", "--store", url, "--mount", mnt_arg, "--run", unit_arg,
+                "failover",
+                "--single-active",
+                "--store",
+                url,
+                "--mount",
+                mnt_arg,
+                "--run",
+                unit_arg,
             ],
         );
         failover

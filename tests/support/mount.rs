@@ -20,7 +20,10 @@ pub fn dagfs(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> Command {
         .env("DAGFS_STORE_USER", superuser())
         .env("DAGFS_STORE_TIMEOUT", "3s")
         .env("DAGFS_RUNTIME_DIR", runtime)
-        .env("XDG_CACHE_HOME", runtime.join("xdg-cache"));
+        .env("XDG_CACHE_HOME", runtime.join("xdg-cache"))
+        // No metadata database unless a test names one: not this machine's ~/airflow.
+        .env("AIRFLOW_HOME", runtime.join("no-airflow"))
+        .env_remove("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN");
     if let Some(kerberos) = cluster.kerberos() {
         kerberos.login_with_keytab(&mut command, runtime);
     }
