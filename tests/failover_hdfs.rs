@@ -381,12 +381,19 @@ impl Host {
         let root = self.pid() as u32;
         let mut pids = vec![root];
         pids.extend(dagfs::proc::descendants(root).iter().map(|p| p.pid));
-        let status = Command::new("kill")
+        // One kill(1) for all, so they stop and resume together. A short-lived descendant (a
+        // health check, the stand-in's `sleep`) may exit between the listing and the signal,
+        // which fails kill(1) without harm: only the root must have been signalled.
+        let _ = Command::new("kill")
             .arg(format!("-{signal}"))
             .args(pids.iter().map(u32::to_string))
+            .stderr(std::process::Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success());
+        assert!(
+            dagfs::proc::process(root).is_some_and(|p| !p.zombie),
+            "the controller {root} is gone"
+        );
     }
 
     fn kill9(&mut self) {
