@@ -239,5 +239,42 @@ async fn a_store_refusing_the_mount_at_start_serves_the_complete_cache() {
         code == 503 && body.contains("permission denied")
     })
     .await;
+    // A mount the store refuses is offline, also after polls that reached the NameNode and
+    // were refused: the failover gate and the identical-DAGs rule stop a unit whose offline
+    // mount is behind, and an "online" mount stuck on a refusal would never be stopped.
+    let refused_polls = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dagfs_mount_errors_total{kind=\"permission_denied\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = mount.addr;
+    let metrics = loop {
+        let (_, metrics) = tokio::task::spawn_blocking(move || get(addr, "/metrics"))
+            .await
+            .unwrap();
+        // Two refused polls: the state file was written after at least one of them.
+        if refused_polls(&metrics) >= 2 {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused poll counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let state = StateDir::at(dir.path().join("run"))
+        .read(&mountpoint)
+        .unwrap();
+    assert!(
+        !state.online,
+        "a refused mount says it is online: {state:?}"
+    );
+    assert!(
+        metrics.contains("dagfs_mount_online 0"),
+        "a refused mount counts as online:\n{metrics}"
+    );
     mount.stop().await.unwrap();
 }

@@ -16,7 +16,7 @@ pub struct MountMetrics {
     pub head: Gauge,
     /// Head minus served: alert when it stays above 0.
     pub lag: Gauge,
-    /// 1 when the last poll reached the store.
+    /// 1 when the last poll succeeded: the store answered and the mount serves its head.
     pub online: Gauge,
     /// Generation switches.
     pub switches: Counter,
@@ -63,7 +63,7 @@ impl MountMetrics {
         );
         mount.register(
             "online",
-            "1 when the last poll reached the store",
+            "1 when the last poll succeeded: the store answered and the mount serves its head",
             metrics.online.clone(),
         );
         mount.register(

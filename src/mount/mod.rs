@@ -647,7 +647,10 @@ async fn poll_loop(
                     tracing::warn!(error = %line, generation = ?state.generation,
                         "poll failed; still serving the current generation from the cache");
                 }
-                state.online = !matches!(&e, MountError::Store(s) if s.kind().is_transient());
+                // Any failed poll: a store that answers but refuses (an expired ticket),
+                // lists nothing or serves a corrupt head is no more usable than one that is
+                // down, and the failover gate must treat the mount as behind.
+                state.online = false;
                 state.last_error = Some(line);
                 metrics
                     .errors

@@ -36,7 +36,7 @@ pub struct MountState {
     pub head: Option<u64>,
     /// The generation the mount was told to hold (`--pin`), if any.
     pub pinned: Option<u64>,
-    /// Whether the last poll reached the store.
+    /// Whether the last poll succeeded: the store answered and the mount serves what it named.
     pub online: bool,
     /// Milliseconds since the epoch of the last successful poll.
     pub last_poll_ok_ms: Option<u64>,
