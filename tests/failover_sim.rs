@@ -20,10 +20,10 @@
 //! turned): a slow call is one the scheduler answers late, or answers with a timeout while
 //! it stays in flight and lands later.
 //!
-//! Checked after every step: never two units executing at once, except a unit whose host
-//! has just resumed, within the bound `docs/DESIGN.md` states (one guard tick for a process
-//! pause; for a host frozen with its clock, its lease + kill grace on its own clock, which one
-//! check normally cuts short). Liveness: once faults stop and one healthy candidate remains,
+//! Checked after every step: no guard asked to start a unit while one runs on its host, and
+//! never two units executing at once, except a unit whose host has just resumed, within the
+//! bound `docs/DESIGN.md` states (one guard tick for a process pause; for a host frozen with
+//! its clock, its lease + kill grace on its own clock, which one check normally cuts short). Liveness: once faults stop and one healthy candidate remains,
 //! it runs the unit within its takeover wait + 2 intervals + 1 s.
 //!
 //! One test per coordinator. `DAGFS_SIM_SCHEDULES` (default 10,000 each) sets the number of
@@ -440,6 +440,9 @@ struct Host {
     controller: Option<Pin<Box<dyn Future<Output = ()>>>>,
     /// The host will not come back (left the cluster, or the survivor rule of the end).
     gone: bool,
+    /// A safety violation the guard saw (a start asked while a unit runs), for
+    /// [`Sim::check_safety`] to report with the seed.
+    violation: Option<String>,
 }
 
 impl Host {
@@ -461,7 +464,14 @@ impl Host {
         for ask in asks {
             match ask {
                 Ask::Start(epoch, lease, shutdown) => {
-                    assert!(self.guard.unit.is_none(), "a second unit on one host");
+                    if let Some(running) = &self.guard.unit {
+                        // A real guard per start: this would run two units on one host.
+                        self.violation.get_or_insert(format!(
+                            "a second unit on one host: asked to start epoch {epoch} while the unit of epoch {} runs",
+                            running.epoch
+                        ));
+                        continue;
+                    }
                     self.guard = Guard {
                         lease_until: Some(lease),
                         kill_at: None,
@@ -699,6 +709,7 @@ impl Sim {
                     running: Arc::default(),
                     controller: None,
                     gone: false,
+                    violation: None,
                 }
             })
             .collect();
@@ -1006,6 +1017,17 @@ impl Sim {
     }
 
     fn check_safety(&self) -> Result<(), String> {
+        if let Some((h, violation)) = self
+            .hosts
+            .iter()
+            .enumerate()
+            .find_map(|(h, host)| Some((h, host.violation.as_ref()?)))
+        {
+            return Err(format!(
+                "h{h} at {:.3}s: {violation}",
+                self.time.as_secs_f64()
+            ));
+        }
         let executing: Vec<usize> = (0..self.hosts.len())
             .filter(|&h| self.hosts[h].executing())
             .collect();
@@ -1149,16 +1171,30 @@ enum Trace {
 }
 
 /// Runs one schedule; on failure, the error and (unless `Off`) the event trace. A schedule
-/// is a function of its seed, so a failure is traced by running it again.
+/// is a function of its seed, so a failure is traced by running it again. A panic anywhere
+/// in the schedule (the real code's or the harness's) is a failure of that seed too, so
+/// that it is reported with its seed and replay line like any other.
 fn run_seed(seed: u64, trace: Trace, kind: Kind) -> Result<(), (String, Vec<String>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let mut sim = Sim::new(seed, trace, kind);
-        sim.run().map_err(|e| (e, std::mem::take(&mut sim.trace)))
-    })
+    let mut sim = Sim::new(seed, trace, kind);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async { sim.run() })
+    }));
+    let result = outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(format!(
+            "panicked at {:.3}s: {message}",
+            sim.time.as_secs_f64()
+        ))
+    });
+    result.map_err(|e| (e, std::mem::take(&mut sim.trace)))
 }
 
 /// Runs the schedules (or replays `DAGFS_SIM_SEED`) over coordinator `kind`; `test` names
@@ -1197,13 +1233,11 @@ fn simulated_schedules_never_run_two_units_and_a_survivor_leads() {
     );
 }
 
-/// The same schedules over the database coordinator's lease row.
-///
-/// Ignored until fixed (issue 16 stays open): seed 5008 (`DAGFS_SIM_SEED=5008 cargo test
-/// --test failover_sim -- --ignored database_coordinator`) makes a controller ask its guard
-/// to start a second unit on one host. The store coordinator's 10,000 schedules pass.
+/// The same schedules over the database coordinator's lease row. Seed 5008 found a leader
+/// whose term had ended taking over again at once over a row deleted by hand, while its
+/// own unit was still stopping (attacked alone by `election::tests::
+/// a_candidate_whose_term_ended_waits_again_over_a_row_deleted_by_hand`).
 #[test]
-#[ignore = "seed 5008 fails (a second unit on one host); issue 16 stays open"]
 fn database_coordinator_schedules_never_run_two_units_and_a_survivor_leads() {
     run_schedules(
         Kind::Database,

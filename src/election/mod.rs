@@ -167,6 +167,10 @@ pub struct Candidate<'a> {
     highest: u64,
     /// The longest lease + grace ever advertised to this candidate.
     widest: Duration,
+    /// Set when this candidate takes over: what it saw before its term says nothing about
+    /// the register after it (an empty lease row looks the same before a term and after an
+    /// operator deleted it), so its next look counts as a change and its wait starts afresh.
+    led: bool,
     clock: ClockSource,
 }
 
@@ -190,6 +194,7 @@ impl<'a> Candidate<'a> {
             seen: None,
             highest: 0,
             widest: Duration::ZERO,
+            led: false,
             clock: Box::new(Clock::now),
         }
     }
@@ -231,7 +236,7 @@ impl<'a> Candidate<'a> {
     /// Looks at the register. A new version's `since` is read *after* the read answered, so
     /// it is never earlier than the moment its writer started writing it: the standby's wait
     /// never starts early. Any change (a new beat, a deleted one, a rewrite: a new version or
-    /// a new marker) restarts the wait.
+    /// a new marker) restarts the wait, and so does the first look after a term of its own.
     async fn observe(&mut self) -> Result<&Seen, CoordinatorError> {
         let read = self.coordinator.read();
         let snapshot = self
@@ -244,10 +249,12 @@ impl<'a> Candidate<'a> {
         if let Some(hold) = snapshot.beat.as_ref().and_then(Beat::advertised_hold) {
             self.widest = self.widest.max(hold);
         }
-        let changed = self
-            .seen
-            .as_ref()
-            .is_none_or(|s| s.version != snapshot.version || s.marker != snapshot.marker);
+        let led = std::mem::take(&mut self.led);
+        let changed = led
+            || self
+                .seen
+                .as_ref()
+                .is_none_or(|s| s.version != snapshot.version || s.marker != snapshot.marker);
         if changed {
             let wait = self.timing.wait_on(snapshot.beat.as_ref(), self.widest);
             self.seen = Some(Seen {
@@ -283,6 +290,7 @@ impl<'a> Candidate<'a> {
             Claimed::Won(version) => {
                 tracing::info!(epoch = seq, "took over leadership");
                 self.highest = self.highest.max(seq);
+                self.led = true;
                 self.coordinator.tidy(version, true).await;
                 Ok(Standing::Elected(Term {
                     epoch: seq,

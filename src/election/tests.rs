@@ -348,3 +348,77 @@ async fn a_beat_named_with_the_largest_number_is_ignored() {
         Renewal::Renewed
     );
 }
+
+/// The lease row of the database coordinator, in memory: each statement on its own, as the
+/// row lock serialises them (real servers: `tests/metadb.rs`). Clones share the row, so a
+/// test can delete it behind the protocol's back.
+#[derive(Clone, Debug, Default)]
+struct MemoryRow(Arc<std::sync::Mutex<Option<LeaseRow>>>);
+
+#[async_trait::async_trait]
+impl LeaseTable for MemoryRow {
+    fn url(&self) -> &str {
+        "memory://"
+    }
+
+    async fn select(&self) -> Result<Option<LeaseRow>, CoordinatorError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+
+    async fn insert(&self, row: &LeaseRow) -> Result<bool, CoordinatorError> {
+        let mut current = self.0.lock().unwrap();
+        let empty = current.is_none();
+        if empty {
+            *current = Some(row.clone());
+        }
+        Ok(empty)
+    }
+
+    async fn update(&self, expected: Version, row: &LeaseRow) -> Result<bool, CoordinatorError> {
+        let mut current = self.0.lock().unwrap();
+        let matched = current
+            .as_ref()
+            .is_some_and(|r| r.seq == expected.seq && r.tag == expected.tag);
+        if matched {
+            *current = Some(row.clone());
+        }
+        Ok(matched)
+    }
+}
+
+/// Issue 16, seed 5008 of the simulation: a leader elected over an empty lease row kept the
+/// view it had before its term. Once its term ended and the row was deleted by hand, the
+/// empty row looked unchanged since that old look (an empty row has no marker to change),
+/// so it took over at once: beside the leader whose row was deleted, and, in the
+/// simulation, while its own unit was still stopping. A term ends the candidate's view: its
+/// next look starts the wait afresh.
+#[tokio::test]
+async fn a_candidate_whose_term_ended_waits_again_over_a_row_deleted_by_hand() {
+    let row = MemoryRow::default();
+    let coordinator = DatabaseCoordinator::new(row.clone());
+    let clock = FakeClock::default();
+    let (mut a, mut a_term) = first_leader(&coordinator, TIMING, &clock).await;
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    assert!(is_following(&mut b).await);
+    clock.set(6);
+    a.renew(&mut a_term, None, None).await.unwrap();
+    assert!(is_following(&mut b).await);
+    // a is cut off: its lease ends at 9, its guard fences it; b takes over at 6 + 5.
+    clock.set(11);
+    let mut b_term = elect(&mut b).await;
+    // An operator deletes the row; a, back in standby, looks.
+    *row.0.lock().unwrap() = None;
+    clock.set(12);
+    assert!(
+        is_following(&mut a).await,
+        "a takes over at once, beside b, over a row deleted by hand"
+    );
+    assert!(matches!(
+        b.renew(&mut b_term, None, None).await.unwrap(),
+        Renewal::Deposed(None)
+    ));
+    clock.set(16);
+    assert!(is_following(&mut a).await);
+    clock.set(17);
+    elect(&mut a).await;
+}
