@@ -195,6 +195,12 @@ impl<T: Serialize + DeserializeOwned> StateFile<T> {
                 break file;
             }
         };
+        // What a crashed owner left describes that owner: readers would take it for ours
+        // (the lock is live now) until our first write.
+        match std::fs::remove_file(json) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         file.set_len(0)?;
         file.rewind()?;
         writeln!(file, "{}", std::process::id())?;

@@ -324,4 +324,24 @@ mod tests {
             "{read:?}"
         );
     }
+
+    /// A restarted mount owns the state file from its claim, long before it has mounted
+    /// anything (it first reads the head and fetches, which takes as long as HDFS does): the
+    /// crashed mount's "current" state must not read as the new, live mount's, or the
+    /// failover gate would start Airflow over an empty mountpoint.
+    #[test]
+    fn a_new_owner_never_shows_the_crashed_owners_state_as_live() {
+        let runtime = tempfile::tempdir().unwrap();
+        let mountpoint = runtime.path().join("mnt");
+        let states = StateDir::at(runtime.path());
+        let crashed = StateFile::<MountState>::claim(&states.path(&mountpoint)).unwrap();
+        crashed.write(&sample(&mountpoint)).unwrap();
+        drop(crashed);
+        states.claim(&mountpoint).unwrap();
+        let read = states.read(&mountpoint);
+        assert!(
+            matches!(read, Err(StateError::NotRunning { .. })),
+            "the crashed owner's state reads as the new owner's: {read:?}"
+        );
+    }
 }
