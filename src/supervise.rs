@@ -313,28 +313,52 @@ pub fn adopt_orphans() -> std::io::Result<()> {
 static ADOPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// SIGKILLs every child of this process that it did not spawn itself, with all their
-/// descendants, and reaps them.
-fn kill_orphans() {
+/// descendants, and waits until they are gone (reaped), at most [`STOP_SLACK`]: a SIGKILLed
+/// process dies when it next runs, not when the signal is sent, and its own orphans come
+/// to this process only as it exits.
+async fn kill_orphans() {
     if !ADOPTING.load(Ordering::SeqCst) {
         return;
     }
     let me = std::process::id();
-    let spawned = spawned();
-    for orphan in crate::proc::children(me)
-        .into_iter()
-        .filter(|p| !spawned.contains(&p.pid))
-    {
-        tracing::warn!(
-            pid = orphan.pid,
-            "killing a process left by a guard that died"
-        );
-        for process in crate::proc::descendants(orphan.pid) {
-            signal_process(process.pid, Signal::KILL);
+    let deadline = tokio::time::Instant::now() + STOP_SLACK;
+    let mut warned = std::collections::HashSet::new();
+    loop {
+        let orphans: Vec<_> = {
+            let spawned = spawned();
+            crate::proc::children(me)
+                .into_iter()
+                .filter(|p| !spawned.contains(&p.pid))
+                .collect()
+        };
+        if orphans.is_empty() {
+            return;
         }
-        signal_process(orphan.pid, Signal::KILL);
-        if let Some(pid) = Pid::from_raw(orphan.pid as i32) {
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        for orphan in &orphans {
+            if !orphan.zombie {
+                if warned.insert(orphan.pid) {
+                    tracing::warn!(
+                        pid = orphan.pid,
+                        "killing a process left by a guard that died"
+                    );
+                }
+                for process in crate::proc::descendants(orphan.pid) {
+                    signal_process(process.pid, Signal::KILL);
+                }
+                signal_process(orphan.pid, Signal::KILL);
+            }
+            if let Some(pid) = Pid::from_raw(orphan.pid as i32) {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+            }
         }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                left = orphans.len(),
+                "processes left by a guard that died are still exiting"
+            );
+            return;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
     }
 }
 
@@ -468,16 +492,19 @@ impl Unit {
                 // as child subreaper.
                 match group.load(Ordering::SeqCst) {
                     0 => {}
+                    pgid if ADOPTING.load(Ordering::SeqCst) => signal_group(pgid, Signal::KILL),
                     pgid => {
+                        // Not a subreaper: the group's processes go to init, which reaps them.
                         signal_group(pgid, Signal::KILL);
-                        // Orphans are handed to the controller as their parents exit.
                         let deadline = tokio::time::Instant::now() + STOP_SLACK;
                         while group_alive(pgid) && tokio::time::Instant::now() < deadline {
                             tokio::time::sleep(GROUP_POLL).await;
                         }
                     }
                 }
-                kill_orphans();
+                // As subreaper, the group's processes and their orphans come to the
+                // controller as their parents exit: kill and reap them until none is left.
+                kill_orphans().await;
                 let _ = tx.send(MemberExit {
                     command: name,
                     code,
