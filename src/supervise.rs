@@ -490,16 +490,16 @@ impl Unit {
                 // was killed, the controller does it: the command's group (as the guard
                 // reported it), and every orphan of the tree, which the controller adopted
                 // as child subreaper.
-                match group.load(Ordering::SeqCst) {
-                    0 => {}
-                    pgid if ADOPTING.load(Ordering::SeqCst) => signal_group(pgid, Signal::KILL),
-                    pgid => {
-                        // Not a subreaper: the group's processes go to init, which reaps them.
-                        signal_group(pgid, Signal::KILL);
-                        let deadline = tokio::time::Instant::now() + STOP_SLACK;
-                        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
-                            tokio::time::sleep(GROUP_POLL).await;
-                        }
+                let pgid = group.load(Ordering::SeqCst);
+                if pgid != 0 {
+                    signal_group(pgid, Signal::KILL);
+                    // Not a subreaper: the group's processes go to init, which reaps them.
+                    let deadline = tokio::time::Instant::now() + STOP_SLACK;
+                    while !ADOPTING.load(Ordering::SeqCst)
+                        && group_alive(pgid)
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(GROUP_POLL).await;
                     }
                 }
                 // As subreaper, the group's processes and their orphans come to the
