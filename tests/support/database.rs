@@ -98,22 +98,30 @@ impl Server {
                 )
             }
             Kind::MariaDb => {
+                // A private tmpdir: bootstrap's temporary tables under a shared /tmp were
+                // removed behind its back once in CI ("Could not remove temporary table").
+                let tmp = dir.path().join("tmp");
+                std::fs::create_dir(&tmp).unwrap();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o777)).unwrap();
                 run(Command::new("mariadb-install-db").args([
                     "--no-defaults",
                     "--user=mysql",
                     "--auth-root-authentication-method=socket",
                     "--skip-test-db",
                     &format!("--datadir={}", data.display()),
+                    &format!("--tmpdir={}", tmp.display()),
                 ]));
                 (
                     "mysql",
                     format!(
                         "mariadbd --no-defaults --user=mysql --datadir={} --port={port} \
                          --bind-address=127.0.0.1 --socket={}/mysql.sock --pid-file={}/mysql.pid \
-                         --skip-log-bin --innodb-flush-log-at-trx-commit=0 --skip-name-resolve",
+                         --tmpdir={} --skip-log-bin --innodb-flush-log-at-trx-commit=0 \
+                         --skip-name-resolve",
                         data.display(),
                         dir.path().display(),
-                        dir.path().display()
+                        dir.path().display(),
+                        tmp.display()
                     ),
                     "TERM",
                 )
