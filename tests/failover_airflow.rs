@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::airflow_processes_of;
+use support::airflow::{airflow_processes_of, set_candidate};
 use support::minidfs::MiniDfs;
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
@@ -56,8 +56,8 @@ impl Candidate {
             .env("AIRFLOW__CORE__HOSTNAME_CALLABLE", "dagfs_host.name")
             .env("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", db.url())
             .env("PYTHONPATH", python)
-            .env("PYTHONPYCACHEPREFIX", self.home.join("pycache"))
-            .env("DAGFS_CANDIDATE", &self.name);
+            .env("PYTHONPYCACHEPREFIX", self.home.join("pycache"));
+        set_candidate(command, &self.name);
     }
 
     fn start(&mut self, cluster: &MiniDfs, url: &str, bin: &Path, db: &Database, py: &Path) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::{airflow_processes_of, hostname_module, venv_bin};
+use support::airflow::{airflow_processes_of, hostname_module, set_candidate, venv_bin};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
@@ -90,8 +90,8 @@ impl Shared {
             )
             .env("PYTHONPATH", &self.python)
             .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
-            .env("DAGFS_WITNESS_DIR", &self.witness)
-            .env("DAGFS_CANDIDATE", name);
+            .env("DAGFS_WITNESS_DIR", &self.witness);
+        set_candidate(command, name);
     }
 
     /// Successful task instances of the probe that ended in [from, to) (database times).

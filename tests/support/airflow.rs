@@ -53,11 +53,24 @@ pub fn hostname_module(dir: &Path) -> PathBuf {
     python
 }
 
-/// The live Airflow processes `dagfs failover` started for candidate `name` (by the
-/// `DAGFS_CANDIDATE` it puts in their environment), controllers and guards left out:
-/// (pid, command line).
+/// Names `command`'s processes candidate `name` of this test process: `DAGFS_CANDIDATE` (what
+/// `dagfs_host.name` reports) and `DAGFS_TEST_RUN`, this process's id, so that
+/// [`airflow_processes_of`] never counts another test run's candidate of the same name (two
+/// runs on one machine, as when a suite and a developer run the same test, once read each
+/// other's schedulers as "two units at once").
+pub fn set_candidate(command: &mut Command, name: &str) {
+    command
+        .env("DAGFS_CANDIDATE", name)
+        .env("DAGFS_TEST_RUN", std::process::id().to_string());
+}
+
+/// The live Airflow processes `dagfs failover` started for candidate `name` of this test
+/// process (see [`set_candidate`]), controllers and guards left out: (pid, command line).
 pub fn airflow_processes_of(name: &str) -> Vec<(u32, String)> {
-    let marker = format!("DAGFS_CANDIDATE={name}");
+    let markers = [
+        format!("DAGFS_CANDIDATE={name}"),
+        format!("DAGFS_TEST_RUN={}", std::process::id()),
+    ];
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -76,7 +89,9 @@ pub fn airflow_processes_of(name: &str) -> Vec<(u32, String)> {
             .file_name()
             .is_some_and(|n| n == "dagfs");
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let ours = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
+        let ours = markers
+            .iter()
+            .all(|m| environ.split(|&b| b == 0).any(|v| v == m.as_bytes()));
         let zombie = dagfs::proc::process(pid).is_none_or(|p| p.zombie);
         if ours && !zombie && !is_dagfs && cmdline.contains("airflow") {
             found.push((pid, cmdline));
