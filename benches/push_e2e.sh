@@ -23,9 +23,10 @@ trap cleanup EXIT
 benches/make_tree.py "$work/dags" "$N"
 bytes=$(du -sb "$work/dags" | cut -f1)
 
-# --fast-close: complete() does not wait for the DataNode's block report (HDFS's
-# dfs.namenode.file.close.num-committed-allowed=1); without it every small-file close waits
-# ~0.5 s on this single-DataNode cluster, for both dagfs and the baseline.
+# --fast-close sets dfs.namenode.file.close.num-committed-allowed=1, which the NameNode
+# ignores on this single-DataNode cluster (it needs more expected replicas than
+# dfs.namenode.replication.min): a close's complete() still waits for the DataNode's block
+# report, a few ms after the last ack (see BENCHMARKS.md, "Small-file closes").
 scripts/minidfs start --fast-close >/dev/null
 url=$(cat "$DAGFS_MINIDFS_DIR/url")
 export DAGFS_STORE_HADOOP_CONF_DIR=$DAGFS_MINIDFS_DIR/conf DAGFS_STORE_USER=$(id -un)
@@ -41,6 +42,18 @@ if [[ -n ${BASELINE_SEQUENTIAL:-} ]]; then
   t0=$(now); scripts/minidfs fs -put "$work/dags" /baseline; t1=$(now)
   put_seq=$(elapsed "$t0" "$t1")
 fi
+rclone_row=
+if command -v rclone >/dev/null; then
+  # rclone's HDFS backend (a pure-Go client), configured through the environment.
+  export RCLONE_CONFIG_MINIDFS_TYPE=hdfs RCLONE_CONFIG_MINIDFS_NAMENODE=${url#hdfs://}
+  export RCLONE_CONFIG_MINIDFS_USERNAME=$(id -un)
+  t0=$(now); rclone -q sync --transfers 16 "$work/dags" minidfs:/rclone16 2>/dev/null; t1=$(now)
+  rclone_row=$(elapsed "$t0" "$t1")
+fi
+# The same push with hdfs-native's own 500 ms first retry of a refused complete.
+t0=$(now); DAGFS_CONFIG=benches/close-500ms.toml "$DAGFS" -q push "$work/dags" --to "$url/dagfs-500ms" --no-mirror >/dev/null; t1=$(now)
+push_500ms=$(elapsed "$t0" "$t1")
+rm -rf "$XDG_CACHE_HOME"
 t0=$(now); "$DAGFS" -q push "$work/dags" --to "$url/dagfs" >/dev/null; t1=$(now)
 push=$(elapsed "$t0" "$t1")
 rm -rf "$XDG_CACHE_HOME"
@@ -62,6 +75,8 @@ echo "| $N files, $((bytes / 1024)) KiB | seconds | vs \`hadoop fs -put -t 16\` 
 echo "|---|---|---|"
 echo "| \`hadoop fs -put -t 16\` (baseline: 16 threads, as dagfs uses) | $put | 1.00x |"
 [[ -z $put_seq ]] || echo "| \`hadoop fs -put\` (one thread) | $put_seq | $(ratio "$put_seq" "$put") |"
+[[ -z $rclone_row ]] || echo "| \`rclone sync --transfers 16\` | $rclone_row | $(ratio "$rclone_row" "$put") |"
+echo "| \`dagfs push\`, initial, no mirror, 500 ms close retry (hdfs-native's own) | $push_500ms | $(ratio "$push_500ms" "$put") |"
 echo "| \`dagfs push\`, initial, with mirror | $push | $(ratio "$push" "$put") |"
 echo "| \`dagfs push\`, initial, no mirror | $push_nomirror | $(ratio "$push_nomirror" "$put") |"
 echo "| \`dagfs push\`, no change, warm hash cache | $noop | $(ratio "$noop" "$put") |"
