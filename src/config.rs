@@ -377,9 +377,16 @@ pub struct MountConfig {
     /// Local verified cache of manifests and objects; unset: one per store under
     /// `/var/cache/dagfs` (root) or `$XDG_CACHE_HOME/dagfs`.
     pub cache_dir: Option<PathBuf>,
-    /// How often the store is asked for a new head generation.
+    /// How often the store is asked for a new head generation (one NameNode call each).
     #[serde(with = "humantime_serde")]
     pub poll: Duration,
+    /// The poll interval while the store is changing: for `active_for` after a switch the
+    /// mount polls this often instead of every `poll` (never slower than `poll`).
+    #[serde(with = "humantime_serde")]
+    pub poll_active: Duration,
+    /// How long after a switch the mount keeps polling every `poll_active`; `0s` never does.
+    #[serde(with = "humantime_serde")]
+    pub active_for: Duration,
     /// Upper bound on any wait for the store inside a filesystem call (re-fetching an object
     /// missing from the cache); the call fails with EIO after it.
     #[serde(with = "humantime_serde")]
@@ -439,6 +446,8 @@ impl Default for MountConfig {
         MountConfig {
             cache_dir: None,
             poll: Duration::from_secs(1),
+            poll_active: Duration::from_millis(250),
+            active_for: Duration::from_secs(600),
             fetch_timeout: Duration::from_secs(2),
             kernel_ttl: Duration::from_secs(10),
             keep_generations: 3,
@@ -609,6 +618,7 @@ impl Config {
         let mount = &self.mount;
         for (key, value) in [
             ("mount.poll", mount.poll),
+            ("mount.poll_active", mount.poll_active),
             ("mount.fetch_timeout", mount.fetch_timeout),
         ] {
             if value.is_zero() {

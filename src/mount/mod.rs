@@ -613,15 +613,17 @@ async fn poll_loop(
     served: &mut Served,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> bool {
-    let mut ticks = tokio::time::interval(options.config.poll);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog = sd_notify::watchdog_enabled();
     tokio::pin!(shutdown);
+    let mut next = tokio::time::Instant::now();
+    let mut last_switch: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return false,
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
+        let before = served.generation();
+        next = tokio::time::Instant::now() + poll_interval(&options.config, last_switch);
         if serving.ended_outside() {
             return true;
         }
@@ -629,6 +631,10 @@ async fn poll_loop(
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
         let result = poll_once(store.as_ref(), cache, serving, options, served).await;
+        if served.generation() != before {
+            last_switch = Some(Instant::now());
+            next = tokio::time::Instant::now() + poll_interval(&options.config, last_switch);
+        }
         let metrics = &options.metrics;
         metrics.set_generations(served.generation(), served.state.head);
         let state = &mut served.state;
@@ -661,6 +667,16 @@ async fn poll_loop(
         metrics.online.set(i64::from(state.online));
         write_state(&options.state_dir, state);
         report_health(&options.health, served);
+    }
+}
+
+/// The wait before the next poll: `poll_active` within `active_for` of the last switch (an
+/// author is saving: the next change is likely soon), `poll` otherwise, so an idle mount
+/// costs one NameNode call per `poll`.
+fn poll_interval(config: &MountConfig, last_switch: Option<Instant>) -> Duration {
+    match last_switch {
+        Some(at) if at.elapsed() < config.active_for => config.poll_active.min(config.poll),
+        _ => config.poll,
     }
 }
 
@@ -819,6 +835,35 @@ fn show_cached_views(cache: &Cache, fs: &DagFs<CacheSource>, mounted: &Mounted) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An idle mount polls every `poll` (one NameNode call each); for `active_for` after a
+    /// switch it polls every `poll_active`, never slower than `poll`.
+    #[test]
+    fn a_mount_polls_faster_only_for_a_while_after_a_switch() {
+        let config = MountConfig {
+            poll: Duration::from_secs(1),
+            poll_active: Duration::from_millis(250),
+            active_for: Duration::from_secs(60),
+            ..MountConfig::default()
+        };
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(poll_interval(&config, None)), 1000);
+        assert_eq!(ms(poll_interval(&config, Some(Instant::now()))), 250);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(61));
+        if let Some(long_ago) = long_ago {
+            assert_eq!(ms(poll_interval(&config, Some(long_ago))), 1000);
+        }
+        let never = MountConfig {
+            active_for: Duration::ZERO,
+            ..config.clone()
+        };
+        assert_eq!(ms(poll_interval(&never, Some(Instant::now()))), 1000);
+        let slow_active = MountConfig {
+            poll_active: Duration::from_secs(5),
+            ..config
+        };
+        assert_eq!(ms(poll_interval(&slow_active, Some(Instant::now()))), 1000);
+    }
 
     /// The FUSE `open` path never hands out an object whose length is not the entry's size
     /// (the kernel would serve a prefix, or bytes past the content, as the whole file).
