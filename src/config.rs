@@ -346,8 +346,9 @@ impl ScanConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishConfig {
-    /// Keep the plain mirror of the head generation under `mirror/`.
-    pub mirror: bool,
+    /// Keep the plain mirror of the head generation under `mirror/`; unset: keep a mirror
+    /// the store already has up to date, start none (`mirror::wanted`).
+    pub mirror: Option<bool>,
     /// Objects uploaded at once.
     pub concurrency: usize,
 }
@@ -355,7 +356,7 @@ pub struct PublishConfig {
 impl Default for PublishConfig {
     fn default() -> Self {
         PublishConfig {
-            mirror: true,
+            mirror: None,
             concurrency: 16,
         }
     }

@@ -74,6 +74,21 @@ struct MirrorState {
     pending: BTreeSet<String>,
 }
 
+/// Whether a publish should update the mirror: `setting` when given (`publish.mirror`,
+/// `--mirror`, `--no-mirror`); unset, only a store that already has one (its
+/// `mirror.state`, written by every update): the mirror is opt-in for new stores and kept up
+/// to date for stores whose readers rely on it. A store that cannot be asked counts as
+/// having one, so a flaky call never leaves an existing mirror behind.
+pub async fn wanted(store: &dyn Store, setting: Option<bool>) -> bool {
+    match setting {
+        Some(wanted) => wanted,
+        None => match store.stat(STATE_KEY).await {
+            Ok(_) => true,
+            Err(e) => e.kind() != ErrorKind::NotFound,
+        },
+    }
+}
+
 /// Brings the mirror to the head generation.
 pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
     // Up to date already (the common case for an unchanged push): no lock, no writes.
@@ -384,6 +399,30 @@ mod tests {
             out.push((f, String::from_utf8(bytes.to_vec()).unwrap()));
         }
         out
+    }
+
+    /// Unset, the mirror is wanted exactly when the store has one, or cannot say.
+    #[tokio::test]
+    async fn an_unset_mirror_setting_follows_the_store() {
+        use crate::store::faulty::{FaultyStore, Op, Rule};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        publish_files(&store, dir.path(), &[("a.py", "1")]).await;
+        assert!(!wanted(&store, None).await);
+        assert!(wanted(&store, Some(true)).await);
+        update(&store).await.unwrap();
+        assert!(wanted(&store, None).await);
+        assert!(!wanted(&store, Some(false)).await);
+
+        let fresh = dir.path().join("fresh");
+        let faulty = FaultyStore::new(Arc::new(LocalStore::open(fresh).await.unwrap()));
+        faulty.add(Rule::fail(Op::Stat, 1, ErrorKind::Unavailable));
+        assert!(
+            wanted(&faulty, None).await,
+            "a flaky stat dropped the mirror"
+        );
+        assert!(!wanted(&faulty, None).await);
     }
 
     #[tokio::test]

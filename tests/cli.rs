@@ -154,3 +154,45 @@ fn verify_exit_codes_mean_identical_different_could_not_check() {
     assert!(text.contains("no generations"), "{text}");
     assert!(!missing.exists(), "checking a store must not create it");
 }
+
+/// The plain mirror is opt-in: a new store gets none, `--mirror` starts one, and from then on
+/// every push keeps it up to date without being asked (its NFS / `hadoop fs` readers rely on
+/// it); `--no-mirror` skips it once.
+#[test]
+fn the_mirror_is_opt_in_and_then_kept_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let dags = dir.path().join("dags");
+    std::fs::create_dir(&dags).unwrap();
+    let (store, env) = (
+        dir.path().join("store"),
+        [("XDG_CACHE_HOME", dir.path().to_str().unwrap())],
+    );
+    let push = |version: &str, flags: &[&str]| {
+        std::fs::write(dags.join("etl.py"), version).unwrap();
+        let mut args = vec!["-q", "push", dags.to_str().unwrap()];
+        args.extend(["--to", store.to_str().unwrap()]);
+        args.extend(flags);
+        let out = dagfs(&args, &env);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let mirrored = || std::fs::read_to_string(store.join("mirror/etl.py")).ok();
+
+    push("v1", &[]);
+    assert_eq!(
+        mirrored(),
+        None,
+        "a new store got a mirror nobody asked for"
+    );
+    push("v2", &["--mirror"]);
+    assert_eq!(mirrored().as_deref(), Some("v2"));
+    push("v3", &[]);
+    assert_eq!(
+        mirrored().as_deref(),
+        Some("v3"),
+        "an existing mirror was left behind"
+    );
+    push("v4", &["--no-mirror"]);
+    assert_eq!(mirrored().as_deref(), Some("v3"));
+    push("v5", &[]);
+    assert_eq!(mirrored().as_deref(), Some("v5"));
+}

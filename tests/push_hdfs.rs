@@ -36,6 +36,8 @@ fn dagfs(cluster: &MiniDfs, args: &[&str]) -> Command {
         .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
         .env("DAGFS_STORE_USER", superuser())
         .env("DAGFS_STORE_TIMEOUT", "20s")
+        // These tests check the mirror too; it is opt-in.
+        .env("DAGFS_PUBLISH_MIRROR", "true")
         .env(
             "XDG_CACHE_HOME",
             std::env::temp_dir().join("dagfs-test-cache"),

@@ -51,7 +51,7 @@ fn finds_every_kind_of_drift_by_hash() {
         std::fs::create_dir_all(dags.join(path).parent().unwrap()).unwrap();
         std::fs::write(dags.join(path), text).unwrap();
     }
-    let out = dagfs(cluster, &runtime, &["push", "-q"])
+    let out = dagfs(cluster, &runtime, &["push", "-q", "--mirror"])
         .arg(&dags)
         .args(["--to", &url])
         .output()

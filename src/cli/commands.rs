@@ -43,8 +43,12 @@ pub struct PushArgs {
     #[arg(long)]
     json: bool,
     /// Do not update the plain mirror this time.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mirror")]
     no_mirror: bool,
+    /// Update the plain mirror (start one if the store has none) [default: publish.mirror,
+    /// else only if the store has a mirror].
+    #[arg(long)]
+    mirror: bool,
     /// Publish even if the folder is empty, removing every file (under the prefix).
     #[arg(long)]
     allow_empty: bool,
@@ -205,15 +209,24 @@ struct PublishSummary<'a> {
     mirror: Option<MirrorOutcome>,
 }
 
-/// Prints what a publish did, and updates the mirror if asked to.
+/// `publish.mirror` overridden by `--mirror` / `--no-mirror`.
+pub(super) fn mirror_setting(config: &Config, mirror: bool, no_mirror: bool) -> Option<bool> {
+    match (mirror, no_mirror) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => config.publish.mirror,
+    }
+}
+
+/// Prints what a publish did, and updates the mirror if wanted (`mirror::wanted`).
 async fn finish_publish(
     store: &dyn Store,
     outcome: Outcome,
-    mirror: bool,
+    mirror: Option<bool>,
     json: bool,
     bar: &ProgressBar,
 ) -> Result<()> {
-    let mirror = if mirror && outcome.generation.is_some() {
+    let mirror = if outcome.generation.is_some() && mirror::wanted(store, mirror).await {
         bar.set_message("updating the mirror");
         match mirror::update(store).await {
             Ok(result) => Some(result),
@@ -276,7 +289,7 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
     finish_publish(
         &*store,
         outcome,
-        config.publish.mirror && !args.no_mirror,
+        mirror_setting(config, args.mirror, args.no_mirror),
         args.json,
         &bar,
     )

@@ -92,8 +92,7 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let mut sync_options = super::sync::sync_options(dags.clone(), "dagfs run".into(), config);
-    sync_options.mirror = false;
+    let sync_options = super::sync::sync_options(dags.clone(), "dagfs run".into(), config);
     let sync_done = sync::run(
         sync_store,
         sync_options,

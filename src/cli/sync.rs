@@ -36,8 +36,12 @@ pub struct SyncArgs {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Do not update the plain mirror.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mirror")]
     no_mirror: bool,
+    /// Update the plain mirror (start one if the store has none) [default: publish.mirror,
+    /// else only if the store has a mirror].
+    #[arg(long)]
+    mirror: bool,
 }
 
 /// `dagfs sync`.
@@ -75,7 +79,8 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
         .unwrap_or_else(|| format!("dagfs sync of {}", dir.display()));
     let mut options = sync_options(dir, message, config);
     options.publish.prefix = args.prefix;
-    options.mirror &= !args.no_mirror;
+    let setting = super::commands::mirror_setting(config, args.mirror, args.no_mirror);
+    options.mirror = crate::mirror::wanted(&*store, setting).await;
     options.metrics_addr = server.as_ref().map(|s| s.addr().to_string());
     sync::run(store, options, sync_metrics, health, shutdown).await?;
     Ok(())
@@ -97,7 +102,8 @@ pub(super) fn sync_options(dir: PathBuf, message: String, config: &Config) -> Sy
             concurrency: config.publish.concurrency,
             ..PublishOptions::default()
         },
-        mirror: config.publish.mirror,
+        // Decided against the store by the caller (`mirror::wanted`).
+        mirror: false,
         metrics_addr: None,
         dir,
     }
