@@ -47,8 +47,13 @@ if command -v rclone >/dev/null; then
   # rclone's HDFS backend (a pure-Go client), configured through the environment.
   export RCLONE_CONFIG_MINIDFS_TYPE=hdfs RCLONE_CONFIG_MINIDFS_NAMENODE=${url#hdfs://}
   export RCLONE_CONFIG_MINIDFS_USERNAME=$(id -un)
-  t0=$(now); rclone -q sync --transfers 16 "$work/dags" minidfs:/rclone16 2>/dev/null; t1=$(now)
-  rclone_row=$(elapsed "$t0" "$t1")
+  t0=$(now)
+  if rclone -q sync --transfers 16 "$work/dags" minidfs:/rclone16 2>"$work/rclone.log"; then
+    t1=$(now); rclone_row=$(elapsed "$t0" "$t1")
+  else
+    t1=$(now); rclone_row="failed after $(elapsed "$t0" "$t1") s: $(tail -n 1 "$work/rclone.log")"
+    echo "rclone: $(tail -n 3 "$work/rclone.log")" >&2
+  fi
 fi
 # The same push with hdfs-native's own 500 ms first retry of a refused complete.
 t0=$(now); DAGFS_CONFIG=benches/close-500ms.toml "$DAGFS" -q push "$work/dags" --to "$url/dagfs-500ms" --no-mirror >/dev/null; t1=$(now)
@@ -75,7 +80,11 @@ echo "| $N files, $((bytes / 1024)) KiB | seconds | vs \`hadoop fs -put -t 16\` 
 echo "|---|---|---|"
 echo "| \`hadoop fs -put -t 16\` (baseline: 16 threads, as dagfs uses) | $put | 1.00x |"
 [[ -z $put_seq ]] || echo "| \`hadoop fs -put\` (one thread) | $put_seq | $(ratio "$put_seq" "$put") |"
-[[ -z $rclone_row ]] || echo "| \`rclone sync --transfers 16\` | $rclone_row | $(ratio "$rclone_row" "$put") |"
+case $rclone_row in
+  "") ;;
+  failed*) echo "| \`rclone sync --transfers 16\` | $rclone_row | - |" ;;
+  *) echo "| \`rclone sync --transfers 16\` | $rclone_row | $(ratio "$rclone_row" "$put") |" ;;
+esac
 echo "| \`dagfs push\`, initial, no mirror, 500 ms close retry (hdfs-native's own) | $push_500ms | $(ratio "$push_500ms" "$put") |"
 echo "| \`dagfs push\`, initial, with mirror | $push | $(ratio "$push" "$put") |"
 echo "| \`dagfs push\`, initial, no mirror | $push_nomirror | $(ratio "$push_nomirror" "$put") |"
