@@ -1013,7 +1013,7 @@ mod tests {
             config.store.url.as_deref(),
             Some("hdfs://prod-ns/airflow/dagfs")
         );
-        assert_eq!(config.store.hadoop.len(), 2);
+        assert_eq!(config.store.hadoop.len(), 4);
 
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in &defaults {
