@@ -134,7 +134,12 @@ fn one_shot_commands_log_in_with_a_keytab_and_with_a_ticket_cache() {
         let url = cluster.unique_root(name);
         let dags_arg = dags.to_str().unwrap();
         ok(
-            run(cluster, &run_dir, login, &["push", dags_arg, "--to", &url]),
+            run(
+                cluster,
+                &run_dir,
+                login,
+                &["push", dags_arg, "--to", &url, "--mirror"],
+            ),
             "push",
         );
         let log = ok(
@@ -165,7 +170,7 @@ fn one_shot_commands_log_in_with_a_keytab_and_with_a_ticket_cache() {
             std::fs::read_to_string(out.join("a.py")).unwrap(),
             format!("print('{name}')\n")
         );
-        // The mirror push wrote is a plain folder: import it into a second store.
+        // The mirror push --mirror wrote is a plain folder: import it into a second store.
         let imported = format!("{url}-imported");
         ok(
             run(

@@ -136,7 +136,16 @@ impl Host {
         };
         let sync_metrics = free_addr();
         let dags_arg = dags.to_str().unwrap();
-        let mut sync = command(&["sync", dags_arg, "--to", url, "--metrics", &sync_metrics]);
+        // With the mirror (opt-in): the daemons exercise every publish step.
+        let mut sync = command(&[
+            "sync",
+            dags_arg,
+            "--to",
+            url,
+            "--mirror",
+            "--metrics",
+            &sync_metrics,
+        ]);
         sync.env("DAGFS_SYNC_BACKOFF_INITIAL", "200ms")
             .env("DAGFS_SYNC_BACKOFF_MAX", "1s");
         let sync = Daemon::start(sync, folders.root.join("sync.log"));
