@@ -39,6 +39,7 @@ pub mod generations;
 pub mod import;
 pub mod metadb;
 pub mod metrics;
+pub mod pack;
 pub mod mirror;
 pub mod mount;
 pub mod proc;
