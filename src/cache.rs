@@ -4,7 +4,8 @@
 //! generation present here, so the mount keeps serving while HDFS is down.
 //!
 //! Layout under the cache root: `objects/xx/<blake3 hex>`, `generations/<20 digits>` (manifest
-//! copies), `tmp/` (downloads in progress, renamed into place once verified).
+//! copies), `packs/<hex>` (copies of the store's pack indexes), `tmp/` (downloads in
+//! progress, renamed into place once verified).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::format::{manifest_key, object_key, parse_manifest_name, Digest, FormatError, Manifest};
 use crate::generations::{self, GenerationError};
+use crate::objects::Objects;
 use crate::store::{Store, StoreError};
 
 /// Why the cache could not do something.
@@ -34,13 +36,13 @@ pub enum CacheError {
     #[error(transparent)]
     Generation(#[from] GenerationError),
     /// The store serves bytes that do not match their digest, twice in a row.
-    #[error("object {digest} in {url} is corrupt ({detail}); it is not served. put the right bytes back with `hadoop fs -put -f FILE {url}/{key}`, then check with `dagfs verify --store {url} --deep`")]
+    #[error("object {digest} in {url} is corrupt ({key}: {detail}); it is not served. put the right bytes back with `hadoop fs -put -f FILE {url}/{}` (readers use that copy when a packed one is damaged), then check with `dagfs verify --store {url} --deep`", object_key(.digest))]
     Corrupt {
         /// The object's digest.
-        digest: String,
+        digest: Digest,
         /// The store.
         url: String,
-        /// The object's key in the store.
+        /// Where it was read: its pack and range, or its loose key.
         key: String,
         /// What was wrong.
         detail: String,
@@ -73,6 +75,8 @@ pub struct Cache {
     /// verified, or re-hashed once after a restart: a power loss can leave a right-sized
     /// file of garbage).
     verified: Arc<Mutex<HashSet<Digest>>>,
+    /// The store's packs, with local copies of their indexes under `packs/`.
+    objects: Arc<Objects>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -116,6 +120,7 @@ impl Cache {
         Ok(Cache {
             root: root.to_path_buf(),
             verified: Arc::default(),
+            objects: Arc::new(Objects::new(Some(root.join("packs")))),
         })
     }
 
@@ -177,6 +182,7 @@ impl Cache {
     /// Fetches object `digest` from `store` into the cache, verifying its bytes; a mismatch is
     /// fetched once more (a transient bad read) before it is reported as corrupt. Returns
     /// the object's length. An object a running gc has moved aside is read from the trash.
+    /// Packed objects are found through the indexes of the last [`Cache::refresh_packs`].
     pub async fn fetch_object(
         &self,
         store: &dyn Store,
@@ -184,7 +190,7 @@ impl Cache {
     ) -> Result<u64, CacheError> {
         let mut detail = String::new();
         for attempt in 1..=2 {
-            let bytes = crate::gc::read_object(store, digest).await?;
+            let bytes = self.objects.read(store, digest).await?;
             let actual = Digest::of(&bytes);
             if actual == *digest {
                 let path = self.object_path(digest);
@@ -197,11 +203,16 @@ impl Cache {
             tracing::error!(object = %digest, attempt, %detail, url = store.url(), "store served corrupt object bytes");
         }
         Err(CacheError::Corrupt {
-            digest: digest.to_string(),
-            key: object_key(digest),
+            digest: *digest,
+            key: self.objects.key(digest),
             url: store.url().to_string(),
             detail,
         })
+    }
+
+    /// Lists the store's packs and reads the indexes not seen before (local copies first).
+    pub async fn refresh_packs(&self, store: &dyn Store) -> Result<(), CacheError> {
+        Ok(self.objects.refresh(store).await?)
     }
 
     /// Fetches generation `generation`: its manifest and every object it needs that is not
@@ -230,6 +241,9 @@ impl Cache {
             .map(|e| &e.blake3)
             .collect();
         let fetched = missing.len();
+        if fetched > 0 {
+            self.refresh_packs(store).await?;
+        }
         let results: Vec<(&Digest, Result<u64, CacheError>)> = stream::iter(missing)
             .map(|digest| async move { (digest, self.fetch_object(store, digest).await) })
             .buffer_unordered(concurrency.max(1))
@@ -381,16 +395,10 @@ mod tests {
         // A corrupt object in the store is never cached.
         let a2 = g2.entries.iter().find(|e| e.path == "a.py").unwrap().blake3;
         std::fs::remove_file(cache.object_path(&a2)).unwrap();
-        store
-            .put(
-                &object_key(&a2),
-                bytes::Bytes::from_static(b"A3"),
-                Overwrite::Allow,
-            )
-            .await
-            .unwrap();
+        crate::testutil::damage_packed(&store, &tmp.path().join("store"), &a2, b"A3").await;
         let err = cache.fetch_object(&store, &a2).await.unwrap_err();
         assert!(matches!(err, CacheError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("packs/"), "names the pack: {err}");
         assert!(!cache.object_path(&a2).exists());
         // Generation 2 is no longer complete locally: the latest complete one is 1.
         assert_eq!(cache.latest_complete().unwrap().unwrap().generation, 1);
@@ -402,6 +410,23 @@ mod tests {
             "{:?}",
             again.corrupt
         );
+
+        // The repair: a loose copy of the right bytes is used instead of the damaged pack.
+        store
+            .put(
+                &object_key(&a2),
+                bytes::Bytes::from_static(b"A2"),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        assert_eq!(cache.fetch_object(&store, &a2).await.unwrap(), 2);
+        assert!(cache
+            .fetch_generation(&store, 2, 4)
+            .await
+            .unwrap()
+            .corrupt
+            .is_empty());
 
         // Serving 1 keeps newer generations (fetched ahead) and nothing is deleted.
         assert_eq!(cache.evict(1, 1).unwrap(), 0);

@@ -39,9 +39,11 @@ pub mod generations;
 pub mod import;
 pub mod metadb;
 pub mod metrics;
-pub mod pack;
 pub mod mirror;
 pub mod mount;
+pub mod objects;
+pub mod pack;
+
 pub mod proc;
 pub mod publish;
 pub mod running;

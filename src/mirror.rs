@@ -265,10 +265,14 @@ async fn apply(
         .await?;
     let writes: Vec<Entry> = paths.iter().filter_map(|p| wanted(p)).collect();
     let written = writes.len();
+    let objects = &crate::objects::Objects::new(None);
+    if !writes.is_empty() {
+        objects.refresh(store).await?;
+    }
     stream::iter(writes)
         .map(|entry| async move {
             let object = object_key(&entry.blake3);
-            let bytes = crate::gc::read_object(store, &entry.blake3).await?;
+            let bytes = objects.read(store, &entry.blake3).await?;
             if Digest::of(&bytes) != entry.blake3 {
                 // Never copy damaged bytes into the mirror.
                 return Err(StoreError::new(

@@ -270,6 +270,7 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
         force: args.force,
         concurrency: config.publish.concurrency,
         allow_empty: args.allow_empty,
+        index_dir: crate::objects::index_dir(store.url()),
         ..PublishOptions::default()
     };
     let outcome = publish::publish(&*store, &Desired::from_scan(&files), &options).await?;
@@ -304,6 +305,7 @@ pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
                 .message
                 .unwrap_or_else(|| format!("import of {}", args.source)),
             concurrency: config.publish.concurrency,
+            index_dir: crate::objects::index_dir(target.url()),
             ..PublishOptions::default()
         },
         ..ImportOptions::default()
@@ -324,6 +326,7 @@ pub async fn rollback(args: RollbackArgs, config: &Config) -> Result<()> {
         force: true,
         allow_empty: true,
         concurrency: config.publish.concurrency,
+        index_dir: crate::objects::index_dir(store.url()),
         ..PublishOptions::default()
     };
     let outcome = publish::publish(&*store, &Desired::from_manifest(&target), &options).await?;

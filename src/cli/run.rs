@@ -94,6 +94,7 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
     };
     let mut sync_options = super::sync::sync_options(dags.clone(), "dagfs run".into(), config);
     sync_options.mirror = false;
+    sync_options.publish.index_dir = crate::objects::index_dir(sync_store.url());
     let sync_done = sync::run(
         sync_store,
         sync_options,

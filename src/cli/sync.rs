@@ -75,6 +75,7 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
         .unwrap_or_else(|| format!("dagfs sync of {}", dir.display()));
     let mut options = sync_options(dir, message, config);
     options.publish.prefix = args.prefix;
+    options.publish.index_dir = crate::objects::index_dir(store.url());
     options.mirror &= !args.no_mirror;
     options.metrics_addr = server.as_ref().map(|s| s.addr().to_string());
     sync::run(store, options, sync_metrics, health, shutdown).await?;
