@@ -705,6 +705,41 @@ mod tests {
         (store, first)
     }
 
+    /// A rollback whose objects are in a pack a paused gc run moved aside puts that pack
+    /// back (it has no source to upload from) and commits; readers found the pack in the
+    /// trash meanwhile.
+    #[tokio::test]
+    async fn a_rollback_puts_back_the_pack_a_paused_gc_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, first) = two_generations(dir.path()).await;
+        let objects = Objects::new(None);
+        objects.refresh(&*store).await.unwrap();
+        let old = first.entries[0].blake3;
+        let pack = objects.locate(&old).unwrap().pack;
+        let run = format!("{TRASH_DIR}/paused");
+        store.mkdirs(&run).await.unwrap();
+        store
+            .rename(
+                &pack_key(&pack),
+                &trashed_pack_key(&run, &pack),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        let bytes = Objects::new(None).read(&*store, &old).await.unwrap();
+        assert_eq!(Digest::of(&bytes), old, "readers look into trashed packs");
+        let outcome = publish(
+            &*store,
+            &Desired::from_manifest(&first),
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((outcome.generation, outcome.objects_uploaded), (Some(3), 0));
+        assert!(store.stat(&pack_key(&pack)).await.is_ok(), "put back");
+        assert_head_complete(&*store, "after the rollback").await;
+    }
+
     /// gc and a rollback (which has no local copy to upload again) interleaved at every
     /// store call: the rollback runs whole before gc's Nth call, and gc runs whole before
     /// the rollback's Nth call. The head never references a missing object, and a rollback
