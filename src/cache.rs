@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{manifest_key, object_key, parse_manifest_name, Digest, FormatError, Manifest};
 use crate::generations::{self, GenerationError};
@@ -210,6 +210,30 @@ impl Cache {
         })
     }
 
+    /// Fetches the objects of `batch` with one range read; one whose bytes do not hash to
+    /// its name is fetched alone ([`Cache::fetch_object`]: read again, then a loose copy).
+    /// A failed read fails the whole batch.
+    async fn fetch_batch(
+        &self,
+        store: &dyn Store,
+        batch: &crate::objects::Batch,
+    ) -> Result<Vec<(Digest, Result<u64, CacheError>)>, CacheError> {
+        let mut results = Vec::new();
+        for (digest, bytes) in self.objects.read_batch(store, batch).await? {
+            let result = if Digest::of(&bytes) == digest {
+                let len = bytes.len() as u64;
+                let path = self.object_path(&digest);
+                write_atomically(&self.root.join("tmp"), &path, bytes.to_vec()).await?;
+                self.mark_verified(&digest);
+                Ok(len)
+            } else {
+                self.fetch_object(store, &digest).await
+            };
+            results.push((digest, result));
+        }
+        Ok(results)
+    }
+
     /// Lists the store's packs and reads the indexes not seen before (local copies first).
     pub async fn refresh_packs(&self, store: &dyn Store) -> Result<(), CacheError> {
         Ok(self.objects.refresh(store).await?)
@@ -244,20 +268,25 @@ impl Cache {
         if fetched > 0 {
             self.refresh_packs(store).await?;
         }
-        let results: Vec<(&Digest, Result<u64, CacheError>)> = stream::iter(missing)
-            .map(|digest| async move { (digest, self.fetch_object(store, digest).await) })
+        // Neighbouring objects of a pack come with one range read; the others one by one.
+        let (batches, single) = self.objects.batches(missing.into_iter().copied());
+        let batched: Vec<Vec<(Digest, Result<u64, CacheError>)>> = stream::iter(batches)
+            .map(|batch| async move { self.fetch_batch(store, &batch).await })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        let single: Vec<(Digest, Result<u64, CacheError>)> = stream::iter(single)
+            .map(|digest| async move { (digest, self.fetch_object(store, &digest).await) })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
+        let results = batched.into_iter().flatten().chain(single);
         let mut corrupt = std::collections::HashMap::new();
         for (digest, result) in results {
             match result {
                 Ok(_) => {}
                 Err(CacheError::Corrupt { detail, .. }) => {
-                    corrupt.insert(
-                        *digest,
-                        format!("the store serves corrupt bytes ({detail})"),
-                    );
+                    corrupt.insert(digest, format!("the store serves corrupt bytes ({detail})"));
                 }
                 Err(e) => return Err(e),
             }

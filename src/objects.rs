@@ -29,6 +29,19 @@ pub struct Packed {
     pub span: Span,
 }
 
+/// Most bytes one batched read fetches.
+const MAX_BATCH: u64 = 8 << 20;
+/// Largest gap between two objects a batched read reads through.
+const MAX_GAP: u64 = 64 << 10;
+
+/// Neighbouring objects of one pack, fetched with one range read.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pack: Digest,
+    span: Span,
+    members: Vec<(Digest, Span)>,
+}
+
 /// A pack of a listing of `packs/`.
 #[derive(Clone, Debug)]
 pub struct ListedPack {
@@ -266,6 +279,77 @@ impl Objects {
         }
     }
 
+    /// Groups `digests` into batches of neighbouring objects of the same pack (at most
+    /// 8 MiB, reading through gaps of at most 64 KiB), one range read each; returns the
+    /// batches and the digests in no pack of the last refresh.
+    pub fn batches(&self, digests: impl IntoIterator<Item = Digest>) -> (Vec<Batch>, Vec<Digest>) {
+        let mut by_pack: HashMap<Digest, Vec<(Digest, Span)>> = HashMap::new();
+        let mut rest = Vec::new();
+        {
+            let state = self.state();
+            for digest in digests {
+                match state.located.get(&digest) {
+                    Some(packed) => by_pack
+                        .entry(packed.pack)
+                        .or_default()
+                        .push((digest, packed.span)),
+                    None => rest.push(digest),
+                }
+            }
+        }
+        let mut batches = Vec::new();
+        for (pack, mut members) in by_pack {
+            members.sort_by_key(|(_, span)| span.offset);
+            let mut current: Option<Batch> = None;
+            for (digest, span) in members {
+                if let Some(batch) = &mut current {
+                    let end = batch.span.offset + batch.span.len;
+                    let new_end = end.max(span.offset + span.len);
+                    if span.offset <= end.saturating_add(MAX_GAP)
+                        && new_end - batch.span.offset <= MAX_BATCH
+                    {
+                        batch.span.len = new_end - batch.span.offset;
+                        batch.members.push((digest, span));
+                        continue;
+                    }
+                }
+                batches.extend(current.take());
+                current = Some(Batch {
+                    pack,
+                    span,
+                    members: vec![(digest, span)],
+                });
+            }
+            batches.extend(current);
+        }
+        (batches, rest)
+    }
+
+    /// Reads a batch with one range read (from the trash while a gc run has its pack moved
+    /// aside) and splits it into its objects (not checked: hash them).
+    pub async fn read_batch(
+        &self,
+        store: &dyn Store,
+        batch: &Batch,
+    ) -> StoreResult<Vec<(Digest, Bytes)>> {
+        let bytes = read_packed(
+            store,
+            Packed {
+                pack: batch.pack,
+                span: batch.span,
+            },
+        )
+        .await?;
+        Ok(batch
+            .members
+            .iter()
+            .map(|(digest, span)| {
+                let start = (span.offset - batch.span.offset) as usize;
+                (*digest, bytes.slice(start..start + span.len as usize))
+            })
+            .collect())
+    }
+
     /// Reads object `digest`: from its pack by range, else loose, else from the trash of a
     /// gc run that moved it (or its pack) aside; an object in none of the packs of the last
     /// refresh is looked for in a fresh listing once. Packed bytes that do not hash to
@@ -341,8 +425,9 @@ async fn read_packed(store: &dyn Store, packed: Packed) -> StoreResult<Bytes> {
     read_span(store, &key, packed.span).await
 }
 
-/// Where a publisher on this host keeps local copies of the pack indexes of the store at
-/// `url`: `$XDG_CACHE_HOME/dagfs/packs-<16 hex digits of the URL's blake3>`.
+/// Where publishers on this host keep local copies of the pack indexes of the store at
+/// `url` (mounts and checkouts keep theirs in their cache):
+/// `$XDG_CACHE_HOME/dagfs/packs-<16 hex digits of the URL's blake3>`.
 pub fn index_dir(url: &str) -> Option<PathBuf> {
     let id = Digest::of(url.as_bytes()).to_string();
     crate::config::user_cache_dir().map(|dir| dir.join(format!("packs-{}", &id[..16])))
@@ -408,4 +493,55 @@ async fn read_tail(
         }
     });
     Ok((tail, parsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::PackBuilder;
+    use crate::store::{LocalStore, Overwrite};
+
+    /// Neighbours share a range read; a gap over 64 KiB splits it; what no pack holds is
+    /// left for single reads; each object comes back with its own bytes.
+    #[tokio::test]
+    async fn neighbours_are_read_together_and_split_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let big = vec![7u8; 100 << 10];
+        let contents: [&[u8]; 4] = [b"a = 1\n", b"b = 2\n", &big, b"c = 3\n"];
+        let mut builder = PackBuilder::default();
+        for content in contents {
+            builder.add(Digest::of(content), content);
+        }
+        let pack = builder.finish();
+        store
+            .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
+            .await
+            .unwrap();
+        let objects = Objects::new(Some(dir.path().join("indexes")));
+        objects.refresh(&store).await.unwrap();
+        let absent = Digest::of(b"absent");
+        let wanted = [contents[0], contents[1], contents[3]].map(Digest::of);
+        let (batches, rest) = objects.batches(wanted.into_iter().chain([absent]));
+        assert_eq!(rest, [absent]);
+        assert_eq!(
+            batches.len(),
+            2,
+            "a and b together, c past the 100 KiB object"
+        );
+        let mut read = Vec::new();
+        for batch in &batches {
+            read.extend(objects.read_batch(&store, batch).await.unwrap());
+        }
+        for (digest, bytes) in read {
+            assert_eq!(Digest::of(&bytes), digest);
+        }
+        assert!(
+            dir.path()
+                .join("indexes")
+                .join(pack.name.to_string())
+                .exists(),
+            "a local copy of the index is kept"
+        );
+    }
 }

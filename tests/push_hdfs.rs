@@ -479,9 +479,12 @@ async fn gc_keeps_the_newest_generations_and_what_they_use() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["generations"], serde_json::json!([1, 2]));
+    // One pack per push: round 1's ({changing.py 1}) is dead; round 0's ({changing.py 0,
+    // stable.py}) is live through stable.py and kept whole (no repacking).
     assert_eq!(
-        summary["objects"], 2,
-        "the two changing.py versions only those generations used"
+        (&summary["packs"], &summary["objects"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "only round 1's pack goes: {summary}"
     );
     assert_eq!(generations::list(&*store).await.unwrap(), [3, 4]);
     assert_consistent(&*store).await;
