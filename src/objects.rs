@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::format::{object_key, Digest, OBJECTS_DIR};
+use crate::format::{object_key, Digest};
 use crate::gc::TRASH_DIR;
 use crate::pack::{pack_key, Footer, PackIndex, Span, PACKS_DIR, TAIL_GUESS};
 use crate::store::{
@@ -76,8 +76,6 @@ struct State {
     indexes: HashMap<Digest, Arc<PackIndex>>,
     /// The objects of the packs of the last listing.
     located: HashMap<Digest, Packed>,
-    /// Whether the store had loose objects at the last listing.
-    loose: bool,
 }
 
 impl Objects {
@@ -98,13 +96,12 @@ impl Objects {
         self.state.lock().expect("no panics under the lock")
     }
 
-    /// Lists `packs/` (one call) and `objects/` (one call) and reads the index of every
+    /// Lists `packs/` (one call) and reads the index of every
     /// listed pack not seen before (a local copy, else the pack's tail). A pack whose tail is
     /// damaged is left out with an error line: its objects read as missing, never as wrong
     /// bytes.
     pub async fn refresh(&self, store: &dyn Store) -> StoreResult<()> {
         let listed = self.list_packs(store).await?;
-        let loose = !list_if_exists(store, OBJECTS_DIR).await?.is_empty();
         let mut located = HashMap::new();
         for pack in &listed {
             let Some(index) = &pack.index else { continue };
@@ -121,7 +118,6 @@ impl Objects {
         self.prune_local(&listed);
         let mut state = self.state();
         state.located = located;
-        state.loose = loose;
         Ok(())
     }
 
@@ -242,11 +238,6 @@ impl Objects {
     /// Where `digest` is packed, as of the last refresh.
     pub fn locate(&self, digest: &Digest) -> Option<Packed> {
         self.state().located.get(digest).copied()
-    }
-
-    /// Whether the last refresh saw loose objects (a format-1 store, or large files).
-    pub fn has_loose(&self) -> bool {
-        self.state().loose
     }
 
     /// The length of object `digest` if the store has it (packed, as of the last refresh, or

@@ -29,12 +29,13 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{
     check_path, manifest_key, object_key, Digest, Entry, FormatError, Header, Manifest, TreeId,
+    OBJECTS_DIR,
 };
 use crate::generations::{self, apply, diff, Change, GenerationError};
 use crate::objects::Objects;
 use crate::pack::{pack_key, PackBuilder, MAX_PACKED_OBJECT};
 use crate::scan::ScannedFile;
-use crate::store::{ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
+use crate::store::{list_if_exists, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
 /// How many commit races a publish survives before giving up.
 const MAX_COMMIT_ROUNDS: usize = 20;
@@ -463,6 +464,8 @@ async fn upload_objects(
     let runs = &crate::gc::trash_runs(store).await?;
     let objects = &Objects::new(options.index_dir.clone());
     objects.refresh(store).await?;
+    // Loose objects (a format-1 store's, large files) are looked for only if there are any.
+    let loose = !list_if_exists(store, OBJECTS_DIR).await?.is_empty();
     let mut seen = HashSet::new();
     let needed: Vec<(Entry, Option<Source>)> = changes
         .iter()
@@ -472,7 +475,7 @@ async fn upload_objects(
         .collect();
     let missing: Vec<(Entry, Source)> = stream::iter(needed)
         .map(|(entry, source)| async move {
-            if present(store, objects, &entry, source.is_none(), runs).await? {
+            if present(store, objects, loose, &entry, source.is_none(), runs).await? {
                 return Ok(None);
             }
             match source {
@@ -525,11 +528,13 @@ async fn upload_objects(
 }
 
 /// Whether the store has the object of `entry` with the entry's length: in a pack of the
-/// listing, loose, or put back from the gc trash (`runs`, listed before; listed again for
+/// listing, loose (looked for if the store has `loose` objects or the object is too large
+/// to pack), or put back from the gc trash (`runs`, listed before; listed again for
 /// an object with no source to upload from, `rollback`).
 async fn present(
     store: &dyn Store,
     objects: &Objects,
+    loose: bool,
     entry: &Entry,
     rollback: bool,
     runs: &[String],
@@ -541,7 +546,7 @@ async fn present(
         return Ok(true);
     }
     // Loose objects: a format-1 store's, and large files.
-    if objects.has_loose() || entry.size > MAX_PACKED_OBJECT {
+    if loose || entry.size > MAX_PACKED_OBJECT {
         let key = object_key(&entry.blake3);
         match store.stat(&key).await {
             Ok(info) if info.len == entry.size => return Ok(true),

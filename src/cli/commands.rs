@@ -480,9 +480,10 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
             "deleted"
         };
         println!(
-            "{verb} {} generations, {} objects ({}), {} staged files",
+            "{verb} {} generations, {} objects ({} packs, {}), {} staged files",
             outcome.generations.len(),
             outcome.objects,
+            outcome.packs,
             indicatif::HumanBytes(outcome.bytes),
             outcome.staged
         );
