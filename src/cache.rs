@@ -469,6 +469,41 @@ mod tests {
         );
     }
 
+    /// Index reads: a generation already cached costs no store call at all, and after a
+    /// restart a new generation reads the tail of its new pack only (the older pack's index
+    /// comes from the local copy).
+    #[tokio::test]
+    async fn local_index_copies_spare_index_reads() {
+        use crate::store::faulty::{FaultyStore, Op, Rule};
+        use crate::store::ErrorKind;
+        let tmp = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> =
+            Arc::new(LocalStore::open(tmp.path().join("store")).await.unwrap());
+        publish_files(&*inner, tmp.path(), &[("a.py", "A1"), ("b.py", "B")]).await;
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        cache.fetch_generation(&*inner, 1, 4).await.unwrap();
+        let objects = Objects::new(None);
+        objects.refresh(&*inner).await.unwrap();
+        let first = objects.locate(&Digest::of(b"A1")).unwrap().pack;
+
+        let store = FaultyStore::new(Arc::clone(&inner));
+        for op in Op::ALL {
+            store.add(Rule::fail(op, 1, ErrorKind::Unavailable));
+        }
+        cache.fetch_generation(&store, 1, 4).await.unwrap();
+        assert!(store.fired().is_empty(), "{:?}", store.fired());
+
+        publish_files(&*inner, tmp.path(), &[("a.py", "A2"), ("b.py", "B")]).await;
+        let restarted = Cache::open(&tmp.path().join("cache")).unwrap();
+        store.clear();
+        store.add(
+            Rule::fail(Op::ReadRange, 1, ErrorKind::Unavailable).on(&crate::pack::pack_key(&first)),
+        );
+        let second = restarted.fetch_generation(&store, 2, 4).await.unwrap();
+        assert!(second.corrupt.is_empty());
+        assert!(store.fired().is_empty(), "{:?}", store.fired());
+    }
+
     /// After a power loss an object file can have the right size and garbage bytes: it is
     /// not taken for the object (the first check in a process hashes it).
     #[tokio::test]
