@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{object_key, Digest};
 use crate::gc::TRASH_DIR;
@@ -96,10 +97,9 @@ impl Objects {
         self.state.lock().expect("no panics under the lock")
     }
 
-    /// Lists `packs/` (one call) and reads the index of every
-    /// listed pack not seen before (a local copy, else the pack's tail). A pack whose tail is
-    /// damaged is left out with an error line: its objects read as missing, never as wrong
-    /// bytes.
+    /// Lists `packs/` (one call) and reads the index of every listed pack not seen before (a
+    /// local copy, else the pack's tail). A pack whose tail is damaged is left out with an
+    /// error line: its objects read as missing, never as wrong bytes.
     pub async fn refresh(&self, store: &dyn Store) -> StoreResult<()> {
         let listed = self.list_packs(store).await?;
         let mut located = HashMap::new();
@@ -121,20 +121,22 @@ impl Objects {
         Ok(())
     }
 
-    /// The packs under `packs/` (one listing), with their indexes (`None`: damaged).
+    /// The packs under `packs/` (one listing), with their indexes (`None`: damaged); the
+    /// tails of packs not seen before are read 16 at a time.
     pub async fn list_packs(&self, store: &dyn Store) -> StoreResult<Vec<ListedPack>> {
-        let mut packs = Vec::new();
-        for info in list_if_exists(store, PACKS_DIR).await? {
-            let Ok(name) = info.name().parse::<Digest>() else {
-                continue;
-            };
-            if info.kind != EntryKind::File {
-                continue;
-            }
-            let index = self.index(store, &info.key, &name, info.len).await?;
-            packs.push(ListedPack { info, name, index });
-        }
-        Ok(packs)
+        let listed = list_if_exists(store, PACKS_DIR)
+            .await?
+            .into_iter()
+            .filter(|info| info.kind == EntryKind::File)
+            .filter_map(|info| Some((info.name().parse::<Digest>().ok()?, info)));
+        stream::iter(listed)
+            .map(|(name, info)| async move {
+                let index = self.index(store, &info.key, &name, info.len).await?;
+                Ok(ListedPack { info, name, index })
+            })
+            .buffered(16)
+            .try_collect()
+            .await
     }
 
     /// The pack a gc run moved aside as `file` (`<run>/pack-<hex>`), with its index;
