@@ -74,8 +74,13 @@ struct MirrorState {
     pending: BTreeSet<String>,
 }
 
-/// Brings the mirror to the head generation.
-pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+/// Brings the mirror to the head generation. `index_dir` keeps local copies of the store's
+/// pack indexes (see [`crate::objects::index_dir`]; `None`: every update reads the tail of
+/// every pack).
+pub async fn update(
+    store: &dyn Store,
+    index_dir: Option<&std::path::Path>,
+) -> Result<MirrorOutcome, MirrorError> {
     // Up to date already (the common case for an unchanged push): no lock, no writes.
     let state = read_state(store).await?;
     if state.pending.is_empty()
@@ -104,7 +109,7 @@ pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
         release_local(held);
         return Ok(MirrorOutcome::Busy);
     }
-    let work = update_locked(store);
+    let work = update_locked(store, index_dir);
     tokio::pin!(work);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await; // the first tick is immediate; the lock was just written
@@ -173,7 +178,10 @@ async fn holder_is_gone(store: &dyn Store) -> bool {
         )
 }
 
-async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+async fn update_locked(
+    store: &dyn Store,
+    index_dir: Option<&std::path::Path>,
+) -> Result<MirrorOutcome, MirrorError> {
     let (mut written, mut deleted) = (0, 0);
     loop {
         let state = read_state(store).await?;
@@ -216,7 +224,7 @@ async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> 
             },
         )
         .await?;
-        let (w, d) = apply(store, &head_entries, &paths).await?;
+        let (w, d) = apply(store, &head_entries, &paths, index_dir).await?;
         written += w;
         deleted += d;
         write_state(
@@ -242,6 +250,7 @@ async fn apply(
     store: &dyn Store,
     head: &[Entry],
     paths: &BTreeSet<String>,
+    index_dir: Option<&std::path::Path>,
 ) -> Result<(usize, usize), MirrorError> {
     let wanted = |path: &str| {
         head.binary_search_by(|e| e.path.as_str().cmp(path))
@@ -265,7 +274,7 @@ async fn apply(
         .await?;
     let writes: Vec<Entry> = paths.iter().filter_map(|p| wanted(p)).collect();
     let written = writes.len();
-    let objects = &crate::objects::Objects::new(None);
+    let objects = &crate::objects::Objects::new(index_dir.map(std::path::Path::to_path_buf));
     if !writes.is_empty() {
         objects.refresh(store).await?;
     }
@@ -396,7 +405,7 @@ mod tests {
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "1"), ("x/y.py", "2")]).await;
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 generation: Some(1),
                 written: 2,
@@ -404,7 +413,7 @@ mod tests {
             }
         ));
         publish_files(&store, dir.path(), &[("a.py", "1"), ("x", "now a file")]).await;
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         assert_eq!(
             mirror_files(&store).await,
             [
@@ -413,7 +422,7 @@ mod tests {
             ]
         );
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 written: 0,
                 deleted: 0,
@@ -427,7 +436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "1"), ("b.py", "1")]).await;
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "2")]).await;
         // A crashed updater: it recorded its pending paths, changed a.py, and died.
         write_state(
@@ -448,9 +457,9 @@ mod tests {
             .create_exclusive(LOCK_KEY, Bytes::from_static(b"someone"))
             .await
             .unwrap();
-        assert_eq!(update(&store).await.unwrap(), MirrorOutcome::Busy);
+        assert_eq!(update(&store, None).await.unwrap(), MirrorOutcome::Busy);
         store.delete(LOCK_KEY, false).await.unwrap();
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         assert_eq!(mirror_files(&store).await, [("a.py".into(), "2".into())]);
     }
 
@@ -473,7 +482,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 generation: Some(1),
                 ..
@@ -498,7 +507,7 @@ mod tests {
             .set_modified(old)
             .unwrap();
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 generation: Some(1),
                 ..

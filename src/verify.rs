@@ -510,7 +510,7 @@ mod tests {
             &[("a.py", "aaaa"), ("b.py", "bbbb"), ("c.py", "cccc")],
         )
         .await;
-        crate::mirror::update(&store).await.unwrap();
+        crate::mirror::update(&store, None).await.unwrap();
         let clean = verify_store(&store, None, true).await.unwrap();
         assert!(clean.findings.is_empty(), "{:?}", clean.findings);
         assert_eq!((clean.checked, clean.bytes_hashed), (3, 12));

@@ -215,7 +215,8 @@ async fn finish_publish(
 ) -> Result<()> {
     let mirror = if mirror && outcome.generation.is_some() {
         bar.set_message("updating the mirror");
-        match mirror::update(store).await {
+        let index_dir = crate::objects::index_dir(store.url());
+        match mirror::update(store, index_dir.as_deref()).await {
             Ok(result) => Some(result),
             Err(e) => {
                 // The generation is committed; the mirror catches up on the next update.
