@@ -494,6 +494,40 @@ mod tests {
     use crate::pack::PackBuilder;
     use crate::store::{LocalStore, Overwrite};
 
+    /// A pack whose tail is damaged is left out (its objects read as missing, never as
+    /// whatever its index claims); the other packs are used.
+    #[tokio::test]
+    async fn a_pack_with_a_damaged_tail_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = LocalStore::open(root.clone()).await.unwrap();
+        let mut names = Vec::new();
+        for content in [&b"good"[..], b"damaged"] {
+            let mut builder = PackBuilder::default();
+            builder.add(Digest::of(content), content);
+            let pack = builder.finish();
+            store
+                .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
+                .await
+                .unwrap();
+            names.push(pack.name);
+        }
+        let path = root.join(pack_key(&names[1]));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 60] ^= 1; // in the index, covered by the checksum
+        std::fs::write(&path, bytes).unwrap();
+        let objects = Objects::new(None);
+        objects.refresh(&store).await.unwrap();
+        assert!(objects.locate(&Digest::of(b"good")).is_some());
+        assert!(objects.locate(&Digest::of(b"damaged")).is_none());
+        let err = objects
+            .read(&store, &Digest::of(b"damaged"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    }
+
     /// Neighbours share a range read; a gap over 64 KiB splits it; what no pack holds is
     /// left for single reads; each object comes back with its own bytes.
     #[tokio::test]
