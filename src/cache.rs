@@ -4,16 +4,18 @@
 //! generation present here, so the mount keeps serving while HDFS is down.
 //!
 //! Layout under the cache root: `objects/xx/<blake3 hex>`, `generations/<20 digits>` (manifest
-//! copies), `tmp/` (downloads in progress, renamed into place once verified).
+//! copies), `packs/<hex>` (copies of the store's pack indexes), `tmp/` (downloads in
+//! progress, renamed into place once verified).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{manifest_key, object_key, parse_manifest_name, Digest, FormatError, Manifest};
 use crate::generations::{self, GenerationError};
+use crate::objects::Objects;
 use crate::store::{Store, StoreError};
 
 /// Why the cache could not do something.
@@ -34,13 +36,13 @@ pub enum CacheError {
     #[error(transparent)]
     Generation(#[from] GenerationError),
     /// The store serves bytes that do not match their digest, twice in a row.
-    #[error("object {digest} in {url} is corrupt ({detail}); it is not served. put the right bytes back with `hadoop fs -put -f FILE {url}/{key}`, then check with `dagfs verify --store {url} --deep`")]
+    #[error("object {digest} in {url} is corrupt ({key}: {detail}); it is not served. put the right bytes back with `hadoop fs -put -f FILE {url}/{}` (readers use that copy when a packed one is damaged), then check with `dagfs verify --store {url} --deep`", object_key(.digest))]
     Corrupt {
         /// The object's digest.
-        digest: String,
+        digest: Digest,
         /// The store.
         url: String,
-        /// The object's key in the store.
+        /// Where it was read: its pack and range, or its loose key.
         key: String,
         /// What was wrong.
         detail: String,
@@ -73,6 +75,8 @@ pub struct Cache {
     /// verified, or re-hashed once after a restart: a power loss can leave a right-sized
     /// file of garbage).
     verified: Arc<Mutex<HashSet<Digest>>>,
+    /// The store's packs, with local copies of their indexes under `packs/`.
+    objects: Arc<Objects>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -116,6 +120,7 @@ impl Cache {
         Ok(Cache {
             root: root.to_path_buf(),
             verified: Arc::default(),
+            objects: Arc::new(Objects::new(Some(root.join("packs")))),
         })
     }
 
@@ -177,6 +182,7 @@ impl Cache {
     /// Fetches object `digest` from `store` into the cache, verifying its bytes; a mismatch is
     /// fetched once more (a transient bad read) before it is reported as corrupt. Returns
     /// the object's length. An object a running gc has moved aside is read from the trash.
+    /// Packed objects are found through the indexes of the last [`Cache::refresh_packs`].
     pub async fn fetch_object(
         &self,
         store: &dyn Store,
@@ -184,7 +190,7 @@ impl Cache {
     ) -> Result<u64, CacheError> {
         let mut detail = String::new();
         for attempt in 1..=2 {
-            let bytes = crate::gc::read_object(store, digest).await?;
+            let bytes = self.objects.read(store, digest).await?;
             let actual = Digest::of(&bytes);
             if actual == *digest {
                 let path = self.object_path(digest);
@@ -197,11 +203,40 @@ impl Cache {
             tracing::error!(object = %digest, attempt, %detail, url = store.url(), "store served corrupt object bytes");
         }
         Err(CacheError::Corrupt {
-            digest: digest.to_string(),
-            key: object_key(digest),
+            digest: *digest,
+            key: self.objects.key(digest),
             url: store.url().to_string(),
             detail,
         })
+    }
+
+    /// Fetches the objects of `batch` with one range read; one whose bytes do not hash to
+    /// its name is fetched alone ([`Cache::fetch_object`]: read again, then a loose copy).
+    /// A failed read fails the whole batch.
+    async fn fetch_batch(
+        &self,
+        store: &dyn Store,
+        batch: &crate::objects::Batch,
+    ) -> Result<Vec<(Digest, Result<u64, CacheError>)>, CacheError> {
+        let mut results = Vec::new();
+        for (digest, bytes) in self.objects.read_batch(store, batch).await? {
+            let result = if Digest::of(&bytes) == digest {
+                let len = bytes.len() as u64;
+                let path = self.object_path(&digest);
+                write_atomically(&self.root.join("tmp"), &path, bytes.to_vec()).await?;
+                self.mark_verified(&digest);
+                Ok(len)
+            } else {
+                self.fetch_object(store, &digest).await
+            };
+            results.push((digest, result));
+        }
+        Ok(results)
+    }
+
+    /// Lists the store's packs and reads the indexes not seen before (local copies first).
+    pub async fn refresh_packs(&self, store: &dyn Store) -> Result<(), CacheError> {
+        Ok(self.objects.refresh(store).await?)
     }
 
     /// Fetches generation `generation`: its manifest and every object it needs that is not
@@ -230,20 +265,28 @@ impl Cache {
             .map(|e| &e.blake3)
             .collect();
         let fetched = missing.len();
-        let results: Vec<(&Digest, Result<u64, CacheError>)> = stream::iter(missing)
-            .map(|digest| async move { (digest, self.fetch_object(store, digest).await) })
+        if fetched > 0 {
+            self.refresh_packs(store).await?;
+        }
+        // Neighbouring objects of a pack come with one range read; the others one by one.
+        let (batches, single) = self.objects.batches(missing.into_iter().copied());
+        let batched: Vec<Vec<(Digest, Result<u64, CacheError>)>> = stream::iter(batches)
+            .map(|batch| async move { self.fetch_batch(store, &batch).await })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        let single: Vec<(Digest, Result<u64, CacheError>)> = stream::iter(single)
+            .map(|digest| async move { (digest, self.fetch_object(store, &digest).await) })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
+        let results = batched.into_iter().flatten().chain(single);
         let mut corrupt = std::collections::HashMap::new();
         for (digest, result) in results {
             match result {
                 Ok(_) => {}
                 Err(CacheError::Corrupt { detail, .. }) => {
-                    corrupt.insert(
-                        *digest,
-                        format!("the store serves corrupt bytes ({detail})"),
-                    );
+                    corrupt.insert(digest, format!("the store serves corrupt bytes ({detail})"));
                 }
                 Err(e) => return Err(e),
             }
@@ -381,16 +424,10 @@ mod tests {
         // A corrupt object in the store is never cached.
         let a2 = g2.entries.iter().find(|e| e.path == "a.py").unwrap().blake3;
         std::fs::remove_file(cache.object_path(&a2)).unwrap();
-        store
-            .put(
-                &object_key(&a2),
-                bytes::Bytes::from_static(b"A3"),
-                Overwrite::Allow,
-            )
-            .await
-            .unwrap();
+        crate::testutil::damage_packed(&store, &tmp.path().join("store"), &a2, b"A3").await;
         let err = cache.fetch_object(&store, &a2).await.unwrap_err();
         assert!(matches!(err, CacheError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("packs/"), "names the pack: {err}");
         assert!(!cache.object_path(&a2).exists());
         // Generation 2 is no longer complete locally: the latest complete one is 1.
         assert_eq!(cache.latest_complete().unwrap().unwrap().generation, 1);
@@ -403,6 +440,23 @@ mod tests {
             again.corrupt
         );
 
+        // The repair: a loose copy of the right bytes is used instead of the damaged pack.
+        store
+            .put(
+                &object_key(&a2),
+                bytes::Bytes::from_static(b"A2"),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        assert_eq!(cache.fetch_object(&store, &a2).await.unwrap(), 2);
+        assert!(cache
+            .fetch_generation(&store, 2, 4)
+            .await
+            .unwrap()
+            .corrupt
+            .is_empty());
+
         // Serving 1 keeps newer generations (fetched ahead) and nothing is deleted.
         assert_eq!(cache.evict(1, 1).unwrap(), 0);
         // Serving 2 and keeping one generation drops generation 1 and A1, its own object.
@@ -413,6 +467,41 @@ mod tests {
             cache.has_object(&b.blake3, b.size),
             "still needed by generation 2"
         );
+    }
+
+    /// Index reads: a generation already cached costs no store call at all, and after a
+    /// restart a new generation reads the tail of its new pack only (the older pack's index
+    /// comes from the local copy).
+    #[tokio::test]
+    async fn local_index_copies_spare_index_reads() {
+        use crate::store::faulty::{FaultyStore, Op, Rule};
+        use crate::store::ErrorKind;
+        let tmp = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> =
+            Arc::new(LocalStore::open(tmp.path().join("store")).await.unwrap());
+        publish_files(&*inner, tmp.path(), &[("a.py", "A1"), ("b.py", "B")]).await;
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        cache.fetch_generation(&*inner, 1, 4).await.unwrap();
+        let objects = Objects::new(None);
+        objects.refresh(&*inner).await.unwrap();
+        let first = objects.locate(&Digest::of(b"A1")).unwrap().pack;
+
+        let store = FaultyStore::new(Arc::clone(&inner));
+        for op in Op::ALL {
+            store.add(Rule::fail(op, 1, ErrorKind::Unavailable));
+        }
+        cache.fetch_generation(&store, 1, 4).await.unwrap();
+        assert!(store.fired().is_empty(), "{:?}", store.fired());
+
+        publish_files(&*inner, tmp.path(), &[("a.py", "A2"), ("b.py", "B")]).await;
+        let restarted = Cache::open(&tmp.path().join("cache")).unwrap();
+        store.clear();
+        store.add(
+            Rule::fail(Op::ReadRange, 1, ErrorKind::Unavailable).on(&crate::pack::pack_key(&first)),
+        );
+        let second = restarted.fetch_generation(&store, 2, 4).await.unwrap();
+        assert!(second.corrupt.is_empty());
+        assert!(store.fired().is_empty(), "{:?}", store.fired());
     }
 
     /// After a power loss an object file can have the right size and garbage bytes: it is

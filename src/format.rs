@@ -1,5 +1,6 @@
-//! The on-store format, version 1: content-addressed objects and numbered generation
-//! manifests (specified in `docs/DESIGN.md`, "Format").
+//! The on-store format: content-addressed objects and numbered generation manifests
+//! (specified in `docs/DESIGN.md`, "Format (version 1)" and "Format 2: packs"; where
+//! objects live is in [`crate::objects`]).
 //!
 //! A [`Manifest`] is validated whole when built and when parsed: paths normalised and
 //! unique, no file/directory clash, and two blake3 digests that must match what they cover
@@ -14,8 +15,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::store::relative_path_problem;
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes: 2, objects may be in packs. A format-1 binary
+/// refuses such a manifest with "upgrade dagfs" instead of looking for loose objects.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads (1: loose objects only).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Store directory of content-addressed objects: `objects/<first two hex digits>/<hash>`.
 pub const OBJECTS_DIR: &str = "objects";
@@ -234,7 +238,7 @@ impl Manifest {
         }
         let version: Version =
             serde_json::from_slice(bytes).map_err(|e| FormatError::Corrupt(e.to_string()))?;
-        if version.format != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version.format) {
             return Err(if version.format > FORMAT_VERSION {
                 FormatError::UnsupportedVersion(version.format)
             } else {
@@ -434,7 +438,8 @@ mod tests {
             text.replace("\"a.py\"", "\"b.py\""),
             text.replace("add etl", "add ETL"),
             text.replace("\"generation\": 3", "\"generation\": 4"),
-            text.replace("\"format\": 1", "\"format\": 9"),
+            text.replace("\"format\": 2", "\"format\": 9"),
+            text.replace("\"format\": 2", "\"format\": 1"),
             text[..text.len() / 2].to_string(),
             text.replace("\"size\": 1", "\"size\": 1, \"extra\": 0"),
         ];
@@ -444,6 +449,18 @@ mod tests {
                 "accepted:\n{bytes}"
             );
         }
+    }
+
+    /// A manifest of format 1 (written by an older dagfs) is read, with its digest over
+    /// format 1, and keeps its tree id.
+    #[test]
+    fn a_format_1_manifest_is_still_read() {
+        let mut m = Manifest::new(header(3), vec![entry("a.py", b"1")]).unwrap();
+        let tree_id = m.tree_id;
+        m.format = 1;
+        m.manifest_id = m.header_digest();
+        let parsed = Manifest::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!((parsed.format, parsed.tree_id), (1, tree_id));
     }
 
     #[test]

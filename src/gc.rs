@@ -5,13 +5,15 @@
 //!
 //! - a publisher holds a **pin** (`.dagfs-pins/<uuid>`, an empty directory) from before it
 //!   first looks at an object until after its commit ([`pin`]);
-//! - gc never deletes an object in place: it **moves** each candidate to
-//!   `.dagfs-trash/<run>/<hex>` (one rename), *then* waits until every pin that existed
-//!   after the moves is released, *then* lists the generations, puts back every trashed
-//!   object a generation references, and only then deletes the rest of the trash;
-//! - a publisher that finds an object missing looks in the trash and renames it back
-//!   ([`restore_from_trash`]); readers fall back to the trash the same way
-//!   ([`read_object`]), so an object moved aside for the length of a gc run stays readable.
+//! - gc never deletes an object or a pack in place: it **moves** each candidate to
+//!   `.dagfs-trash/<run>/<hex>` or `.dagfs-trash/<run>/pack-<hex>` (one rename), *then*
+//!   waits until every pin that existed after the moves is released, *then* lists the
+//!   generations, puts back every trashed object a generation references (and every pack
+//!   holding one), and only then deletes the rest of the trash;
+//! - a publisher that finds an object missing looks in the trash and renames it, or the
+//!   pack holding it, back ([`restore_from_runs`], [`restore_pack_from_runs`]); readers
+//!   fall back to the trash the same way ([`read_loose`], [`crate::objects::Objects::read`]),
+//!   so an object moved aside for the length of a gc run stays readable.
 //!
 //! Whatever the interleaving, an object is deleted only after a check that ran *after* it
 //! was moved aside found no generation and no publisher that could use it; a publisher
@@ -26,6 +28,8 @@ use bytes::Bytes;
 use crate::format::{object_key, Digest};
 use crate::generations::{self, GenerationError};
 use crate::mirror::store_now;
+use crate::objects::{Objects, TrashedPack};
+use crate::pack::{pack_key, PackIndex, PACKS_DIR};
 use crate::store::{
     list_if_exists, EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR,
 };
@@ -73,8 +77,10 @@ pub enum GcError {
 pub struct GcOutcome {
     /// Generations deleted.
     pub generations: Vec<u64>,
-    /// Objects deleted.
+    /// Objects deleted (loose ones, and those of the packs deleted).
     pub objects: usize,
+    /// Packs deleted.
+    pub packs: usize,
     /// Bytes those objects held.
     pub bytes: u64,
     /// Leftover staged files deleted.
@@ -131,11 +137,6 @@ pub async fn trash_runs(store: &dyn Store) -> Result<Vec<String>, StoreError> {
         .collect())
 }
 
-/// Puts object `digest` back from any gc run's trash. `Ok(true)`: it is in `objects/` now.
-pub async fn restore_from_trash(store: &dyn Store, digest: &Digest) -> Result<bool, StoreError> {
-    restore_from_runs(store, digest, &trash_runs(store).await?).await
-}
-
 /// Puts object `digest` back from the trash of one of `runs` (see [`trash_runs`]).
 /// `Ok(true)`: it is in `objects/` now.
 pub async fn restore_from_runs(
@@ -165,9 +166,52 @@ pub async fn restore_from_runs(
     Ok(false)
 }
 
-/// Reads object `digest`: from `objects/`, or, while a gc run has it moved aside, from the
-/// trash (an object a running gc is about to put back is never unreadable).
-pub async fn read_object(store: &dyn Store, digest: &Digest) -> Result<Bytes, StoreError> {
+/// Puts back, from the trash of one of `runs`, a pack whose index holds `digest`.
+/// `Ok(true)`: such a pack is in `packs/` now.
+pub async fn restore_pack_from_runs(
+    store: &dyn Store,
+    objects: &Objects,
+    digest: &Digest,
+    runs: &[String],
+) -> Result<bool, StoreError> {
+    for run in runs {
+        for file in list_if_exists(store, run).await? {
+            let Some(pack) = objects.trashed_pack(store, &file).await? else {
+                continue;
+            };
+            if pack.index.get(digest).is_none() {
+                continue;
+            }
+            let target = pack_key(&pack.name);
+            store.mkdirs(PACKS_DIR).await?;
+            match store.rename(&file.key, &target, Overwrite::Deny).await {
+                Ok(()) => {
+                    tracing::info!(pack = %pack.name, "pack put back from the gc trash");
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(true),
+                // Taken by someone else: put back (then it is there) or deleted.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if store.stat(&target).await.is_ok() {
+                        return Ok(true);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The trash key of pack `name` in run directory `run`.
+pub fn trashed_pack_key(run: &str, name: &Digest) -> String {
+    format!("{run}/pack-{name}")
+}
+
+/// Reads loose object `digest`: from `objects/`, or, while a gc run has it moved aside, from
+/// the trash (an object a running gc is about to put back is never unreadable). Packed
+/// objects are read through [`crate::objects::Objects`].
+pub async fn read_loose(store: &dyn Store, digest: &Digest) -> Result<Bytes, StoreError> {
     let key = object_key(digest);
     match store.read(&key).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -183,11 +227,35 @@ pub async fn read_object(store: &dyn Store, digest: &Digest) -> Result<Bytes, St
     store.read(&key).await
 }
 
-/// An object moved aside by this run.
+/// A file moved aside: a loose object, or a pack (named by `digest`, with its index).
 struct Trashed {
     digest: Digest,
     key: String,
     len: u64,
+    pack: Option<std::sync::Arc<PackIndex>>,
+}
+
+impl Trashed {
+    /// Whether a generation using `referenced` needs this file.
+    fn live(&self, referenced: &HashSet<Digest>) -> bool {
+        match &self.pack {
+            None => referenced.contains(&self.digest),
+            Some(index) => index.objects().any(|(d, _)| referenced.contains(d)),
+        }
+    }
+
+    /// Where it goes back to.
+    fn home(&self) -> String {
+        match self.pack {
+            None => object_key(&self.digest),
+            Some(_) => pack_key(&self.digest),
+        }
+    }
+
+    /// Objects it holds.
+    fn objects(&self) -> usize {
+        self.pack.as_ref().map_or(1, |index| index.len())
+    }
 }
 
 /// Collects garbage in `store`.
@@ -218,11 +286,12 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         now.duration_since(modified).is_ok_and(|age| age >= limit)
     };
     let run = format!("{TRASH_DIR}/{}", uuid::Uuid::new_v4().simple());
+    let objects = Objects::new(None);
     // Trash left by runs that stopped half-way: judged below exactly like this run's own.
     let mut trashed = if options.dry_run {
         Vec::new()
     } else {
-        abandoned_trash(store, &run).await?
+        abandoned_trash(store, &run, &objects).await?
     };
     let mut made_run = false;
     for object in generations::list_objects(store).await? {
@@ -250,6 +319,41 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
                 digest,
                 key,
                 len: object.len,
+                pack: None,
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => {} // another run took it
+            Err(e) => {
+                put_back(store, &trashed).await;
+                return Err(e.into());
+            }
+        }
+    }
+    // Packs none of whose objects a kept generation uses (a pack whose index cannot be
+    // read is never moved: what it holds is unknown).
+    for listed in objects.list_packs(store).await? {
+        let Some(index) = listed.index else { continue };
+        if index.objects().any(|(d, _)| referenced.contains(d))
+            || !old_enough(listed.info.modified, options.grace)
+        {
+            continue;
+        }
+        if options.dry_run {
+            outcome.packs += 1;
+            outcome.objects += index.len();
+            outcome.bytes += listed.info.len;
+            continue;
+        }
+        if !made_run {
+            store.mkdirs(&run).await?;
+            made_run = true;
+        }
+        let key = trashed_pack_key(&run, &listed.name);
+        match store.rename(&listed.info.key, &key, Overwrite::Deny).await {
+            Ok(()) => trashed.push(Trashed {
+                digest: listed.name,
+                key,
+                len: listed.info.len,
+                pack: Some(index),
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => {} // another run took it
             Err(e) => {
@@ -260,8 +364,14 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     }
     if !trashed.is_empty() {
         match settle(store, options, now, newest_seen, referenced, &trashed).await {
-            Ok((deleted, bytes, deferred)) => {
-                outcome.objects += deleted;
+            Ok(Settled {
+                objects,
+                packs,
+                bytes,
+                deferred,
+            }) => {
+                outcome.objects += objects;
+                outcome.packs += packs;
                 outcome.bytes += bytes;
                 outcome.deferred += deferred;
             }
@@ -288,6 +398,7 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     tracing::info!(
         generations = outcome.generations.len(),
         objects = outcome.objects,
+        packs = outcome.packs,
         bytes = outcome.bytes,
         deferred = outcome.deferred,
         dry_run = options.dry_run,
@@ -296,24 +407,39 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     Ok(outcome)
 }
 
-/// Objects in the trash directories of other runs (a gc that crashed or is paused after
-/// moving them); the empty directories of finished runs are removed.
-async fn abandoned_trash(store: &dyn Store, own: &str) -> Result<Vec<Trashed>, StoreError> {
+/// Objects and packs in the trash directories of other runs (a gc that crashed or is paused
+/// after moving them); the empty directories of finished runs are removed. A trashed pack
+/// whose index cannot be read stays where it is.
+async fn abandoned_trash(
+    store: &dyn Store,
+    own: &str,
+    objects: &Objects,
+) -> Result<Vec<Trashed>, StoreError> {
     let mut found = Vec::new();
     for run in list_if_exists(store, TRASH_DIR).await? {
         if run.key == own || run.kind != EntryKind::Dir {
             continue;
         }
-        let objects = list_if_exists(store, &run.key).await?;
-        if objects.is_empty() {
+        let files = list_if_exists(store, &run.key).await?;
+        if files.is_empty() {
             let _ = store.delete(&run.key, false).await;
         }
-        for object in objects {
-            if let Ok(digest) = object.name().parse::<Digest>() {
+        for file in files {
+            if let Ok(digest) = file.name().parse::<Digest>() {
                 found.push(Trashed {
                     digest,
-                    key: object.key,
-                    len: object.len,
+                    key: file.key,
+                    len: file.len,
+                    pack: None,
+                });
+            } else if let Some(TrashedPack { name, index }) =
+                objects.trashed_pack(store, &file).await?
+            {
+                found.push(Trashed {
+                    digest: name,
+                    key: file.key,
+                    len: file.len,
+                    pack: Some(index),
                 });
             }
         }
@@ -321,10 +447,17 @@ async fn abandoned_trash(store: &dyn Store, own: &str) -> Result<Vec<Trashed>, S
     Ok(found)
 }
 
+/// What [`settle`] did.
+struct Settled {
+    objects: usize,
+    packs: usize,
+    bytes: u64,
+    deferred: usize,
+}
+
 /// After the objects are moved aside: wait until no publisher holds a pin, list the
 /// generations, put back what any of them (or `referenced`, the kept ones) references,
-/// delete the rest. Returns (objects
-/// deleted, their bytes, objects put back unreferenced because publishers kept running).
+/// delete the rest.
 async fn settle(
     store: &dyn Store,
     options: &GcOptions,
@@ -332,15 +465,20 @@ async fn settle(
     newest_seen: u64,
     mut referenced: HashSet<Digest>,
     trashed: &[Trashed],
-) -> Result<(usize, u64, usize), GcError> {
+) -> Result<Settled, GcError> {
     if !wait_for_publishers(store, options.publish_wait, now).await? {
         tracing::info!(
             objects = trashed.len(),
             "publishes still in progress; putting the objects back, a later gc collects them"
         );
-        let unreferenced = trashed.len();
+        let deferred = trashed.iter().map(Trashed::objects).sum();
         put_back(store, trashed).await;
-        return Ok((0, 0, unreferenced));
+        return Ok(Settled {
+            objects: 0,
+            packs: 0,
+            bytes: 0,
+            deferred,
+        });
     }
     // Every generation committed since the first listing (pins are gone, so no publisher
     // that saw one of these objects before it was moved is still to commit). Trash of
@@ -350,16 +488,22 @@ async fn settle(
             add_references(store, generation, &mut referenced).await?;
         }
     }
-    let (mut deleted, mut bytes) = (0, 0);
-    for object in trashed {
-        if referenced.contains(&object.digest) {
-            put_back(store, std::slice::from_ref(object)).await;
-        } else if store.delete(&object.key, false).await? {
-            deleted += 1;
-            bytes += object.len;
+    let mut settled = Settled {
+        objects: 0,
+        packs: 0,
+        bytes: 0,
+        deferred: 0,
+    };
+    for file in trashed {
+        if file.live(&referenced) {
+            put_back(store, std::slice::from_ref(file)).await;
+        } else if store.delete(&file.key, false).await? {
+            settled.objects += file.objects();
+            settled.packs += usize::from(file.pack.is_some());
+            settled.bytes += file.len;
         }
     }
-    Ok((deleted, bytes, 0))
+    Ok(settled)
 }
 
 /// Waits until every pin that exists now is released (expired ones are deleted), for at
@@ -404,11 +548,11 @@ async fn wait_for_publishers(
     Ok(true)
 }
 
-/// Moves trashed objects back to `objects/` (best effort: a failure is logged, and the next
-/// gc or a publisher that needs the object puts it back).
+/// Moves trashed objects and packs back to `objects/` and `packs/` (best effort: a failure
+/// is logged, and the next gc or a publisher that needs them puts them back).
 async fn put_back(store: &dyn Store, trashed: &[Trashed]) {
     for object in trashed {
-        let target = object_key(&object.digest);
+        let target = object.home();
         let result = async {
             if let Some((parent, _)) = target.rsplit_once('/') {
                 store.mkdirs(parent).await?;
@@ -443,9 +587,8 @@ async fn add_references(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::object_key;
     use crate::store::LocalStore;
-    use crate::testutil::publish_files;
+    use crate::testutil::{publish_files, stored_len};
 
     #[tokio::test]
     async fn keeps_what_kept_generations_need_and_young_objects() {
@@ -470,7 +613,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((young.generations.clone(), young.objects), (vec![1, 2], 0));
-        assert!(store.stat(&object_key(&digests[0])).await.is_ok());
+        assert!(stored_len(&store, &digests[1]).await.is_some());
 
         let outcome = gc(
             &store,
@@ -483,13 +626,13 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(outcome.objects, 2, "v1 and v2 go");
-        assert!(store.stat(&object_key(&digests[0])).await.is_err());
-        assert!(store.stat(&object_key(&digests[2])).await.is_ok());
-        assert!(store
-            .stat(&object_key(&Digest::of(b"shared")))
-            .await
-            .is_ok());
+        // Each publish wrote one pack: {v1, shared}, {v2}, {v3}. Only {v2} is dead; {v1,
+        // shared} is live through `shared` and kept whole (no repacking).
+        assert_eq!((outcome.packs, outcome.objects), (1, 1), "v2's pack goes");
+        assert!(stored_len(&store, &digests[1]).await.is_none());
+        assert!(stored_len(&store, &digests[0]).await.is_some());
+        assert!(stored_len(&store, &digests[2]).await.is_some());
+        assert!(stored_len(&store, &Digest::of(b"shared")).await.is_some());
         assert_eq!(generations::list(&store).await.unwrap(), [3]);
         assert!(matches!(
             gc(
@@ -519,13 +662,14 @@ mod tests {
         }
     }
 
-    /// Every object the head references is in `objects/` with its recorded length.
+    /// Every object the head references is in `packs/` or `objects/` with its recorded
+    /// length.
     async fn assert_head_complete(store: &dyn Store, context: &str) {
         let head = generations::load_head(store).await.unwrap().unwrap();
         for entry in &head.entries {
-            let info = store.stat(&object_key(&entry.blake3)).await;
+            let info = stored_len(store, &entry.blake3).await;
             assert!(
-                info.as_ref().is_ok_and(|i| i.len == entry.size),
+                info == Some(entry.size),
                 "{context}: head {} references {} ({}), which is {info:?}",
                 head.generation,
                 entry.blake3,
@@ -538,7 +682,9 @@ mod tests {
     async fn assert_head_readable(store: &dyn Store, context: &str) {
         let head = generations::load_head(store).await.unwrap().unwrap();
         for entry in &head.entries {
-            let bytes = read_object(store, &entry.blake3).await;
+            let bytes = crate::objects::Objects::new(None)
+                .read(store, &entry.blake3)
+                .await;
             assert!(
                 bytes.as_ref().is_ok_and(|b| Digest::of(b) == entry.blake3),
                 "{context}: head {} references {} ({}), which is {bytes:?}",
@@ -559,6 +705,41 @@ mod tests {
         (store, first)
     }
 
+    /// A rollback whose objects are in a pack a paused gc run moved aside puts that pack
+    /// back (it has no source to upload from) and commits; readers found the pack in the
+    /// trash meanwhile.
+    #[tokio::test]
+    async fn a_rollback_puts_back_the_pack_a_paused_gc_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, first) = two_generations(dir.path()).await;
+        let objects = Objects::new(None);
+        objects.refresh(&*store).await.unwrap();
+        let old = first.entries[0].blake3;
+        let pack = objects.locate(&old).unwrap().pack;
+        let run = format!("{TRASH_DIR}/paused");
+        store.mkdirs(&run).await.unwrap();
+        store
+            .rename(
+                &pack_key(&pack),
+                &trashed_pack_key(&run, &pack),
+                Overwrite::Deny,
+            )
+            .await
+            .unwrap();
+        let bytes = Objects::new(None).read(&*store, &old).await.unwrap();
+        assert_eq!(Digest::of(&bytes), old, "readers look into trashed packs");
+        let outcome = publish(
+            &*store,
+            &Desired::from_manifest(&first),
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((outcome.generation, outcome.objects_uploaded), (Some(3), 0));
+        assert!(store.stat(&pack_key(&pack)).await.is_ok(), "put back");
+        assert_head_complete(&*store, "after the rollback").await;
+    }
+
     /// gc and a rollback (which has no local copy to upload again) interleaved at every
     /// store call: the rollback runs whole before gc's Nth call, and gc runs whole before
     /// the rollback's Nth call. The head never references a missing object, and a rollback
@@ -575,7 +756,7 @@ mod tests {
                 if put_back_fails {
                     store.add(
                         Rule::fail(crate::store::faulty::Op::Rename, 1, ErrorKind::Unavailable)
-                            .on("objects/"),
+                            .on("packs/"),
                     );
                 }
                 let rollback: crate::store::faulty::Action = Arc::new(move |store, _| {

@@ -41,6 +41,9 @@ pub mod metadb;
 pub mod metrics;
 pub mod mirror;
 pub mod mount;
+pub mod objects;
+pub mod pack;
+
 pub mod proc;
 pub mod publish;
 pub mod running;

@@ -89,8 +89,13 @@ pub async fn wanted(store: &dyn Store, setting: Option<bool>) -> bool {
     }
 }
 
-/// Brings the mirror to the head generation.
-pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+/// Brings the mirror to the head generation. `index_dir` keeps local copies of the store's
+/// pack indexes (see [`crate::objects::index_dir`]; `None`: every update reads the tail of
+/// every pack).
+pub async fn update(
+    store: &dyn Store,
+    index_dir: Option<&std::path::Path>,
+) -> Result<MirrorOutcome, MirrorError> {
     // Up to date already (the common case for an unchanged push): no lock, no writes.
     let state = read_state(store).await?;
     if state.pending.is_empty()
@@ -119,7 +124,7 @@ pub async fn update(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
         release_local(held);
         return Ok(MirrorOutcome::Busy);
     }
-    let work = update_locked(store);
+    let work = update_locked(store, index_dir);
     tokio::pin!(work);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await; // the first tick is immediate; the lock was just written
@@ -188,7 +193,10 @@ async fn holder_is_gone(store: &dyn Store) -> bool {
         )
 }
 
-async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> {
+async fn update_locked(
+    store: &dyn Store,
+    index_dir: Option<&std::path::Path>,
+) -> Result<MirrorOutcome, MirrorError> {
     let (mut written, mut deleted) = (0, 0);
     loop {
         let state = read_state(store).await?;
@@ -231,7 +239,7 @@ async fn update_locked(store: &dyn Store) -> Result<MirrorOutcome, MirrorError> 
             },
         )
         .await?;
-        let (w, d) = apply(store, &head_entries, &paths).await?;
+        let (w, d) = apply(store, &head_entries, &paths, index_dir).await?;
         written += w;
         deleted += d;
         write_state(
@@ -257,6 +265,7 @@ async fn apply(
     store: &dyn Store,
     head: &[Entry],
     paths: &BTreeSet<String>,
+    index_dir: Option<&std::path::Path>,
 ) -> Result<(usize, usize), MirrorError> {
     let wanted = |path: &str| {
         head.binary_search_by(|e| e.path.as_str().cmp(path))
@@ -280,10 +289,14 @@ async fn apply(
         .await?;
     let writes: Vec<Entry> = paths.iter().filter_map(|p| wanted(p)).collect();
     let written = writes.len();
+    let objects = &crate::objects::Objects::new(index_dir.map(std::path::Path::to_path_buf));
+    if !writes.is_empty() {
+        objects.refresh(store).await?;
+    }
     stream::iter(writes)
         .map(|entry| async move {
             let object = object_key(&entry.blake3);
-            let bytes = crate::gc::read_object(store, &entry.blake3).await?;
+            let bytes = objects.read(store, &entry.blake3).await?;
             if Digest::of(&bytes) != entry.blake3 {
                 // Never copy damaged bytes into the mirror.
                 return Err(StoreError::new(
@@ -411,7 +424,7 @@ mod tests {
         publish_files(&store, dir.path(), &[("a.py", "1")]).await;
         assert!(!wanted(&store, None).await);
         assert!(wanted(&store, Some(true)).await);
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         assert!(wanted(&store, None).await);
         assert!(!wanted(&store, Some(false)).await);
 
@@ -431,7 +444,7 @@ mod tests {
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "1"), ("x/y.py", "2")]).await;
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 generation: Some(1),
                 written: 2,
@@ -439,7 +452,7 @@ mod tests {
             }
         ));
         publish_files(&store, dir.path(), &[("a.py", "1"), ("x", "now a file")]).await;
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         assert_eq!(
             mirror_files(&store).await,
             [
@@ -448,7 +461,7 @@ mod tests {
             ]
         );
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 written: 0,
                 deleted: 0,
@@ -462,7 +475,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "1"), ("b.py", "1")]).await;
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "2")]).await;
         // A crashed updater: it recorded its pending paths, changed a.py, and died.
         write_state(
@@ -483,9 +496,9 @@ mod tests {
             .create_exclusive(LOCK_KEY, Bytes::from_static(b"someone"))
             .await
             .unwrap();
-        assert_eq!(update(&store).await.unwrap(), MirrorOutcome::Busy);
+        assert_eq!(update(&store, None).await.unwrap(), MirrorOutcome::Busy);
         store.delete(LOCK_KEY, false).await.unwrap();
-        update(&store).await.unwrap();
+        update(&store, None).await.unwrap();
         assert_eq!(mirror_files(&store).await, [("a.py".into(), "2".into())]);
     }
 
@@ -508,7 +521,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 generation: Some(1),
                 ..
@@ -533,7 +546,7 @@ mod tests {
             .set_modified(old)
             .unwrap();
         assert!(matches!(
-            update(&store).await.unwrap(),
+            update(&store, None).await.unwrap(),
             MirrorOutcome::Updated {
                 generation: Some(1),
                 ..

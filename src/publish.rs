@@ -3,8 +3,9 @@
 //!
 //! 1. Read the head generation `H` and compute the change set: the desired tree (a scanned
 //!    folder, optionally under a prefix) against `H` (the prefix's subtree of it).
-//! 2. Upload every object the change set needs that the store lacks: staged and renamed into
-//!    place (`put` without overwrite), in parallel; bytes are re-hashed on the way, so a file
+//! 2. Upload every object the change set needs that the store lacks (in none of its packs,
+//!    not loose): into pack files of at most 64 MiB (large files as loose objects), each
+//!    staged and renamed into place (`put`); bytes are re-hashed on the way, so a file
 //!    edited after the scan fails the push instead of publishing a digest that lies.
 //! 3. Commit generation `H+1` by `put(generations/<H+1>, overwrite=Deny)`: staged, then a
 //!    `rename2` without overwrite, the NameNode's atomic compare-and-swap. Readers never see
@@ -28,10 +29,13 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{
     check_path, manifest_key, object_key, Digest, Entry, FormatError, Header, Manifest, TreeId,
+    OBJECTS_DIR,
 };
 use crate::generations::{self, apply, diff, Change, GenerationError};
+use crate::objects::Objects;
+use crate::pack::{pack_key, PackBuilder, MAX_PACKED_OBJECT};
 use crate::scan::ScannedFile;
-use crate::store::{ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
+use crate::store::{list_if_exists, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
 /// How many commit races a publish survives before giving up.
 const MAX_COMMIT_ROUNDS: usize = 20;
@@ -203,6 +207,9 @@ pub struct PublishOptions {
     pub concurrency: usize,
     /// Publish an empty tree over a non-empty one (otherwise refused as a likely mistake).
     pub allow_empty: bool,
+    /// Where to keep local copies of the store's pack indexes (`None`: in memory, for this
+    /// publish only); see [`crate::objects::index_dir`].
+    pub index_dir: Option<PathBuf>,
 }
 
 impl Default for PublishOptions {
@@ -214,6 +221,7 @@ impl Default for PublishOptions {
             force: false,
             concurrency: 16,
             allow_empty: false,
+            index_dir: None,
         }
     }
 }
@@ -330,7 +338,7 @@ async fn publish_changes(
     // upload: committing it is then one rename, not a second small-file write in a row.
     let first = next_manifest(base.as_ref(), changes, options)?;
     let (uploaded, staged) = futures::join!(
-        upload_objects(store, changes, desired, options.concurrency),
+        upload_objects(store, changes, desired, options),
         stage_manifest(store, first.as_ref()),
     );
     let (objects_uploaded, bytes_uploaded) = match uploaded {
@@ -442,16 +450,22 @@ fn find<'a>(tree: &'a [Entry], path: &str) -> Option<&'a Entry> {
         .map(|i| &tree[i])
 }
 
-/// Makes every object `changes` need present in the store (uploading what is missing);
-/// returns the number of objects uploaded and their bytes.
+/// Makes every object `changes` need present in the store: objects the store lacks are
+/// uploaded into packs (large ones loose), or put back from the gc trash. Returns the
+/// number of objects uploaded and their bytes.
 async fn upload_objects(
     store: &dyn Store,
     changes: &[Change],
     desired: &Desired,
-    concurrency: usize,
+    options: &PublishOptions,
 ) -> Result<(usize, u64), PublishError> {
+    let concurrency = options.concurrency.max(1);
     // Listed once (after the pin): usually there is no trash at all.
     let runs = &crate::gc::trash_runs(store).await?;
+    let objects = &Objects::new(options.index_dir.clone());
+    objects.refresh(store).await?;
+    // Loose objects (a format-1 store's, large files) are looked for only if there are any.
+    let loose = !list_if_exists(store, OBJECTS_DIR).await?.is_empty();
     let mut seen = HashSet::new();
     let needed: Vec<(Entry, Option<Source>)> = changes
         .iter()
@@ -459,58 +473,121 @@ async fn upload_objects(
         .filter(|e| seen.insert(e.blake3))
         .map(|e| (e.clone(), desired.sources.get(&e.blake3).cloned()))
         .collect();
-    stream::iter(needed)
-        .map(|(entry, source)| upload_object(store, entry, source, runs))
-        .buffer_unordered(concurrency.max(1))
-        .try_fold((0, 0), |(count, bytes), uploaded| async move {
-            Ok(match uploaded {
-                Some(len) => (count + 1, bytes + len),
-                None => (count, bytes),
-            })
-        })
-        .await
-}
-
-/// Makes one object present unless the store has it with the entry's length: put back from
-/// the gc trash (`runs`, listed before; listed again when there is no source to upload
-/// from), or uploaded from its source. Returns the bytes uploaded, if any.
-async fn upload_object(
-    store: &dyn Store,
-    entry: Entry,
-    source: Option<Source>,
-    runs: &[String],
-) -> Result<Option<u64>, PublishError> {
-    let key = object_key(&entry.blake3);
-    match store.stat(&key).await {
-        Ok(info) if info.len == entry.size => return Ok(None),
-        Ok(info) => tracing::warn!(
-            key,
-            found = info.len,
-            expected = entry.size,
-            "replacing a damaged object"
-        ),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let restored = match &source {
-                Some(_) => crate::gc::restore_from_runs(store, &entry.blake3, runs).await?,
-                // A run that started after the listing may hold it.
-                None => crate::gc::restore_from_trash(store, &entry.blake3).await?,
-            };
-            if restored {
+    let missing: Vec<(Entry, Source)> = stream::iter(needed)
+        .map(|(entry, source)| async move {
+            if present(store, objects, loose, &entry, source.is_none(), runs).await? {
                 return Ok(None);
             }
+            match source {
+                Some(source) => Ok(Some((entry, source))),
+                None => Err(PublishError::MissingObject {
+                    digest: entry.blake3,
+                    path: entry.path.clone(),
+                }),
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await?;
+    let (large, small): (Vec<_>, Vec<_>) = missing
+        .into_iter()
+        .partition(|(entry, _)| entry.size > MAX_PACKED_OBJECT);
+    let count = large.len() + small.len();
+    let large_bytes = stream::iter(large)
+        .map(|(entry, source)| async move {
+            let bytes = read_verified(&source, &entry).await?;
+            let len = bytes.len() as u64;
+            store
+                .put(&object_key(&entry.blake3), bytes, Overwrite::Allow)
+                .await?;
+            Ok::<_, PublishError>(len)
+        })
+        .buffer_unordered(concurrency)
+        .try_fold(0, |total, len| async move { Ok(total + len) })
+        .await?;
+    let mut pack = PackBuilder::default();
+    let mut small_bytes = 0;
+    let mut read = stream::iter(small)
+        .map(|(entry, source)| async move {
+            let bytes = read_verified(&source, &entry).await?;
+            Ok::<_, PublishError>((entry, bytes))
+        })
+        .buffer_unordered(concurrency);
+    while let Some((entry, bytes)) = read.try_next().await? {
+        if !pack.fits(bytes.len() as u64) {
+            upload_pack(store, std::mem::take(&mut pack)).await?;
         }
-        Err(e) => return Err(e.into()),
+        small_bytes += bytes.len() as u64;
+        pack.add(entry.blake3, &bytes);
     }
-    let Some(source) = source else {
-        return Err(PublishError::MissingObject {
-            digest: entry.blake3,
-            path: entry.path.clone(),
-        });
+    if !pack.is_empty() {
+        upload_pack(store, pack).await?;
+    }
+    Ok((count, large_bytes + small_bytes))
+}
+
+/// Whether the store has the object of `entry` with the entry's length: in a pack of the
+/// listing, loose (looked for if the store has `loose` objects or the object is too large
+/// to pack), or put back from the gc trash (`runs`, listed before; listed again for
+/// an object with no source to upload from, `rollback`).
+async fn present(
+    store: &dyn Store,
+    objects: &Objects,
+    loose: bool,
+    entry: &Entry,
+    rollback: bool,
+    runs: &[String],
+) -> Result<bool, PublishError> {
+    if objects
+        .locate(&entry.blake3)
+        .is_some_and(|packed| packed.span.len == entry.size)
+    {
+        return Ok(true);
+    }
+    // Loose objects: a format-1 store's, and large files.
+    if loose || entry.size > MAX_PACKED_OBJECT {
+        let key = object_key(&entry.blake3);
+        match store.stat(&key).await {
+            Ok(info) if info.len == entry.size => return Ok(true),
+            Ok(info) => {
+                tracing::warn!(
+                    key,
+                    found = info.len,
+                    expected = entry.size,
+                    "replacing a damaged object"
+                );
+                return Ok(false);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A run that started after the listing may hold what a rollback needs.
+    let fresh;
+    let runs = if rollback {
+        fresh = crate::gc::trash_runs(store).await?;
+        &fresh[..]
+    } else {
+        runs
     };
-    let bytes = read_verified(&source, &entry).await?;
-    let len = bytes.len() as u64;
-    store.put(&key, bytes, Overwrite::Allow).await?;
-    Ok(Some(len))
+    Ok(
+        crate::gc::restore_from_runs(store, &entry.blake3, runs).await?
+            || crate::gc::restore_pack_from_runs(store, objects, &entry.blake3, runs).await?,
+    )
+}
+
+/// Writes a finished pack under its name (staged and renamed by `put`). A pack of that
+/// name already there holds the same bytes.
+async fn upload_pack(store: &dyn Store, pack: PackBuilder) -> Result<(), PublishError> {
+    let pack = pack.finish();
+    match store
+        .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
+        .await
+    {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Reads a source file and checks it still has the length and digest the scan found.
@@ -669,6 +746,56 @@ mod tests {
             d.entries.push(e);
         }
         d
+    }
+
+    /// A publish of 1,000 changed files writes a constant number of files (its pack and its
+    /// manifest), not one per object: format 1 wrote 1,001.
+    #[tokio::test]
+    async fn a_publish_of_1000_files_writes_a_constant_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = LocalStore::open(root.clone()).await.unwrap();
+        let files_in_store = || {
+            walkdir::WalkDir::new(&root)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_file())
+                .count()
+        };
+        for round in 0..2 {
+            let files: Vec<(String, String)> = (0..1000)
+                .map(|i| {
+                    (
+                        format!("dags/dag_{i:04}.py"),
+                        format!("# {round}\nx = {i}\n"),
+                    )
+                })
+                .collect();
+            let files: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.as_str()))
+                .collect();
+            let before = files_in_store();
+            let outcome = publish(
+                &store,
+                &desired(dir.path(), &files),
+                &PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(outcome.objects_uploaded, 1000);
+            let written = files_in_store() - before;
+            assert!(
+                written <= 2,
+                "round {round}: {written} files written for 1,000 changed files"
+            );
+            let head = generations::load_head(&store).await.unwrap().unwrap();
+            let objects = crate::objects::Objects::new(None);
+            for entry in &head.entries {
+                let bytes = objects.read(&store, &entry.blake3).await.unwrap();
+                assert_eq!(Digest::of(&bytes), entry.blake3, "{}", entry.path);
+            }
+        }
     }
 
     #[tokio::test]
@@ -1016,9 +1143,9 @@ mod tests {
                             Err(_) => assert_eq!(Some(head.generation), before, "{context}"),
                         }
                         for entry in &head.entries {
-                            let info = inner.stat(&object_key(&entry.blake3)).await;
+                            let info = crate::testutil::stored_len(&*inner, &entry.blake3).await;
                             assert!(
-                                info.is_ok_and(|i| i.len == entry.size),
+                                info == Some(entry.size),
                                 "{context}: {} missing",
                                 entry.path
                             );

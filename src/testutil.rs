@@ -39,3 +39,27 @@ pub(crate) async fn publish_files(
     .await
     .unwrap()
 }
+
+/// The length of object `digest` where readers find it without the trash (in a pack under
+/// `packs/` or loose under `objects/`), `None` if it is in neither.
+pub(crate) async fn stored_len(store: &dyn Store, digest: &Digest) -> Option<u64> {
+    let objects = crate::objects::Objects::new(None);
+    objects.refresh(store).await.unwrap();
+    objects.present_len(store, digest).await.unwrap()
+}
+
+/// Overwrites, in place, the bytes of packed object `digest` in the local store at `root`
+/// with `bytes` (of the same length): a damaged pack, as a bad disk leaves it.
+pub(crate) async fn damage_packed(store: &dyn Store, root: &Path, digest: &Digest, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let objects = crate::objects::Objects::new(None);
+    objects.refresh(store).await.unwrap();
+    let packed = objects.locate(digest).expect("the object is packed");
+    assert_eq!(packed.span.len, bytes.len() as u64);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join(crate::pack::pack_key(&packed.pack)))
+        .unwrap();
+    file.seek(SeekFrom::Start(packed.span.offset)).unwrap();
+    file.write_all(bytes).unwrap();
+}

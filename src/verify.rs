@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::format::{object_key, Digest, Entry, Manifest};
+use crate::format::{Digest, Entry, Manifest};
 use crate::generations::{self, diff, Change, GenerationError};
 use crate::mirror::MIRROR_DIR;
 use crate::mount::state::{StateDir, StateError};
+use crate::objects::Objects;
 use crate::scan::{hash_all, scan_cached, ScanError, ScanOptions};
 use crate::store::{files_under, ErrorKind, Store, StoreError};
 
@@ -280,12 +281,24 @@ pub async fn verify_store(
             needed.entry(e.blake3).or_insert((e.size, e.path));
         }
     }
+    let objects = &Objects::new(None);
+    objects.refresh(store).await?;
+    let intact = &if deep {
+        hash_in_batches(store, objects, needed.keys().copied()).await
+    } else {
+        HashSet::new()
+    };
     let checks = stream::iter(
         needed
             .iter()
             .map(|(digest, (size, path))| (*digest, *size, path.clone())),
     )
-    .map(|(digest, size, path)| check_object(store, digest, size, path, deep))
+    .map(|(digest, size, path)| async move {
+        if intact.contains(&(digest, size)) {
+            return Ok((None, size));
+        }
+        check_object(store, objects, digest, size, path, deep).await
+    })
     .buffer_unordered(CONCURRENCY)
     .try_collect::<Vec<(Option<Finding>, u64)>>()
     .await?;
@@ -312,44 +325,74 @@ pub async fn verify_store(
     Ok(report)
 }
 
-/// One object: exists, right size, and (deep) right bytes. Returns a finding and bytes hashed.
+/// Reads the packed objects among `digests` in batches (one range read for neighbours of a
+/// pack) and returns those whose bytes hash to their digest, with their lengths. The others
+/// (a read that failed, bytes that do not hash right, objects not packed) are left to
+/// [`check_object`], which reads them one by one and names what is wrong.
+async fn hash_in_batches(
+    store: &dyn Store,
+    objects: &Objects,
+    digests: impl IntoIterator<Item = Digest>,
+) -> HashSet<(Digest, u64)> {
+    let (batches, _) = objects.batches(digests);
+    stream::iter(batches)
+        .map(|batch| async move {
+            match objects.read_batch(store, &batch).await {
+                Ok(read) => read
+                    .into_iter()
+                    .filter(|(digest, bytes)| Digest::of(bytes) == *digest)
+                    .map(|(digest, bytes)| (digest, bytes.len() as u64))
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "batched read failed; checking its objects one by one");
+                    Vec::new()
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<Vec<(Digest, u64)>>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// One object: exists (in a pack of the listing, or loose), right size, and (deep) right
+/// bytes. Returns a finding and bytes hashed.
 async fn check_object(
     store: &dyn Store,
+    objects: &Objects,
     digest: Digest,
     size: u64,
     path: String,
     deep: bool,
 ) -> Result<(Option<Finding>, u64), VerifyError> {
-    let key = object_key(&digest);
-    let info = match store.stat(&key).await {
-        Ok(info) => info,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            // A gc run in progress may have it moved aside (and will put it back).
-            return match crate::gc::read_object(store, &digest).await {
-                Ok(bytes) if bytes.len() as u64 == size && Digest::of(&bytes) == digest => {
-                    Ok((None, bytes.len() as u64))
-                }
-                Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-                _ => Ok((
-                    Some(finding(
-                        FindingKind::MissingObject,
-                        &path,
-                        &format!("object {key} is missing"),
-                    )),
-                    0,
+    let key = objects.key(&digest);
+    let Some(len) = objects.present_len(store, &digest).await? else {
+        // A gc run in progress may have it moved aside (and will put it back).
+        return match objects.read(store, &digest).await {
+            Ok(bytes) if bytes.len() as u64 == size && Digest::of(&bytes) == digest => {
+                Ok((None, bytes.len() as u64))
+            }
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+            _ => Ok((
+                Some(finding(
+                    FindingKind::MissingObject,
+                    &path,
+                    &format!("object {key} is missing"),
                 )),
-            };
-        }
-        Err(e) => return Err(e.into()),
+                0,
+            )),
+        };
     };
-    if info.len != size {
-        let detail = format!("object {key} has {} bytes, expected {size}", info.len);
+    if len != size {
+        let detail = format!("object {key} has {len} bytes, expected {size}");
         return Ok((Some(finding(FindingKind::CorruptObject, &path, &detail)), 0));
     }
     if !deep {
         return Ok((None, 0));
     }
-    let bytes = store.read(&key).await?;
+    let bytes = objects.read(store, &digest).await?;
     let hashed = bytes.len() as u64;
     if Digest::of(&bytes) != digest {
         let detail = format!("object {key} holds other bytes than its name says");
@@ -454,30 +497,29 @@ mod tests {
     #[tokio::test]
     async fn store_drift_is_found_and_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path().join("store")).await.unwrap();
+        let root = dir.path().join("store");
+        let store = LocalStore::open(root.clone()).await.unwrap();
+        // a.py in a pack of its own, b.py and c.py in a second one.
+        publish_files(&store, dir.path(), &[("a.py", "aaaa")]).await;
+        let first_pack = crate::objects::Objects::new(None);
+        first_pack.refresh(&store).await.unwrap();
+        let a_pack = first_pack.locate(&Digest::of(b"aaaa")).unwrap().pack;
         publish_files(
             &store,
             dir.path(),
             &[("a.py", "aaaa"), ("b.py", "bbbb"), ("c.py", "cccc")],
         )
         .await;
-        crate::mirror::update(&store).await.unwrap();
+        crate::mirror::update(&store, None).await.unwrap();
         let clean = verify_store(&store, None, true).await.unwrap();
         assert!(clean.findings.is_empty(), "{:?}", clean.findings);
         assert_eq!((clean.checked, clean.bytes_hashed), (3, 12));
 
         store
-            .delete(&object_key(&Digest::of(b"aaaa")), false)
+            .delete(&crate::pack::pack_key(&a_pack), false)
             .await
             .unwrap();
-        store
-            .put(
-                &object_key(&Digest::of(b"bbbb")),
-                Bytes::from_static(b"BBBB"),
-                Overwrite::Allow,
-            )
-            .await
-            .unwrap();
+        crate::testutil::damage_packed(&store, &root, &Digest::of(b"bbbb"), b"BBBB").await;
         store
             .put("mirror/c.py", Bytes::from_static(b"CCCC"), Overwrite::Allow)
             .await

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagfs::format::object_key;
 use dagfs::generations;
 use dagfs::store::Store;
 
@@ -81,8 +80,8 @@ fn version(name: &str, n: usize, long: bool) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Every object the head references is in `objects/` with the recorded length; the
-/// problems found otherwise.
+/// Every object the head references is in `packs/` or `objects/` with the recorded
+/// length; the problems found otherwise.
 async fn head_problems(store: &dyn Store) -> Vec<String> {
     let head = match generations::load_head(store).await {
         Ok(Some(head)) => head,
@@ -91,8 +90,8 @@ async fn head_problems(store: &dyn Store) -> Vec<String> {
     };
     let mut problems = Vec::new();
     for entry in &head.entries {
-        match store.stat(&object_key(&entry.blake3)).await {
-            Ok(info) if info.len == entry.size => {}
+        match support::stored_len(store, &entry.blake3).await {
+            Some(len) if len == entry.size => {}
             found => problems.push(format!(
                 "head {} references {} for {} ({} bytes): {:?}",
                 head.generation, entry.blake3, entry.path, entry.size, found

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dagfs::cache::Cache;
-use dagfs::format::{object_key, Digest, Manifest};
-use dagfs::gc::{gc, read_object, GcOptions};
+use dagfs::format::{Digest, Manifest};
+use dagfs::gc::{gc, GcOptions};
 use dagfs::generations;
+use dagfs::objects::Objects;
 use dagfs::publish::{publish, Desired, PublishOptions};
 use dagfs::scan::{scan, HashCache, ScanOptions};
 use dagfs::store::faulty::{Action, FaultyStore, Op, Rule};
@@ -316,8 +317,13 @@ impl World {
             .iter()
             .any(|f| matches!(f, Fault::Fail(..) | Fault::FailAfter(..)));
         if let Some(&head) = after.last() {
+            let objects = Objects::new(None);
+            objects
+                .refresh(store)
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             for (path, (size, digest)) in &self.committed[&head] {
-                let bytes = read_object(store, digest).await;
+                let bytes = objects.read(store, digest).await;
                 check(
                     bytes
                         .as_ref()
@@ -325,9 +331,11 @@ impl World {
                     || format!("head {head}: {path} ({digest}) is not readable: {bytes:?}"),
                 )?;
                 if strict {
-                    let stat = store.stat(&object_key(digest)).await;
-                    check(stat.is_ok(), || {
-                        format!("head {head}: {path} ({digest}) is not in objects/: {stat:?}")
+                    let stat = objects.present_len(store, digest).await;
+                    check(stat.as_ref().is_ok_and(Option::is_some), || {
+                        format!(
+                            "head {head}: {path} ({digest}) is not in packs/ or objects/: {stat:?}"
+                        )
                     })?;
                 }
             }

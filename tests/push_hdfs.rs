@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dagfs::format::{manifest_key, object_key, Digest};
+use dagfs::format::{manifest_key, Digest};
 use dagfs::generations;
 use dagfs::mirror::MIRROR_DIR;
 use dagfs::scan::{scan, HashCache, ScanOptions};
@@ -27,9 +27,12 @@ async fn store(test: &str) -> (String, Box<dyn Store>, &'static MiniDfs) {
     (url, store, cluster)
 }
 
-/// `dagfs ARGS` against `cluster`, configured through the environment.
+/// `dagfs ARGS` against `cluster`, configured through the environment; `DAGFS_TEST_EXE`
+/// runs another build instead (to watch an attack fail on it).
 fn dagfs(cluster: &MiniDfs, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+    let exe = std::env::var_os("DAGFS_TEST_EXE")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_dagfs")));
+    let mut command = Command::new(exe);
     command
         .args(args)
         .env_remove("DAGFS_CONFIG")
@@ -94,11 +97,14 @@ async fn assert_consistent(store: &dyn Store) {
         return;
     };
     for entry in &head.entries {
-        let info = store
-            .stat(&object_key(&entry.blake3))
-            .await
-            .unwrap_or_else(|e| panic!("generation {} needs {}: {e}", head.generation, entry.path));
-        assert_eq!(info.len, entry.size, "{}", entry.path);
+        let len = support::stored_len(store, &entry.blake3).await;
+        assert_eq!(
+            len,
+            Some(entry.size),
+            "generation {} needs {}",
+            head.generation,
+            entry.path
+        );
     }
     let mut known = HashSet::new();
     for generation in generations::list(store).await.unwrap() {
@@ -214,10 +220,7 @@ async fn concurrent_pushes_of_the_same_file_conflict_or_serialise() {
             "one push always lands"
         );
         let head = generations::load_head(&*store).await.unwrap().unwrap();
-        let content = store
-            .read(&object_key(&head.entries[0].blake3))
-            .await
-            .unwrap();
+        let content = support::read_object(&*store, &head.entries[0].blake3).await;
         assert!(
             content == format!("x {round}") || content == format!("y {round}"),
             "{content:?}"
@@ -324,16 +327,7 @@ async fn malformed_store_data_is_refused_with_a_clear_error() {
     let good = store.read(&manifest_key(1)).await.unwrap();
 
     // An object whose bytes do not match its digest: never copied into the mirror.
-    let head = generations::load_head(&*store).await.unwrap().unwrap();
-    let object = object_key(&head.entries[0].blake3);
-    store
-        .put(
-            &object,
-            Bytes::from_static(b"print('b')\n"),
-            Overwrite::Allow,
-        )
-        .await
-        .unwrap();
+    support::damage_object(&*store, b"print('a')\n", b"print('b')\n").await;
     store.delete("mirror.state", false).await.unwrap();
     store.delete("mirror/a.py", false).await.unwrap();
     let out = run(
@@ -415,11 +409,53 @@ async fn a_200_mb_file_is_published_whole() {
     let head = generations::load_head(&*store).await.unwrap().unwrap();
     assert_eq!(head.entries[0].size, size as u64);
     assert_eq!(head.entries[0].blake3, Digest::of(&content));
-    let stored = store
-        .read(&object_key(&head.entries[0].blake3))
-        .await
-        .unwrap();
+    let stored = support::read_object(&*store, &head.entries[0].blake3).await;
     assert_eq!(Digest::of(&stored), Digest::of(&content));
+}
+
+/// A push of 1,000 changed files creates a constant number of files in HDFS (its pack and
+/// its manifest; format 1 created one per object), and leaves a complete head.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_of_1000_changed_files_creates_a_constant_number_of_hdfs_files() {
+    let (url, store, cluster) = store("packs").await;
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2u64 {
+        for i in 0..1000 {
+            write(
+                dir.path(),
+                &format!("dags/dag_{i:04}.py"),
+                &dag_source(round * 1000 + i, 2000),
+            );
+        }
+        let before = dagfs::store::files_under(&*store, "").await.unwrap();
+        let started = std::time::Instant::now();
+        let out = run(
+            cluster,
+            &[
+                "push",
+                "-q",
+                dir.path().to_str().unwrap(),
+                "--to",
+                &url,
+                "--no-mirror",
+            ],
+        );
+        let took = started.elapsed();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let after = dagfs::store::files_under(&*store, "").await.unwrap();
+        let created: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+        eprintln!(
+            "round {round}: 1,000 changed files, {} HDFS files created, push took {took:.2?}",
+            created.len()
+        );
+        assert!(
+            created.len() <= 2,
+            "round {round}: {} files created: {:?}",
+            created.len(),
+            &created[..created.len().min(5)]
+        );
+        assert_consistent(&*store).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -445,9 +481,12 @@ async fn gc_keeps_the_newest_generations_and_what_they_use() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["generations"], serde_json::json!([1, 2]));
+    // One pack per push: round 1's ({changing.py 1}) is dead; round 0's ({changing.py 0,
+    // stable.py}) is live through stable.py and kept whole (no repacking).
     assert_eq!(
-        summary["objects"], 2,
-        "the two changing.py versions only those generations used"
+        (&summary["packs"], &summary["objects"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "only round 1's pack goes: {summary}"
     );
     assert_eq!(generations::list(&*store).await.unwrap(), [3, 4]);
     assert_consistent(&*store).await;

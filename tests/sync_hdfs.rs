@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dagfs::format::object_key;
 use dagfs::generations;
 use dagfs::scan::{scan, HashCache, ScanOptions};
 use dagfs::store::Store;
@@ -430,7 +429,7 @@ async fn a_slowly_written_file_is_never_published_half_written() {
         generations_seen += 1;
         let manifest = generations::load(&*store, generation).await.unwrap();
         if let Some(entry) = manifest.entries.iter().find(|e| e.path == "slow.py") {
-            let bytes = store.read(&object_key(&entry.blake3)).await.unwrap();
+            let bytes = support::read_object(&*store, &entry.blake3).await;
             assert_eq!(
                 String::from_utf8_lossy(&bytes),
                 final_content,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use dagfs::format::{object_key, Digest};
+use dagfs::format::Digest;
 use dagfs::store::{Overwrite, Store};
 
 use support::minidfs::MiniDfs;
@@ -86,22 +86,22 @@ fn finds_every_kind_of_drift_by_hash() {
             &cluster.options(None, Duration::from_secs(20)),
         ))
         .unwrap();
-    let key_a = object_key(&Digest::of(b"a = 1\n"));
+    let objects = dagfs::objects::Objects::new(None);
+    rt.block_on(objects.refresh(&*store)).unwrap();
+    let pack = dagfs::pack::pack_key(&objects.locate(&Digest::of(b"a = 1\n")).unwrap().pack);
 
-    // A missing object.
-    rt.block_on(store.delete(&key_a, false)).unwrap();
+    // A missing object (its pack moved away).
+    rt.block_on(store.rename(&pack, "aside", Overwrite::Deny))
+        .unwrap();
     assert_drift(
         verify(cluster, &runtime, &["--store", &url]),
         "missing_object",
         "a.py",
     );
+    rt.block_on(store.rename("aside", &pack, Overwrite::Deny))
+        .unwrap();
     // A flipped byte (same size: only --deep, which hashes, sees it).
-    rt.block_on(store.put(
-        &key_a,
-        bytes::Bytes::from_static(b"a = 2\n"),
-        Overwrite::Allow,
-    ))
-    .unwrap();
+    rt.block_on(support::damage_object(&*store, b"a = 1\n", b"a = 2\n"));
     let (code, text) = verify(cluster, &runtime, &["--store", &url]);
     assert_eq!(code, 0, "sizes match, without --deep: {text}");
     assert_drift(
@@ -109,12 +109,7 @@ fn finds_every_kind_of_drift_by_hash() {
         "corrupt_object",
         "a.py",
     );
-    rt.block_on(store.put(
-        &key_a,
-        bytes::Bytes::from_static(b"a = 1\n"),
-        Overwrite::Allow,
-    ))
-    .unwrap();
+    rt.block_on(support::damage_object(&*store, b"a = 1\n", b"a = 1\n"));
 
     // A mirror file edited by hand with Hadoop's own client.
     let edited = tmp.path().join("edited.sql");

@@ -228,7 +228,8 @@ async fn finish_publish(
 ) -> Result<()> {
     let mirror = if outcome.generation.is_some() && mirror::wanted(store, mirror).await {
         bar.set_message("updating the mirror");
-        match mirror::update(store).await {
+        let index_dir = crate::objects::index_dir(store.url());
+        match mirror::update(store, index_dir.as_deref()).await {
             Ok(result) => Some(result),
             Err(e) => {
                 // The generation is committed; the mirror catches up on the next update.
@@ -283,6 +284,7 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
         force: args.force,
         concurrency: config.publish.concurrency,
         allow_empty: args.allow_empty,
+        index_dir: crate::objects::index_dir(store.url()),
         ..PublishOptions::default()
     };
     let outcome = publish::publish(&*store, &Desired::from_scan(&files), &options).await?;
@@ -317,6 +319,7 @@ pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
                 .message
                 .unwrap_or_else(|| format!("import of {}", args.source)),
             concurrency: config.publish.concurrency,
+            index_dir: crate::objects::index_dir(target.url()),
             ..PublishOptions::default()
         },
         ..ImportOptions::default()
@@ -337,6 +340,7 @@ pub async fn rollback(args: RollbackArgs, config: &Config) -> Result<()> {
         force: true,
         allow_empty: true,
         concurrency: config.publish.concurrency,
+        index_dir: crate::objects::index_dir(store.url()),
         ..PublishOptions::default()
     };
     let outcome = publish::publish(&*store, &Desired::from_manifest(&target), &options).await?;
@@ -490,9 +494,10 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
             "deleted"
         };
         println!(
-            "{verb} {} generations, {} objects ({}), {} staged files",
+            "{verb} {} generations, {} objects ({} packs, {}), {} staged files",
             outcome.generations.len(),
             outcome.objects,
+            outcome.packs,
             indicatif::HumanBytes(outcome.bytes),
             outcome.staged
         );

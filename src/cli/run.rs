@@ -92,7 +92,8 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let sync_options = super::sync::sync_options(dags.clone(), "dagfs run".into(), config);
+    let mut sync_options = super::sync::sync_options(dags.clone(), "dagfs run".into(), config);
+    sync_options.publish.index_dir = crate::objects::index_dir(sync_store.url());
     let sync_done = sync::run(
         sync_store,
         sync_options,

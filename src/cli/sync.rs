@@ -81,6 +81,7 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
     options.publish.prefix = args.prefix;
     let setting = super::commands::mirror_setting(config, args.mirror, args.no_mirror);
     options.mirror = crate::mirror::wanted(&*store, setting).await;
+    options.publish.index_dir = crate::objects::index_dir(store.url());
     options.metrics_addr = server.as_ref().map(|s| s.addr().to_string());
     sync::run(store, options, sync_metrics, health, shutdown).await?;
     Ok(())

@@ -138,16 +138,17 @@ pub async fn list_if_exists(store: &dyn Store, key: &str) -> StoreResult<Vec<Ent
     }
 }
 
-/// Every file below directory `dir`, as paths relative to it, sorted (empty if `dir` is
-/// missing).
+/// Every file below directory `dir` (`""`: the root), as paths relative to it, sorted (empty
+/// if `dir` is missing).
 pub async fn files_under(store: &dyn Store, dir: &str) -> StoreResult<Vec<String>> {
+    let prefix = if dir.is_empty() { 0 } else { dir.len() + 1 };
     let mut files = Vec::new();
     let mut pending = vec![dir.to_string()];
     while let Some(current) = pending.pop() {
         for entry in list_if_exists(store, &current).await? {
             match entry.kind {
                 EntryKind::Dir => pending.push(entry.key),
-                EntryKind::File => files.push(entry.key[dir.len() + 1..].to_string()),
+                EntryKind::File => files.push(entry.key[prefix..].to_string()),
             }
         }
     }

@@ -220,7 +220,7 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::from(store);
     let mirror = options
         .mirror
-        .then(|| MirrorWorker::spawn(Arc::clone(&store)));
+        .then(|| MirrorWorker::spawn(Arc::clone(&store), options.publish.index_dir.clone()));
     let mut daemon = Daemon::new(store, options, metrics, health, files, mirror);
     daemon.save_state();
     tracing::info!(dir = %daemon.options.dir.display(), store = daemon.store.url(), "watching");
@@ -302,7 +302,7 @@ struct MirrorWorker {
 }
 
 impl MirrorWorker {
-    fn spawn(store: Arc<dyn Store>) -> MirrorWorker {
+    fn spawn(store: Arc<dyn Store>, index_dir: Option<std::path::PathBuf>) -> MirrorWorker {
         let (wanted, mut requests) = watch::channel(0);
         // Bring the mirror up to date once at start: the last daemon may have stopped before
         // it did.
@@ -313,7 +313,7 @@ impl MirrorWorker {
                 // file a gc run took) is retried, or the mirror of the last generation would
                 // stay stale until the folder changes again.
                 let mut retry = MIRROR_RETRY_MIN;
-                while let Err(e) = crate::mirror::update(&*store).await {
+                while let Err(e) = crate::mirror::update(&*store, index_dir.as_deref()).await {
                     tracing::warn!(error = %e, retry_in = ?retry, "mirror not updated; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(retry) => {}

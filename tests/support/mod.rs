@@ -42,19 +42,55 @@ pub fn scrape_metrics(addr: &str) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
-/// Replaces the object holding `content` in the store at `url` with `bytes` under the same
-/// key: a corrupt object, as a damaged disk or a hand edit leaves it. Blocking.
+/// [`damage_object`] in the store at `url` of `cluster`. Blocking.
 pub fn corrupt_object(cluster: &minidfs::MiniDfs, url: &str, content: &[u8], bytes: &'static [u8]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let options = cluster.options(None, std::time::Duration::from_secs(20));
     let store = rt.block_on(dagfs::store::open(url, &options)).unwrap();
-    let key = dagfs::format::object_key(&dagfs::format::Digest::of(content));
-    rt.block_on(store.put(
-        &key,
-        bytes::Bytes::from_static(bytes),
-        dagfs::store::Overwrite::Allow,
-    ))
-    .unwrap();
+    rt.block_on(damage_object(&*store, content, bytes));
+}
+
+/// Replaces the bytes of the object holding `content` with `bytes` (of the same length)
+/// where readers find it: the pack holding it is rewritten with those bytes at the
+/// object's range, under the same name (a loose object is replaced). A corrupt object, as
+/// a damaged disk or a hand edit leaves it.
+pub async fn damage_object(store: &dyn Store, content: &[u8], bytes: &[u8]) {
+    assert_eq!(content.len(), bytes.len(), "same-length damage");
+    let digest = dagfs::format::Digest::of(content);
+    let objects = dagfs::objects::Objects::new(None);
+    objects.refresh(store).await.unwrap();
+    let (key, damaged) = match objects.locate(&digest) {
+        Some(packed) => {
+            let key = dagfs::pack::pack_key(&packed.pack);
+            let mut pack = store.read(&key).await.unwrap().to_vec();
+            let start = packed.span.offset as usize;
+            pack[start..start + bytes.len()].copy_from_slice(bytes);
+            (key, pack)
+        }
+        None => (dagfs::format::object_key(&digest), bytes.to_vec()),
+    };
+    store
+        .put(
+            &key,
+            bytes::Bytes::from(damaged),
+            dagfs::store::Overwrite::Allow,
+        )
+        .await
+        .unwrap();
+}
+
+/// The length of object `digest` where readers find it outside the gc trash (in a pack
+/// under `packs/` or loose under `objects/`); `None` if it is in neither.
+pub async fn stored_len(store: &dyn Store, digest: &dagfs::format::Digest) -> Option<u64> {
+    let objects = dagfs::objects::Objects::new(None);
+    objects.refresh(store).await.unwrap();
+    objects.present_len(store, digest).await.unwrap()
+}
+
+/// The bytes of object `digest` (packed or loose; not checked).
+pub async fn read_object(store: &dyn Store, digest: &dagfs::format::Digest) -> bytes::Bytes {
+    let objects = dagfs::objects::Objects::new(None);
+    objects.read(store, digest).await.unwrap()
 }
 
 /// A free TCP port on loopback.
