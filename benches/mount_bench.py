@@ -4,13 +4,17 @@
     mount_bench.py LOCAL_DIR MOUNT_DIR
 
 Prints one JSON object: for each measurement the best of several rounds, local and mount,
-in seconds. Every round runs after a first untimed pass, so both sides are warm (page cache
-for the local disk; kernel and dagfs caches for the mount).
+in seconds; for the imports (without bytecode, and with a local PYTHONPYCACHEPREFIX), the
+medians of IMPORT_PAIRS (default 9) interleaved runs and the ratio of each pair. Every round
+runs after a first untimed pass, so both sides are warm (page cache for the local disk;
+kernel and dagfs caches for the mount).
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -68,16 +72,46 @@ print(time.perf_counter() - t)
 """
 
 
-def import_modules(root, count):
+def import_modules(root, count, pycache=None):
+    """Without `pycache`: no bytecode cache, every module is found, read and compiled, as the
+    DAG processor does on a read-only mount without PYTHONPYCACHEPREFIX. With it: bytecode
+    from that local directory (written by the first run), as operators configure it."""
     def run():
-        # A fresh interpreter each time, no bytecode cache: every module is found, read and
-        # compiled, as the DAG processor does on a read-only mount without PYTHONPYCACHEPREFIX.
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        env.pop("PYTHONPYCACHEPREFIX", None)
-        out = subprocess.run([sys.executable, "-B", "-c", IMPORT, root, str(count)],
+        env = dict(os.environ)
+        if pycache:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = pycache
+            flags = []
+        else:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+            env.pop("PYTHONPYCACHEPREFIX", None)
+            flags = ["-B"]
+        out = subprocess.run([sys.executable, *flags, "-c", IMPORT, root, str(count)],
                              check=True, capture_output=True, text=True, env=env)
         return float(out.stdout)
     return run
+
+
+def import_pairs(local, mount, count, pycache=None):
+    """Fresh interpreters importing `count` modules, local and mount in interleaved pairs (in
+    alternating order, so a burst of load from other processes hits both sides alike), after
+    one untimed run each: the medians, and the ratio of every pair (the spread is the
+    machine's noise)."""
+    imp_local = import_modules(local, count, pycache)
+    imp_mount = import_modules(mount, count, pycache)
+    imp_local(), imp_mount()
+    pairs = []
+    for i in range(int(os.environ.get("IMPORT_PAIRS", "9"))):
+        if i % 2:
+            m = imp_mount()
+            pairs.append((imp_local(), m))
+        else:
+            pairs.append((imp_local(), imp_mount()))
+    return {
+        "times": [statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)],
+        "ratios": [round(m / l, 2) for l, m in pairs],
+        "ratio_median": statistics.median(m / l for l, m in pairs),
+    }
 
 
 def main():
@@ -90,9 +124,9 @@ def main():
     result["python_read"] = [best(python_read_all(local, rel)), best(python_read_all(mount, rel))]
     modules = len([p for p in rel if p.startswith("mods/m")])
     if modules:
-        imp_local, imp_mount = import_modules(local, modules), import_modules(mount, modules)
-        imp_local(), imp_mount()
-        result["import"] = [min(imp_local() for _ in range(3)), min(imp_mount() for _ in range(3))]
+        result["import"] = import_pairs(local, mount, modules)
+        with tempfile.TemporaryDirectory() as pycache:
+            result["import_pycache"] = import_pairs(local, mount, modules, pycache)
         result["modules"] = modules
     print(json.dumps(result))
 

@@ -82,7 +82,11 @@ print("|---|---|---|---|")
 row(f"warm `stat` of every file (local disk)", *w["stat"])
 row(f"warm read of every file, open/read/close (local disk)", *w["read"])
 row(f"warm read of every file, Python open().read() (local disk)", *w["python_read"])
-row(f"import {w['modules']} modules, fresh python -B (local disk)", *w["import"])
+for key, what in (("import", "fresh python -B"), ("import_pycache", "bytecode in a local PYTHONPYCACHEPREFIX")):
+    i = w[key]
+    print(f"| import {w['modules']} modules, {what}: medians of pairs (local disk) "
+          f"| {i['times'][0]:.3f} s | {i['times'][1]:.3f} s "
+          f"| {i['ratio_median']:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in i['ratios'])}) |")
 row("`airflow dags list --local`, 200 DAGs (local disk)", af_local, af_mount)
 row("cold: empty cache to full listing (`hadoop fs -get` of the objects)", get, cold)
 print(f"| mount process RSS serving {w['files']} files | | {rss_kb / 1024:.1f} MiB | |")

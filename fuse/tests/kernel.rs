@@ -136,3 +136,109 @@ fn the_kernel_forgets_what_switches_replace_and_views_are_reachable() {
     }
     mounted.unmount().unwrap();
 }
+
+/// One file of a hand-made tree: `content` is the number the file holds.
+fn spec(path: &str, content: u64, g: u64) -> FileSpec {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&content.to_le_bytes());
+    FileSpec {
+        path: path.into(),
+        mode: 0o644,
+        size: content.to_string().len() as u64,
+        mtime_ns: g as i64 * 1_000_000_000,
+        content: ContentId(id),
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// With a TTL far longer than the test, everything the kernel cached from the old tree (an
+/// entry, a cached absence, a file's attributes and pages, a directory's attributes and
+/// listing) must be gone the moment `switch` returns: only the switch's invalidations can
+/// make that so.
+#[test]
+fn nothing_cached_before_a_switch_is_served_after_it_whatever_the_ttl() {
+    let source = Numbers::new(200);
+    let options = MountOptions {
+        ttl: Duration::from_secs(24 * 3600),
+        // SAFETY: getuid and getgid cannot fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+    };
+    let old = vec![
+        spec("d/keep.py", 7, 1),
+        spec("d/change.py", 8, 1),
+        spec("d/gone.py", 9, 1),
+    ];
+    let new = vec![
+        spec("d/keep.py", 7, 2),
+        spec("d/change.py", 123, 2),
+        spec("d/new.py", 45, 2),
+    ];
+    let fs = Arc::new(DagFs::new(source, options, label(1), &old).unwrap());
+    let mnt = tempfile::tempdir().unwrap();
+    let fuse_options = FuseOptions {
+        allow_other: false,
+        threads: 2,
+        fs_name: "dagfs-test".into(),
+    };
+    let mounted = mount(Arc::clone(&fs), mnt.path(), &fuse_options).unwrap();
+    let d = mnt.path().join("d");
+
+    // Fill the kernel's caches from the old tree, twice, so the second round is served
+    // from them.
+    let mut dir_mtime = None;
+    for _ in 0..2 {
+        assert_eq!(read(&d.join("change.py")), "8");
+        assert_eq!(std::fs::metadata(d.join("change.py")).unwrap().len(), 1);
+        assert_eq!(read(&d.join("gone.py")), "9");
+        assert_eq!(read(&d.join("keep.py")), "7");
+        let absent = std::fs::metadata(d.join("new.py")).unwrap_err();
+        assert_eq!(absent.kind(), io::ErrorKind::NotFound);
+        assert_eq!(listing(&d), ["change.py", "gone.py", "keep.py"]);
+        dir_mtime = Some(std::fs::metadata(&d).unwrap().modified().unwrap());
+    }
+
+    fs.switch(label(2), &new, &mounted.invalidator()).unwrap();
+
+    assert_eq!(
+        read(&d.join("change.py")),
+        "123",
+        "a changed file's old bytes"
+    );
+    assert_eq!(
+        std::fs::metadata(d.join("change.py")).unwrap().len(),
+        3,
+        "a changed file's old size"
+    );
+    assert_eq!(
+        read(&d.join("new.py")),
+        "45",
+        "a cached absence hid a new file"
+    );
+    let gone = std::fs::metadata(d.join("gone.py")).unwrap_err();
+    assert_eq!(
+        gone.kind(),
+        io::ErrorKind::NotFound,
+        "a removed file is served"
+    );
+    assert_eq!(read(&d.join("keep.py")), "7");
+    assert_eq!(
+        listing(&d),
+        ["change.py", "keep.py", "new.py"],
+        "an old listing"
+    );
+    assert_ne!(
+        std::fs::metadata(&d).unwrap().modified().unwrap(),
+        dir_mtime.unwrap(),
+        "a directory's old mtime (Python would not re-list it)"
+    );
+    mounted.unmount().unwrap();
+}
