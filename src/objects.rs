@@ -494,6 +494,20 @@ mod tests {
     use crate::pack::PackBuilder;
     use crate::store::{LocalStore, Overwrite};
 
+    /// Writes one pack of `contents` into `store`; returns its name.
+    async fn put_pack(store: &LocalStore, contents: &[&[u8]]) -> Digest {
+        let mut builder = PackBuilder::default();
+        for content in contents {
+            builder.add(Digest::of(content), content);
+        }
+        let pack = builder.finish();
+        store
+            .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
+            .await
+            .unwrap();
+        pack.name
+    }
+
     /// A pack whose tail is damaged is left out (its objects read as missing, never as
     /// whatever its index claims); the other packs are used.
     #[tokio::test]
@@ -503,14 +517,7 @@ mod tests {
         let store = LocalStore::open(root.clone()).await.unwrap();
         let mut names = Vec::new();
         for content in [&b"good"[..], b"damaged"] {
-            let mut builder = PackBuilder::default();
-            builder.add(Digest::of(content), content);
-            let pack = builder.finish();
-            store
-                .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
-                .await
-                .unwrap();
-            names.push(pack.name);
+            names.push(put_pack(&store, &[content]).await);
         }
         let path = root.join(pack_key(&names[1]));
         let mut bytes = std::fs::read(&path).unwrap();
@@ -536,15 +543,7 @@ mod tests {
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         let big = vec![7u8; 100 << 10];
         let contents: [&[u8]; 4] = [b"a = 1\n", b"b = 2\n", &big, b"c = 3\n"];
-        let mut builder = PackBuilder::default();
-        for content in contents {
-            builder.add(Digest::of(content), content);
-        }
-        let pack = builder.finish();
-        store
-            .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
-            .await
-            .unwrap();
+        let pack = put_pack(&store, &contents).await;
         let objects = Objects::new(Some(dir.path().join("indexes")));
         objects.refresh(&store).await.unwrap();
         let absent = Digest::of(b"absent");
@@ -564,10 +563,7 @@ mod tests {
             assert_eq!(Digest::of(&bytes), digest);
         }
         assert!(
-            dir.path()
-                .join("indexes")
-                .join(pack.name.to_string())
-                .exists(),
+            dir.path().join("indexes").join(pack.to_string()).exists(),
             "a local copy of the index is kept"
         );
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagfs_fuse::fuse::{mount, FuseOptions};
+use dagfs_fuse::fuse::{mount, FuseOptions, Mounted};
 use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, MountOptions, TreeLabel};
 
 /// Content `i` is the file `<dir>/<i>` holding the decimal number i.
@@ -60,6 +60,18 @@ fn label(g: u64) -> TreeLabel {
     }
 }
 
+/// Mounts `fs` for real on a new temporary directory, for this user only.
+fn mount_in_tempdir<S: ContentSource>(fs: &Arc<DagFs<S>>) -> (tempfile::TempDir, Mounted) {
+    let mnt = tempfile::tempdir().unwrap();
+    let fuse_options = FuseOptions {
+        allow_other: false,
+        threads: 2,
+        fs_name: "dagfs-test".into(),
+    };
+    let mounted = mount(Arc::clone(fs), mnt.path(), &fuse_options).unwrap();
+    (mnt, mounted)
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -76,13 +88,7 @@ fn the_kernel_forgets_what_switches_replace_and_views_are_reachable() {
     };
     let fs = Arc::new(DagFs::new(source, options, label(1), &tree(1)).unwrap());
     fs.set_view_loader(Box::new(|l| Ok(tree(l.generation))));
-    let mnt = tempfile::tempdir().unwrap();
-    let fuse_options = FuseOptions {
-        allow_other: false,
-        threads: 2,
-        fs_name: "dagfs-test".into(),
-    };
-    let mounted = mount(Arc::clone(&fs), mnt.path(), &fuse_options).unwrap();
+    let (mnt, mounted) = mount_in_tempdir(&fs);
     let invalidator = mounted.invalidator();
     for g in 2..=switches + 1 {
         fs.switch(label(g), &tree(g), &invalidator).unwrap();
@@ -183,13 +189,7 @@ fn nothing_cached_before_a_switch_is_served_after_it_whatever_the_ttl() {
         spec("d/new.py", 45, 2),
     ];
     let fs = Arc::new(DagFs::new(source, options, label(1), &old).unwrap());
-    let mnt = tempfile::tempdir().unwrap();
-    let fuse_options = FuseOptions {
-        allow_other: false,
-        threads: 2,
-        fs_name: "dagfs-test".into(),
-    };
-    let mounted = mount(Arc::clone(&fs), mnt.path(), &fuse_options).unwrap();
+    let (mnt, mounted) = mount_in_tempdir(&fs);
     let d = mnt.path().join("d");
 
     // Fill the kernel's caches from the old tree, twice, so the second round is served
