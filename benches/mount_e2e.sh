@@ -5,7 +5,8 @@
 #     the mount vs the same files on local disk (benches/mount_bench.py);
 #   - `airflow dags list --local` over 200 real DAGs: mount vs local disk;
 #   - cold start, empty cache, to a first full listing: `dagfs mount` vs `hadoop fs -get` of
-#     the same objects (FsShell, JVM start included);
+#     the whole store, whatever its format holds (format 2: manifests and packs; FsShell, JVM
+#     start included);
 #   - resident memory of the mount process serving N files.
 # Usage: benches/mount_e2e.sh [N]   (default N=10000; 1,000 of them are the import modules).
 set -euo pipefail
@@ -39,8 +40,8 @@ now() { date +%s.%N; }
 count_files() { find "$1" -type f | wc -l; }
 expected=$(count_files "$work/dags")
 
-# Cold: hadoop fs -get of the same objects vs dagfs mount with an empty cache.
-t0=$(now); scripts/minidfs fs -get /dags/objects "$work/get" >/dev/null; t1=$(now)
+# Cold: hadoop fs -get of the store's bytes vs dagfs mount with an empty cache.
+t0=$(now); scripts/minidfs fs -get /dags "$work/get" >/dev/null; t1=$(now)
 get=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
 mkdir -p "$work/mnt" "$work/amnt"; mounts=("$work/mnt" "$work/amnt")
 t0=$(now)
@@ -88,6 +89,6 @@ for key, what in (("import", "fresh python -B"), ("import_pycache", "bytecode in
           f"| {i['times'][0]:.3f} s | {i['times'][1]:.3f} s "
           f"| {i['ratio_median']:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in i['ratios'])}) |")
 row("`airflow dags list --local`, 200 DAGs (local disk)", af_local, af_mount)
-row("cold: empty cache to full listing (`hadoop fs -get` of the objects)", get, cold)
+row("cold: empty cache to full listing (`hadoop fs -get` of the store)", get, cold)
 print(f"| mount process RSS serving {w['files']} files | | {rss_kb / 1024:.1f} MiB | |")
 PY

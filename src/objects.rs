@@ -31,7 +31,7 @@ pub struct Packed {
 }
 
 /// Most bytes one batched read fetches.
-const MAX_BATCH: u64 = 8 << 20;
+const MAX_BATCH: u64 = 1 << 20;
 /// Largest gap between two objects a batched read reads through.
 const MAX_GAP: u64 = 64 << 10;
 
@@ -273,7 +273,7 @@ impl Objects {
     }
 
     /// Groups `digests` into batches of neighbouring objects of the same pack (at most
-    /// 8 MiB, reading through gaps of at most 64 KiB), one range read each; returns the
+    /// 1 MiB, reading through gaps of at most 64 KiB), one range read each; returns the
     /// batches and the digests in no pack of the last refresh.
     pub fn batches(&self, digests: impl IntoIterator<Item = Digest>) -> (Vec<Batch>, Vec<Digest>) {
         let mut by_pack: HashMap<Digest, Vec<(Digest, Span)>> = HashMap::new();
