@@ -212,13 +212,16 @@ fn a_format_1_store_is_served_pushed_to_and_gcd() {
         ("team/b.py", "b = 1\n"),
         ("team/c.py", "c = 1\n"),
     ];
-    folder(&dags, &v3);
+    let push = |tree: &[(&str, &str)]| {
+        folder(&dags, tree);
+        ok(
+            &exe,
+            home,
+            &["push", "-q", dags.to_str().unwrap(), "--to", &url],
+        );
+    };
     let loose_before = files(&root.join("objects")).len();
-    ok(
-        &exe,
-        home,
-        &["push", "-q", dags.to_str().unwrap(), "--to", &url],
-    );
+    push(&v3);
     assert_eq!(formats(&root), [1, 1, 2]);
     assert_eq!(files(&root.join("packs")).len(), 1, "one pack");
     assert_eq!(
@@ -266,12 +269,7 @@ fn a_format_1_store_is_served_pushed_to_and_gcd() {
         ("team/b.py", "b = 2\n"),
         ("team/c.py", "c = 1\n"),
     ];
-    folder(&dags, &v4);
-    ok(
-        &exe,
-        home,
-        &["push", "-q", dags.to_str().unwrap(), "--to", &url],
-    );
+    push(&v4);
     assert_eq!(files(&root.join("packs")).len(), 2);
     ok(&exe, home, &["verify", "--store", &url, "--deep"]);
     assert_eq!(checked_out(&exe, home, &url, 4), owned(&v4));
