@@ -4,7 +4,10 @@
 //! The protocol (the argument is in docs/DESIGN.md, "Garbage collection"):
 //!
 //! - a publisher holds a **pin** (`.dagfs-pins/<uuid>`, an empty directory) from before it
-//!   first looks at an object until after its commit ([`pin`]);
+//!   reads its base and first looks at an object until after its commit ([`pin`]);
+//! - gc deletes the manifests it drops only after that wait (below): a publisher that read
+//!   its base before gc listed the generations has committed or given up by then, so no
+//!   commit can take a number gc deleted;
 //! - gc never deletes an object or a pack in place: it **moves** each candidate to
 //!   `.dagfs-trash/<run>/<hex>` or `.dagfs-trash/<run>/pack-<hex>` (one rename), *then*
 //!   waits until every pin that existed after the moves is released, *then* lists the
@@ -88,6 +91,9 @@ pub struct GcOutcome {
     /// Unreferenced objects put back because publishes were still running after the wait
     /// (or a generation committed meanwhile uses them); a later gc collects them.
     pub deferred: usize,
+    /// Generations not deleted because publishes were still running after the wait; a later
+    /// gc deletes them.
+    pub deferred_generations: Vec<u64>,
 }
 
 /// A publisher's pin: while it exists, gc deletes no object it moved aside.
@@ -96,7 +102,8 @@ pub struct Pin {
     key: String,
 }
 
-/// Takes a pin. Call it before looking at any object the publish will reference.
+/// Takes a pin. Call it before reading the base generation and before looking at any
+/// object the publish will reference.
 pub async fn pin(store: &dyn Store) -> Result<Pin, StoreError> {
     let key = format!("{PINS_DIR}/{}", uuid::Uuid::new_v4().simple());
     store.mkdirs(&key).await?;
@@ -271,13 +278,8 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
     for &generation in kept {
         add_references(store, generation, &mut referenced).await?;
     }
-    for &generation in doomed {
-        if !options.dry_run {
-            store
-                .delete(&crate::format::manifest_key(generation), false)
-                .await?;
-        }
-        outcome.generations.push(generation);
+    if options.dry_run {
+        outcome.generations.extend_from_slice(doomed);
     }
     let newest_seen = kept.last().copied().unwrap_or(0);
 
@@ -362,14 +364,24 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
             }
         }
     }
-    if !trashed.is_empty() {
-        match settle(store, options, now, newest_seen, referenced, &trashed).await {
+    if !trashed.is_empty() || (!doomed.is_empty() && !options.dry_run) {
+        let found = Found {
+            newest_seen,
+            referenced,
+            doomed,
+            trashed: &trashed,
+        };
+        match settle(store, options, now, found).await {
             Ok(Settled {
+                generations,
+                deferred_generations,
                 objects,
                 packs,
                 bytes,
                 deferred,
             }) => {
+                outcome.generations = generations;
+                outcome.deferred_generations = deferred_generations;
                 outcome.objects += objects;
                 outcome.packs += packs;
                 outcome.bytes += bytes;
@@ -447,38 +459,64 @@ async fn abandoned_trash(
     Ok(found)
 }
 
+/// What a run found before its wait: the newest generation of its first listing, the
+/// objects of the kept generations, the generations to delete and the files moved aside.
+struct Found<'a> {
+    newest_seen: u64,
+    referenced: HashSet<Digest>,
+    doomed: &'a [u64],
+    trashed: &'a [Trashed],
+}
+
 /// What [`settle`] did.
+#[derive(Default)]
 struct Settled {
+    generations: Vec<u64>,
+    deferred_generations: Vec<u64>,
     objects: usize,
     packs: usize,
     bytes: u64,
     deferred: usize,
 }
 
-/// After the objects are moved aside: wait until no publisher holds a pin, list the
-/// generations, put back what any of them (or `referenced`, the kept ones) references,
-/// delete the rest.
+/// After the objects are moved aside: wait until no publisher holds a pin, delete the
+/// doomed manifests, list the generations, put back what any of them (or the kept ones)
+/// references, delete the rest.
 async fn settle(
     store: &dyn Store,
     options: &GcOptions,
     now: SystemTime,
-    newest_seen: u64,
-    mut referenced: HashSet<Digest>,
-    trashed: &[Trashed],
+    found: Found<'_>,
 ) -> Result<Settled, GcError> {
+    let Found {
+        newest_seen,
+        mut referenced,
+        doomed,
+        trashed,
+    } = found;
     if !wait_for_publishers(store, options.publish_wait, now).await? {
         tracing::info!(
             objects = trashed.len(),
-            "publishes still in progress; putting the objects back, a later gc collects them"
+            generations = doomed.len(),
+            "publishes still in progress; putting the objects back and keeping the generations, a later gc collects them"
         );
         let deferred = trashed.iter().map(Trashed::objects).sum();
         put_back(store, trashed).await;
         return Ok(Settled {
-            objects: 0,
-            packs: 0,
-            bytes: 0,
+            deferred_generations: doomed.to_vec(),
             deferred,
+            ..Settled::default()
         });
+    }
+    let mut settled = Settled::default();
+    // Only now (G5): every publisher whose pin was listed has committed or given up, and
+    // any other read its base after that listing, at or above `newest_seen`; so none can
+    // still take a number deleted here (DESIGN, "No generation number is taken twice").
+    for &generation in doomed {
+        store
+            .delete(&crate::format::manifest_key(generation), false)
+            .await?;
+        settled.generations.push(generation);
     }
     // Every generation committed since the first listing (pins are gone, so no publisher
     // that saw one of these objects before it was moved is still to commit). Trash of
@@ -488,12 +526,6 @@ async fn settle(
             add_references(store, generation, &mut referenced).await?;
         }
     }
-    let mut settled = Settled {
-        objects: 0,
-        packs: 0,
-        bytes: 0,
-        deferred: 0,
-    };
     for file in trashed {
         if file.live(&referenced) {
             put_back(store, std::slice::from_ref(file)).await;
@@ -738,6 +770,95 @@ mod tests {
         assert_eq!((outcome.generation, outcome.objects_uploaded), (Some(3), 0));
         assert!(store.stat(&pack_key(&pack)).await.is_ok(), "put back");
         assert_head_complete(&*store, "after the rollback").await;
+    }
+
+    /// One file, `path` = `content`, under `prefix` (a change that rebases onto any head).
+    fn under_prefix(
+        dir: &std::path::Path,
+        prefix: &str,
+        path: &str,
+        content: &str,
+    ) -> (Desired, PublishOptions) {
+        let entry = crate::testutil::entry_for(path, content.as_bytes());
+        let src = dir.join(uuid::Uuid::new_v4().to_string());
+        std::fs::write(&src, content).unwrap();
+        let desired = Desired {
+            entries: vec![entry.clone()],
+            sources: [(entry.blake3, src.into())].into(),
+        };
+        let options = PublishOptions {
+            prefix: Some(prefix.into()),
+            ..PublishOptions::default()
+        };
+        (desired, options)
+    }
+
+    /// A push interleaved at every store call with two other commits and a `gc --keep 1`
+    /// (run whole, before that call): whatever the point, the push either committed a
+    /// generation that holds its change, under a number nobody else held, with the head
+    /// holding its change and theirs, or failed having committed nothing. On the code
+    /// before the fix, gc deleted the number the push had read as next, the push's
+    /// no-overwrite rename then succeeded below the head and it reported success: a lost
+    /// update. The injected gc runs inside the push, so it cannot wait for the push's pin:
+    /// `publish_wait` is zero.
+    #[tokio::test]
+    async fn a_push_racing_commits_and_gc_never_lands_below_the_head() {
+        for nth in 1.. {
+            let dir = tempfile::tempdir().unwrap();
+            let inner: Arc<dyn Store> =
+                Arc::new(LocalStore::open(dir.path().join("store")).await.unwrap());
+            publish_files(&*inner, dir.path(), &[("a.py", "a")]).await;
+            let store = FaultyStore::new(Arc::clone(&inner));
+            let work = dir.path().to_path_buf();
+            let theirs = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let others: crate::store::faulty::Action = Arc::new({
+                let theirs = Arc::clone(&theirs);
+                move |store, _| {
+                    let (work, theirs) = (work.clone(), Arc::clone(&theirs));
+                    Box::pin(async move {
+                        for c in ["c1", "c2"] {
+                            let (desired, options) = under_prefix(&work, "theirs", "c.py", c);
+                            let outcome = publish(&*store, &desired, &options).await.unwrap();
+                            theirs.lock().unwrap().push(outcome.generation.unwrap());
+                        }
+                        let _ = gc(&*store, &collect_all()).await;
+                    })
+                }
+            });
+            store.add(Rule::before_any(nth, others));
+            let (desired, options) = under_prefix(dir.path(), "ours", "b.py", "ours");
+            let result = publish(&store, &desired, &options).await;
+            if store.fired().is_empty() {
+                break; // the push made fewer calls than nth
+            }
+            let holds_ours =
+                |m: &crate::format::Manifest| m.entries.iter().any(|e| e.path == "ours/b.py");
+            let head = generations::load_head(&*inner).await.unwrap().unwrap();
+            let context = format!(
+                "others and gc before push call {nth}: {result:?}, theirs {:?}, head {} = {:?}",
+                theirs.lock().unwrap(),
+                head.generation,
+                head.entries.iter().map(|e| &e.path).collect::<Vec<_>>()
+            );
+            let theirs_last = head.entries.iter().find(|e| e.path == "theirs/c.py");
+            assert_eq!(
+                theirs_last.map(|e| e.blake3),
+                Some(Digest::of(b"c2")),
+                "{context}"
+            );
+            match &result {
+                Ok(outcome) => {
+                    let ours = outcome.generation.unwrap();
+                    assert!(!theirs.lock().unwrap().contains(&ours), "{context}");
+                    assert!(holds_ours(&head), "lost update: {context}");
+                    if let Ok(manifest) = generations::load(&*inner, ours).await {
+                        assert!(holds_ours(&manifest), "{context}");
+                    }
+                }
+                Err(_) => assert!(!holds_ours(&head), "{context}"),
+            }
+            assert_head_complete(&*inner, &context).await;
+        }
     }
 
     /// gc and a rollback (which has no local copy to upload again) interleaved at every

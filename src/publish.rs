@@ -16,8 +16,10 @@
 //!    by reading the manifest back and comparing manifest ids.
 //! 5. Update the plain mirror (see [`crate::mirror`]).
 //!
-//! Steps 2-4 run under a gc pin ([`crate::gc::pin`]), so no object they found can be
-//! collected before the commit; nothing after the commit can fail.
+//! Steps 1-4 run under a gc pin ([`crate::gc::pin`]), taken before the head is read: no
+//! object they found can be collected before the commit, and no manifest numbered above
+//! `H` can be deleted (the no-overwrite commit would then succeed below the head). Nothing
+//! after the commit can fail.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -302,6 +304,25 @@ pub async fn publish(
         })
         .collect();
 
+    // From before the base is read until after the commit, gc deletes no object it moved
+    // aside and no manifest numbered above the base (see `gc`): an object found here cannot
+    // vanish under the commit, and the number the commit takes cannot have been held by a
+    // generation gc deleted (its no-overwrite rename would then succeed below the head).
+    let pin = crate::gc::pin(store).await?;
+    let result = publish_pinned(store, desired, options, prefix, &wanted, &pin).await;
+    pin.release(store).await;
+    result
+}
+
+/// [`publish`] once `pin` is held: reads the base, diffs, publishes the change set.
+async fn publish_pinned(
+    store: &dyn Store,
+    desired: &Desired,
+    options: &PublishOptions,
+    prefix: Option<String>,
+    wanted: &[Entry],
+    pin: &crate::gc::Pin,
+) -> Result<Outcome, PublishError> {
     let base = generations::load_head(store).await?;
     let base_tree = base.as_ref().map_or(&[][..], |m| &m.entries[..]);
     let current = subtree(base_tree, prefix.as_deref());
@@ -311,16 +332,11 @@ pub async fn publish(
             prefix,
         });
     }
-    let changes = diff(&current, &wanted);
+    let changes = diff(&current, wanted);
     if changes.is_empty() {
         return Ok(unchanged(base.as_ref()));
     }
-    // From before any object is looked at until after the commit, gc deletes nothing it
-    // moved aside (see `gc`): an object found here cannot vanish under the commit.
-    let pin = crate::gc::pin(store).await?;
-    let result = publish_changes(store, desired, options, base, &changes, &pin).await;
-    pin.release(store).await;
-    result
+    publish_changes(store, desired, options, base, &changes, pin).await
 }
 
 /// Uploads the objects `changes` need, then commits them on top of `base`, rebasing after

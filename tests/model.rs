@@ -7,8 +7,10 @@
 //! steps asked for. After every step:
 //!
 //! - every generation in the store is valid and holds a tree the model knows: the tree of
-//!   the generation it had, or, for a new one, the tree this step (or its injected rollback)
-//!   asked for; a step that returned an error committed nothing;
+//!   the generation it had, or, for a new one, the tree this step (or its injected
+//!   rollbacks) asked for; a step that returned an error committed nothing; no number is
+//!   held by two different manifests, even one deleted meanwhile (injected commits record
+//!   theirs);
 //! - the head is complete: every object it references is readable with its length and digest
 //!   (and sits in `objects/` unless the step's fault hit gc half-way);
 //! - what the mount serves is exactly the bytes of the generation it switched to, or a file
@@ -48,6 +50,10 @@ enum Fault {
     GcBefore(usize),
     /// A rollback to the generation before the head runs whole before the Nth call.
     RollbackBefore(usize),
+    /// Two commits run whole before the Nth call: a rollback to the generation before the
+    /// head, then one back to the head's tree (with a `GcBefore` after it, the head the
+    /// step read can be two generations and a gc behind).
+    CommitsBefore(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +84,7 @@ fn one_fault() -> impl Strategy<Value = Option<Fault>> {
         1 => (op(), 1..6usize).prop_map(|(o, n)| Some(Fault::FailAfter(o, n))),
         1 => (1..30usize).prop_map(|n| Some(Fault::GcBefore(n))),
         1 => (1..30usize).prop_map(|n| Some(Fault::RollbackBefore(n))),
+        1 => (1..12usize).prop_map(|n| Some(Fault::CommitsBefore(n))),
     ]
 }
 
@@ -121,6 +128,8 @@ struct World {
     contents: HashMap<Digest, Vec<u8>>,
     /// The generation the mount serves.
     served: Option<Manifest>,
+    /// Generations committed by injected rollbacks, with their trees.
+    injected_commits: Arc<std::sync::Mutex<Vec<(u64, Tree)>>>,
 }
 
 fn check(condition: bool, message: impl FnOnce() -> String) -> Result<(), TestCaseError> {
@@ -162,6 +171,7 @@ impl World {
             committed: BTreeMap::new(),
             contents: HashMap::new(),
             served: None,
+            injected_commits: Arc::default(),
         }
     }
 
@@ -179,16 +189,17 @@ impl World {
         Desired::from_scan(&scanned)
     }
 
-    async fn arm(&self, faults: &[Fault]) -> Option<Tree> {
-        let mut rolled_back = None;
+    /// Arms `faults`; returns the trees injected rollbacks may commit.
+    async fn arm(&self, faults: &[Fault]) -> Vec<Tree> {
+        let mut rolled_back = Vec::new();
         for fault in faults {
-            rolled_back = self.arm_one(fault).await.or(rolled_back);
+            rolled_back.extend(self.arm_one(fault).await);
         }
         rolled_back
     }
 
-    async fn arm_one(&self, fault: &Fault) -> Option<Tree> {
-        let mut rolled_back = None;
+    async fn arm_one(&self, fault: &Fault) -> Vec<Tree> {
+        let mut rolled_back = Vec::new();
         match fault {
             Fault::Fail(op, nth, kind) => self.store.add(Rule::fail(*op, *nth, *kind)),
             Fault::FailAfter(op, nth) => {
@@ -203,24 +214,34 @@ impl World {
                 });
                 self.store.add(Rule::before_any(*nth, action));
             }
-            Fault::RollbackBefore(nth) => {
-                // Decided now, so the model knows the tree it may commit.
-                let target = rollback_target(&*self.inner, 1).await;
-                if let Some(target) = target {
-                    rolled_back = Some(tree_of(&target));
-                    let action: Action = Arc::new(move |store, _| {
-                        let target = target.clone();
-                        Box::pin(async move {
-                            let _ = publish(
+            Fault::RollbackBefore(nth) | Fault::CommitsBefore(nth) => {
+                // Decided now, so the model knows the trees they may commit.
+                let mut targets: Vec<Manifest> =
+                    rollback_target(&*self.inner, 1).await.into_iter().collect();
+                if matches!(fault, Fault::CommitsBefore(_)) {
+                    targets.extend(rollback_target(&*self.inner, 0).await);
+                }
+                rolled_back = targets.iter().map(tree_of).collect();
+                let commits = Arc::clone(&self.injected_commits);
+                let action: Action = Arc::new(move |store, _| {
+                    let (targets, commits) = (targets.clone(), Arc::clone(&commits));
+                    Box::pin(async move {
+                        for target in targets {
+                            let published = publish(
                                 &*store,
                                 &Desired::from_manifest(&target),
                                 &PublishOptions::default(),
                             )
                             .await;
-                        })
-                    });
-                    self.store.add(Rule::before_any(*nth, action));
-                }
+                            if let Ok(outcome) = published {
+                                if let Some(g) = outcome.generation.filter(|_| outcome.published) {
+                                    commits.lock().unwrap().push((g, tree_of(&target)));
+                                }
+                            }
+                        }
+                    })
+                });
+                self.store.add(Rule::before_any(*nth, action));
             }
         }
         rolled_back
@@ -273,13 +294,24 @@ impl World {
         &mut self,
         before: &[u64],
         asked: Option<(Tree, bool)>,
-        injected: Option<Tree>,
+        injected: Vec<Tree>,
         faults: &[Fault],
     ) -> Result<(), TestCaseError> {
         let store = &*self.inner;
         let after = generations::list(store).await.unwrap();
         let newest_before = before.last().copied().unwrap_or(0);
         let mut asked_committed = false;
+        // Every number an injected commit took, even if gc deleted it since: no other
+        // manifest may hold it (a commit onto a number gc deleted is a lost update).
+        let injected_commits = std::mem::take(&mut *self.injected_commits.lock().unwrap());
+        for (g, tree) in &injected_commits {
+            if let Some(model) = self.committed.get(g) {
+                check(model == tree, || {
+                    format!("generation {g} was held by two manifests")
+                })?;
+            }
+        }
+        let injected_at: HashMap<u64, Tree> = injected_commits.into_iter().collect();
         for &g in &after {
             let manifest = generations::load(store, g).await;
             check(manifest.is_ok(), || {
@@ -299,8 +331,13 @@ impl World {
             check(g > newest_before, || {
                 format!("generation {g} appeared below the old head")
             })?;
+            if let Some(theirs) = injected_at.get(&g) {
+                check(theirs == &tree, || {
+                    format!("generation {g} was held by two manifests: an injected commit's, then {tree:?}")
+                })?;
+            }
             let is_asked = asked.as_ref().is_some_and(|(t, _)| t == &tree);
-            let is_injected = injected.as_ref() == Some(&tree);
+            let is_injected = injected.contains(&tree);
             check(is_asked || is_injected, || {
                 format!("generation {g} holds a tree nobody asked for: {tree:?}")
             })?;

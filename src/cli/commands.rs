@@ -501,6 +501,13 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
             indicatif::HumanBytes(outcome.bytes),
             outcome.staged
         );
+        if outcome.deferred > 0 || !outcome.deferred_generations.is_empty() {
+            println!(
+                "kept {} generations and {} objects for now: publishes were still in progress; a later gc deletes them",
+                outcome.deferred_generations.len(),
+                outcome.deferred
+            );
+        }
     }
     Ok(())
 }

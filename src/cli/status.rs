@@ -1,10 +1,11 @@
 //! `dagfs status`: what sync, mount and failover are doing on this host, read from their
 //! state files in the runtime directory (`DAGFS_RUNTIME_DIR`, `/run/dagfs` for root...).
 //!
-//! Each component owns its file: `sync-*.json` ([`crate::sync::state`]), `mount-*.json`
-//! ([`crate::mount::state`]), and `failover-*.json`, which `dagfs failover` will write: any
-//! JSON object with a `pid` is shown as it is until its typed reader joins [`Row`]'s
-//! constructors here.
+//! Each component owns its file through [`crate::runtime::StateFile`]: `sync-*.json`
+//! ([`crate::sync::state`]), `mount-*.json` ([`crate::mount::state`]) and `failover-*.json`
+//! (the controller's [`crate::failover::ControllerState`], read here as plain JSON so a
+//! field added there is shown without a change here). A component runs while it holds its
+//! file's lock ([`alive`]); the pid in a file is only shown.
 
 use std::path::{Path, PathBuf};
 
