@@ -312,9 +312,13 @@ mod tests {
         assert!(err.to_string().contains("open to other users"), "{err}");
 
         if rustix::process::getuid().is_root() {
-            // Created first by another user (as root we can play one).
+            // Created first by another user (as root we can play one), private to that user,
+            // so that only the ownership check can refuse it.
             let planted = base.path().join("dagfs-planted");
-            std::fs::create_dir(&planted).unwrap();
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&planted)
+                .unwrap();
             std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
             let err = check_private(&planted).unwrap_err();
             assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
