@@ -2,6 +2,8 @@
 //! `privacy` on every block transfer (`tests/minidfs`, `--secure`).
 //!
 //! - Every command logs in with a keytab and with a ticket cache (`kinit`, `KRB5CCNAME`).
+//! - Push and checkout also work with the two weaker data-transfer protections,
+//!   `integrity` and `authentication` (a cluster each).
 //! - A wrong principal, a missing keytab, a missing and an expired ticket are each one line
 //!   naming the principal and the fix, with a non-zero exit; daemons report it as degraded
 //!   (`dagfs status`, metrics, `/healthz`) and the mount keeps serving its cache, also when
@@ -190,6 +192,52 @@ fn one_shot_commands_log_in_with_a_keytab_and_with_a_ticket_cache() {
                 &["verify", "--store", &imported, "--deep"],
             ),
             "verify of the import",
+        );
+    }
+}
+
+#[test]
+fn push_and_checkout_work_with_integrity_and_authentication_protection() {
+    for protection in ["integrity", "authentication"] {
+        let cluster = MiniDfs::start(MiniDfsOptions {
+            secure: true,
+            protection: Some(protection),
+            ..MiniDfsOptions::default()
+        });
+        let conf = std::fs::read_to_string(cluster.conf_dir().join("hdfs-site.xml")).unwrap();
+        assert!(
+            conf.contains(&format!(
+                "<name>dfs.data.transfer.protection</name><value>{protection}</value>"
+            )),
+            "the client configuration does not carry {protection}:\n{conf}"
+        );
+        let folders = Folders::new();
+        let (dags, _, run_dir, _) = folders.paths();
+        write(&dags, "a.py", &format!("print('{protection}')\n"));
+        let url = cluster.unique_root(protection);
+        let dags_arg = dags.to_str().unwrap();
+        ok(
+            run(
+                &cluster,
+                &run_dir,
+                Login::Keytab,
+                &["push", dags_arg, "--to", &url],
+            ),
+            &format!("push with {protection}"),
+        );
+        let out = folders.root.join("checkout");
+        ok(
+            run(
+                &cluster,
+                &run_dir,
+                Login::Keytab,
+                &["checkout", out.to_str().unwrap(), "--store", &url],
+            ),
+            &format!("checkout with {protection}"),
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("a.py")).unwrap(),
+            format!("print('{protection}')\n")
         );
     }
 }
