@@ -11,8 +11,9 @@
 //! packs are really retired while the NameNodes change roles. The test reads every
 //! generation before the gc run that could retire it starts (see `record`), so the whole
 //! history is checked afterwards: the generations are numbered without a gap, each one's
-//! parent is the one before and its tree differs from its parent's (sync never publishes an
-//! unchanged tree: a generation repeating its parent is a duplicate publish); every edit was
+//! parent is the one before and its tree differs from its parent's in some entry's content,
+//! size, mode or mtime (sync never publishes an unchanged tree: a generation repeating its
+//! parent is a duplicate publish); every edit was
 //! introduced by exactly one generation and is in the head; every generation still there
 //! is complete (`dagfs verify --deep`: each manifest valid, each object present with its
 //! bytes); the mount serves the head; the failover unit started once. A racing gc run may
@@ -31,6 +32,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dagfs::format::Entry;
 use dagfs::generations;
 use dagfs::store::Store;
 use support::host::{until, write, Host, DEADLINE};
@@ -47,8 +49,8 @@ fn env_number(name: &str) -> Option<u64> {
 /// A committed generation as the test read it.
 struct Generation {
     parent: Option<u64>,
-    /// path -> content digest.
-    tree: BTreeMap<String, String>,
+    /// path -> entry (digest, size, mode, mtime).
+    tree: BTreeMap<String, Entry>,
 }
 
 /// Reads every generation of `store` that is not in `seen` yet, retrying through failovers
@@ -68,7 +70,7 @@ fn record(
                     let tree = manifest
                         .entries
                         .iter()
-                        .map(|e| (e.path.clone(), e.blake3.to_string()))
+                        .map(|e| (e.path.clone(), e.clone()))
                         .collect();
                     seen.insert(
                         g,
