@@ -396,7 +396,8 @@ fn a_lost_login_degrades_the_daemons_and_the_mount_keeps_serving() {
         let (code, _) = http_get(&host.sync_metrics, "/healthz")?;
         (code == 200).then_some(())
     });
-    host.mount().wait_for("the mount to be online", |s| s.online);
+    host.mount()
+        .wait_for("the mount to be online", |s| s.online);
     host.failover.assert_running();
     // A mount that starts while logged out (a reboot) starts from its cache, and follows the
     // store once a ticket is back.

@@ -121,7 +121,10 @@ fn dagfs_with_exports(started: &str, scratch: &Path, args: &[&str]) -> String {
         .env("DAGFS_RUNTIME_DIR", scratch.join("run"))
         .env("XDG_CACHE_HOME", scratch.join("xdg-cache"))
         .env("AIRFLOW_HOME", scratch.join("no-airflow"))
-        .env("KRB5CCNAME", format!("FILE:{}", scratch.join("ccache").display()));
+        .env(
+            "KRB5CCNAME",
+            format!("FILE:{}", scratch.join("ccache").display()),
+        );
     let exports = started
         .lines()
         .filter_map(|l| l.trim().strip_prefix("export "))
@@ -163,7 +166,14 @@ fn a_secure_start_serves_dagfs_with_the_printed_exports() {
     dagfs_with_exports(
         &started,
         dir.path(),
-        &["push", dags.to_str().unwrap(), "--to", &store, "-m", "by hand"],
+        &[
+            "push",
+            dags.to_str().unwrap(),
+            "--to",
+            &store,
+            "-m",
+            "by hand",
+        ],
     );
     let log = dagfs_with_exports(&started, dir.path(), &["log", "--store", &store]);
     assert!(log.contains("by hand"), "{log}");
