@@ -1,8 +1,10 @@
 //! NameNode HA failover during every protocol step, with real processes: `dagfs sync`
 //! publishes edits (objects, staged manifest, commit, mirror), `dagfs gc --keep 2` runs race
-//! them, a mount follows (polls, fetches) and a failover controller renews its lease, while
-//! the NameNodes of an HA MiniDFS swap roles (`transitionToStandby` / `transitionToActive`)
-//! at seeded random points.
+//! them, a mount follows (polls, fetches) and a failover controller renews its lease while a
+//! second host's controller (its own mount, `--id b`) stands by, while the NameNodes of an
+//! HA MiniDFS swap roles (`transitionToStandby` / `transitionToActive`) at seeded random
+//! points. In rounds 2, 12, ... the leading controller is paused (SIGSTOP) until the other
+//! host takes over, so takeovers and claims land among the NameNode transitions.
 //!
 //! Between failovers the cluster stays up for 1.5-3 s (a failover storm longer than
 //! `failover.fence_after` is an outage, after which the unit restarts by design).
@@ -16,7 +18,9 @@
 //! parent is a duplicate publish); every edit was
 //! introduced by exactly one generation and is in the head; every generation still there
 //! is complete (`dagfs verify --deep`: each manifest valid, each object present with its
-//! bytes); the mount serves the head; the failover unit started once. A racing gc run may
+//! bytes); the mount serves the head; never two units alive at once (the stand-in units
+//! share a lock), every pause ended in a takeover, and the unit started once plus once per
+//! takeover (no NameNode failover restarted it). A racing gc run may
 //! fail only with a transient store error (`store unavailable`, `timed out`). Commits whose
 //! answer was lost are read back (DESIGN, publish step 6); the sync log's
 //! `ambiguous commit resolved by reading it back` lines (ours / another's) and
@@ -28,22 +32,36 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dagfs::format::Entry;
 use dagfs::generations;
 use dagfs::store::Store;
-use support::host::{until, write, Host, DEADLINE};
+use rustix::process::Signal;
+use support::host::{failover_command, stand_in_unit, until, write, Daemon, Host, DEADLINE};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
-use support::mount::{dagfs, Folders};
+use support::mount::{dagfs, Folders, Mount};
+
+/// How long a paused leader may wait for the other host to take over.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(40);
 
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
         v.parse()
             .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
     })
+}
+
+/// The host whose unit started last: the leader.
+fn leader(host: &Host) -> String {
+    host.unit_log()
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("start "))
+        .expect("a unit started")
+        .to_string()
 }
 
 /// A committed generation as the test read it.
@@ -65,20 +83,17 @@ fn record(
     loop {
         let read = runtime.block_on(async {
             for g in generations::list(store).await? {
-                if !seen.contains_key(&g) {
+                if let btree_map::Entry::Vacant(slot) = seen.entry(g) {
                     let manifest = generations::load(store, g).await?;
                     let tree = manifest
                         .entries
                         .iter()
                         .map(|e| (e.path.clone(), e.clone()))
                         .collect();
-                    seen.insert(
-                        g,
-                        Generation {
-                            parent: manifest.parent,
-                            tree,
-                        },
-                    );
+                    slot.insert(Generation {
+                        parent: manifest.parent,
+                        tree,
+                    });
                 }
             }
             Ok::<_, Box<dyn std::error::Error>>(())
@@ -156,6 +171,32 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     host.edit_and_see("base.py", "print('base', 0)\n");
     host.wait_unit_started();
 
+    // A second host: its own mount, and a controller (`--id b`) standing by for the same
+    // unit. Its unit and host a's hold one lock: two alive at once would be logged.
+    let run_b = folders.root.join("run-b");
+    let mnt_b = folders.root.join("mnt-b");
+    let _mount_b = Mount::start(
+        &cluster,
+        &run_b,
+        &url,
+        &mnt_b,
+        &folders.root.join("cache-b"),
+    );
+    let unit_b = stand_in_unit(&folders.root, "b");
+    let mut standby = failover_command(&cluster, &run_b, &url, &mnt_b, &unit_b, &timing);
+    standby.args(["--id", "b"]);
+    let mut failover_b = Daemon::start(standby, folders.root.join("failover-b.log"));
+    let controller = |name: &str| {
+        if name == "a" {
+            &host.failover
+        } else {
+            &failover_b
+        }
+    };
+    // (paused leader, since); (paused leader, whether the other host took over).
+    let mut paused: Option<(String, Instant)> = None;
+    let mut takeovers: Vec<(String, bool)> = Vec::new();
+
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let options = cluster.options(None, Duration::from_secs(30));
     let store = runtime
@@ -169,7 +210,9 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
         let mut command = dagfs(
             &cluster,
             &run_dir,
-            &["gc", "--store", &url, "--keep", "2", "--grace", "0s", "--json"],
+            &[
+                "gc", "--store", &url, "--keep", "2", "--grace", "0s", "--json",
+            ],
         );
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         command
@@ -178,6 +221,23 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     let started = Instant::now();
     let mut active = 0;
     for i in 0..failovers {
+        // Rounds 2, 12, ...: the leading controller is paused (SIGSTOP, the controller
+        // alone: its guards still fence its unit when its lease ends) until the other host
+        // has started the unit, so the takeover and the claims around it land among
+        // NameNode transitions.
+        if let Some((who, since)) = paused.take() {
+            let moved = leader(&host) != who;
+            if moved || since.elapsed() > TAKEOVER_LIMIT {
+                controller(&who).signal(Signal::CONT);
+                takeovers.push((who, moved));
+            } else {
+                paused = Some((who, since));
+            }
+        } else if i % 10 == 2 {
+            let who = leader(&host);
+            controller(&who).signal(Signal::STOP);
+            paused = Some((who, Instant::now()));
+        }
         // One gc run per round, racing this round's publish and failover. Before it starts,
         // the previous one has ended and the test has read every generation: a generation
         // committed since is one of the newest 2 when this run lists them (one edit a round,
@@ -206,6 +266,14 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
         // an outage, after which the unit restarts by design (DESIGN, failover table).
         std::thread::sleep(Duration::from_millis(rng.u64(1500..3000)));
         racing.add(running);
+    }
+    if let Some((who, since)) = paused {
+        let end = since + TAKEOVER_LIMIT;
+        while leader(&host) == who && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        controller(&who).signal(Signal::CONT);
+        takeovers.push((who.clone(), leader(&host) != who));
     }
     println!(
         "{failovers} failovers in {:.1} s",
@@ -290,7 +358,30 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
     });
     host.sync.assert_running();
     host.failover.assert_running();
-    assert_eq!(host.unit_starts(), 1, "{}", host.failover.log());
+    failover_b.assert_running();
+    // Never two units alive at once; every takeover happened; and the unit started again
+    // only on the other host after a takeover: no NameNode failover restarted it.
+    let units = host.unit_log();
+    let logs = || format!("a:\n{}\nb:\n{}", host.failover.log(), failover_b.log());
+    assert!(
+        !units.iter().any(|l| l.starts_with("OVERLAP")),
+        "two units alive at once: {units:?}\n{}",
+        logs()
+    );
+    for (who, moved) in &takeovers {
+        assert!(
+            moved,
+            "host {who}'s controller was paused for {TAKEOVER_LIMIT:?} and nobody took over: \
+             {units:?}\n{}",
+            logs()
+        );
+    }
+    assert!(
+        units.windows(2).all(|w| w[0] != w[1]),
+        "the unit restarted without a takeover: {units:?}\n{}",
+        logs()
+    );
+    assert_eq!(units.len(), takeovers.len() + 1, "{units:?}\n{}", logs());
     // gc really retired generations while the NameNodes changed roles.
     if failovers >= 4 {
         assert!(racing.generations > 0, "{racing:?}");
@@ -312,6 +403,7 @@ fn namenode_failovers_at_random_points_lose_and_duplicate_nothing() {
          another's; {unknown} read-back(s) failed and retried; {leaked_pins} pin(s) not \
          released"
     );
+    println!("unit starts: {units:?} ({} takeovers)", takeovers.len());
     println!(
         "gc during failovers: {} runs, {} failed ({:?}); retired {} generations, {} packs, \
          {} objects; {} deferred",
