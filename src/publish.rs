@@ -726,7 +726,16 @@ async fn try_commit(
         };
         // Whose manifest holds the name, if any? Read it back and compare ids.
         match generations::load(store, manifest.generation).await {
-            Ok(found) => return Ok(found.manifest_id == manifest.manifest_id),
+            Ok(found) => {
+                let ours = found.manifest_id == manifest.manifest_id;
+                // `AlreadyExists` answered by another manifest on a first attempt is a plain
+                // lost race (the caller logs it); anything else here resolved an answer
+                // lost on the way (a NameNode failover, a timeout).
+                if ours || error.kind().is_transient() || attempt > 0 {
+                    tracing::info!(key, ours, attempt, error = %error, "ambiguous commit resolved by reading it back");
+                }
+                return Ok(ours);
+            }
             Err(GenerationError::Missing { .. }) if error.kind() != ErrorKind::AlreadyExists => {}
             Err(GenerationError::Store(e)) if e.kind().is_transient() => {}
             Err(e) => return Err(e.into()),

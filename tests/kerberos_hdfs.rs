@@ -2,6 +2,8 @@
 //! `privacy` on every block transfer (`tests/minidfs`, `--secure`).
 //!
 //! - Every command logs in with a keytab and with a ticket cache (`kinit`, `KRB5CCNAME`).
+//! - Push and checkout also work with the two weaker data-transfer protections,
+//!   `integrity` and `authentication` (a cluster each).
 //! - A wrong principal, a missing keytab, a missing and an expired ticket are each one line
 //!   naming the principal and the fix, with a non-zero exit; daemons report it as degraded
 //!   (`dagfs status`, metrics, `/healthz`) and the mount keeps serving its cache, also when
@@ -194,6 +196,52 @@ fn one_shot_commands_log_in_with_a_keytab_and_with_a_ticket_cache() {
     }
 }
 
+#[test]
+fn push_and_checkout_work_with_integrity_and_authentication_protection() {
+    for protection in ["integrity", "authentication"] {
+        let cluster = MiniDfs::start(MiniDfsOptions {
+            secure: true,
+            protection: Some(protection),
+            ..MiniDfsOptions::default()
+        });
+        let conf = std::fs::read_to_string(cluster.conf_dir().join("hdfs-site.xml")).unwrap();
+        assert!(
+            conf.contains(&format!(
+                "<name>dfs.data.transfer.protection</name><value>{protection}</value>"
+            )),
+            "the client configuration does not carry {protection}:\n{conf}"
+        );
+        let folders = Folders::new();
+        let (dags, _, run_dir, _) = folders.paths();
+        write(&dags, "a.py", &format!("print('{protection}')\n"));
+        let url = cluster.unique_root(protection);
+        let dags_arg = dags.to_str().unwrap();
+        ok(
+            run(
+                &cluster,
+                &run_dir,
+                Login::Keytab,
+                &["push", dags_arg, "--to", &url],
+            ),
+            &format!("push with {protection}"),
+        );
+        let out = folders.root.join("checkout");
+        ok(
+            run(
+                &cluster,
+                &run_dir,
+                Login::Keytab,
+                &["checkout", out.to_str().unwrap(), "--store", &url],
+            ),
+            &format!("checkout with {protection}"),
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("a.py")).unwrap(),
+            format!("print('{protection}')\n")
+        );
+    }
+}
+
 /// `dagfs status` of `runtime`, as text.
 fn status(cluster: &MiniDfs, runtime: &Path) -> String {
     let out = dagfs(cluster, runtime, &["status"]).output().unwrap();
@@ -334,11 +382,26 @@ fn a_lost_login_degrades_the_daemons_and_the_mount_keeps_serving() {
         metrics.contains("permission"),
         "no error counted:\n{metrics}"
     );
-    // The mount keeps serving what it has, also when it starts while logged out (a reboot).
+    // The mount keeps serving what it has.
     assert_eq!(
         std::fs::read_to_string(host.mnt.join("a.py")).unwrap(),
         "print(1)\n"
     );
+    // A new ticket: the three daemons, none restarted, recover.
+    k.kinit(&ccache, None);
+    until("the mount to serve the edit made while logged out", || {
+        (std::fs::read_to_string(host.mnt.join("a.py")).ok()? == "print(2)\n").then_some(())
+    });
+    until("the sync daemon's /healthz to say 200", || {
+        let (code, _) = http_get(&host.sync_metrics, "/healthz")?;
+        (code == 200).then_some(())
+    });
+    host.mount()
+        .wait_for("the mount to be online", |s| s.online);
+    host.failover.assert_running();
+    // A mount that starts while logged out (a reboot) starts from its cache, and follows the
+    // store once a ticket is back.
+    wait_for_ticket_expiry(cluster, &folders.root);
     host.restart_mount();
     let state = host
         .mount()
@@ -351,13 +414,10 @@ fn a_lost_login_degrades_the_daemons_and_the_mount_keeps_serving() {
     assert!(!state.online, "{state:?}");
     assert_eq!(
         std::fs::read_to_string(host.mnt.join("a.py")).unwrap(),
-        "print(1)\n"
+        "print(2)\n"
     );
-    // A new ticket: everything recovers without a restart.
     k.kinit(&ccache, None);
-    until("the mount to serve the edit made while logged out", || {
-        (std::fs::read_to_string(host.mnt.join("a.py")).ok()? == "print(2)\n").then_some(())
-    });
+    host.edit_and_see("a.py", "print(3)\n");
     host.failover.assert_running();
     cluster.transition_to_standby(1);
     cluster.transition_to_active(0);

@@ -68,6 +68,70 @@ impl Drop for Daemon {
     }
 }
 
+impl Daemon {
+    /// Sends `signal` to the process alone (`STOP` pauses it, `CONT` resumes it).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
+            .unwrap();
+    }
+}
+
+/// Writes `root/unit-NAME.sh`, the stand-in unit of host `name`: each start appends
+/// `start NAME` to `root/unit-starts`; while it runs it holds `root/unit.lock`, and a start
+/// that finds the lock held (two units alive at once, on any host) appends `OVERLAP NAME`.
+/// A controller stops it by its process group, lock holder included.
+pub fn stand_in_unit(root: &Path, name: &str) -> PathBuf {
+    let unit = root.join(format!("unit-{name}.sh"));
+    let starts = root.join("unit-starts");
+    let lock = root.join("unit.lock");
+    std::fs::write(
+        &unit,
+        format!(
+            "#!/bin/sh\necho 'start {name}' >> {starts}\nflock -n -E 99 {lock} sleep 600\n\
+             [ $? = 99 ] && echo 'OVERLAP {name}' >> {starts}\n",
+            starts = starts.display(),
+            lock = lock.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&unit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    unit
+}
+
+/// `dagfs failover --single-active` running `unit` behind the mount on `mnt`, with fast
+/// timings; `login` adjusts the environment last (credentials, other timings).
+pub fn failover_command(
+    cluster: &MiniDfs,
+    run_dir: &Path,
+    url: &str,
+    mnt: &Path,
+    unit: &Path,
+    login: &dyn Fn(&mut Command),
+) -> Command {
+    let mut failover = dagfs(
+        cluster,
+        run_dir,
+        &[
+            "failover",
+            "--single-active",
+            "--store",
+            url,
+            "--mount",
+            mnt.to_str().unwrap(),
+            "--run",
+            unit.to_str().unwrap(),
+        ],
+    );
+    failover
+        .env("DAGFS_FAILOVER_INTERVAL", "1s")
+        .env("DAGFS_FAILOVER_FENCE_AFTER", "5s")
+        .env("DAGFS_FAILOVER_KILL_GRACE", "1s")
+        .env("DAGFS_FAILOVER_SAFETY_MARGIN", "1s")
+        .env("DAGFS_FAILOVER_TAKEOVER_AFTER", "7s");
+    login(&mut failover);
+    failover
+}
+
 /// A copy of `command`: program, arguments and environment changes.
 fn copy(command: &Command) -> Command {
     let mut copy = Command::new(command.get_program());
@@ -156,39 +220,8 @@ impl Host {
             .arg("--cache-dir")
             .arg(folders.root.join("mount-cache"));
         let mount = Mount::spawn(copy(&mount_command), &run_dir, &mnt);
-        let unit = folders.root.join("unit.sh");
-        std::fs::write(
-            &unit,
-            format!(
-                "#!/bin/sh\necho started >> {}\nexec sleep 600\n",
-                folders.root.join("unit-starts").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&unit, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mnt_arg = mnt.to_str().unwrap();
-        let unit_arg = unit.to_str().unwrap();
-        let mut failover = dagfs(
-            cluster,
-            &run_dir,
-            &[
-                "failover",
-                "--single-active",
-                "--store",
-                url,
-                "--mount",
-                mnt_arg,
-                "--run",
-                unit_arg,
-            ],
-        );
-        failover
-            .env("DAGFS_FAILOVER_INTERVAL", "1s")
-            .env("DAGFS_FAILOVER_FENCE_AFTER", "5s")
-            .env("DAGFS_FAILOVER_KILL_GRACE", "1s")
-            .env("DAGFS_FAILOVER_SAFETY_MARGIN", "1s")
-            .env("DAGFS_FAILOVER_TAKEOVER_AFTER", "7s");
-        login(&mut failover);
+        let unit = stand_in_unit(&folders.root, "a");
+        let failover = failover_command(cluster, &run_dir, url, &mnt, &unit, login);
         let failover = Daemon::start(failover, folders.root.join("failover.log"));
         Host {
             sync,
@@ -232,10 +265,20 @@ impl Host {
 
     /// How often the unit has started.
     pub fn unit_starts(&self) -> usize {
+        self.unit_log()
+            .iter()
+            .filter(|l| l.starts_with("start "))
+            .count()
+    }
+
+    /// The units' starts and overlaps, in order ([`stand_in_unit`]): `start NAME`,
+    /// `OVERLAP NAME`.
+    pub fn unit_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.root.join("unit-starts"))
             .unwrap_or_default()
             .lines()
-            .count()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Waits until the unit has started once.

@@ -25,8 +25,11 @@ pub struct MiniDfsOptions {
     pub datanodes: usize,
     /// Two NameNodes behind a nameservice (`hdfs://dagfs-ha`), NameNode 0 active.
     pub ha: bool,
-    /// Kerberos: an in-process KDC, Kerberos RPC and SASL `privacy` on block transfers.
+    /// Kerberos: an in-process KDC, Kerberos RPC and SASL on block transfers.
     pub secure: bool,
+    /// With `secure`: the block transfers' `dfs.data.transfer.protection`
+    /// (`authentication`, `integrity`; `privacy` when `None`).
+    pub protection: Option<&'static str>,
     /// With `secure`: the longest ticket the KDC issues, in seconds (a day when `None`).
     pub ticket_lifetime: Option<u32>,
 }
@@ -37,6 +40,7 @@ impl Default for MiniDfsOptions {
             datanodes: 1,
             ha: false,
             secure: false,
+            protection: None,
             ticket_lifetime: None,
         }
     }
@@ -195,6 +199,9 @@ impl MiniDfs {
         }
         if options.secure {
             command.arg("--secure");
+        }
+        if let Some(protection) = options.protection {
+            command.args(["--protection", protection]);
         }
         if let Some(lifetime) = options.ticket_lifetime {
             command.args(["--ticket-lifetime", &lifetime.to_string()]);
