@@ -131,14 +131,17 @@ fn a_forged_group_report_kills_nothing() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        // The end marker is computed by the shell: the command line itself (logged when the
+        // unit starts) must not contain it, or the wait below ends before the forged line
+        // was read, and the test cannot fail.
         let forged = format!(
-            "sleep 0.2; echo 'dagfs failover-guard: started pid {victim_pid}' >&2; echo forged-done >&2; sleep 1000"
+            "sleep 0.2; echo 'dagfs failover-guard: started pid {victim_pid}' >&2; echo forged-$((6 * 7)) >&2; sleep 1000"
         );
         let mut unit = Unit::start(&spec(forged, Duration::from_secs(2)), 1, None, None)
             .await
             .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
-        while !String::from_utf8_lossy(&logged.0.lock().unwrap()).contains("forged-done") {
+        while !String::from_utf8_lossy(&logged.0.lock().unwrap()).contains("forged-42") {
             assert!(
                 Instant::now() < until,
                 "the forged line was never read; logged: {}",

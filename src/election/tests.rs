@@ -3,7 +3,8 @@
 //! `tests/failover_sim.rs`.
 
 use super::*;
-use crate::store::{LocalStore, Overwrite, Store};
+use crate::store::faulty::{pause_until, Action, FaultyStore, Op, Rule};
+use crate::store::{ErrorKind, LocalStore, Overwrite, Store};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,17 +51,21 @@ fn candidate<'a>(
     Candidate::new(coordinator, me(id), timing).with_clock(clock.source())
 }
 
-/// A store on a temporary directory, for one test.
+/// A store on a temporary directory, for one test, behind a fault injector (no faults until
+/// a test adds a rule).
 struct Bed {
     _dir: tempfile::TempDir,
-    store: LocalStore,
+    store: FaultyStore,
 }
 
 impl Bed {
     async fn new() -> Bed {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
-        Bed { _dir: dir, store }
+        let local = LocalStore::open(dir.path().to_path_buf()).await.unwrap();
+        Bed {
+            _dir: dir,
+            store: FaultyStore::new(Arc::new(local)),
+        }
     }
 }
 
@@ -266,29 +271,180 @@ async fn a_standby_honours_the_leaders_advertised_lease() {
     ));
 }
 
-/// Bug 6: a renewal whose reply was lost (the NameNode did the work) is recognised as the
-/// leader's own on the next renewal, which carries on instead of stepping down.
+/// Bug 6, a lost reply: the renewal's write landed but the leader saw an error (a NameNode
+/// failover after the rename). A failed renewal extends nothing; the next one finds the name
+/// taken by its own write and carries on, never deposed. A standby watching meanwhile is held
+/// exactly its documented wait from the last change it saw, no longer.
 #[tokio::test]
-async fn a_renewal_that_landed_late_is_recognised() {
+async fn a_renewal_whose_reply_was_lost_carries_on() {
     let bed = Bed::new().await;
     let store = &bed.store;
     let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
     let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
-    // The renewal the leader gave up on, which landed anyway.
-    let late = a.beat(term.epoch, false, None, None);
-    let bytes = Bytes::from(serde_json::to_vec(&late).unwrap());
-    store
-        .put(&beat_key(2), bytes, Overwrite::Deny)
-        .await
-        .unwrap();
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    assert!(is_following(&mut b).await);
+    store.add(Rule::fail_after(Op::Put, 1, ErrorKind::Timeout).on(BEATS_DIR));
     clock.set(6);
+    a.renew(&mut term, None, None).await.unwrap_err();
+    assert_eq!(seqs(store).await, [1, 2], "the write landed");
+    assert_eq!(
+        (term.version.seq, term.lease_until),
+        (1, Clock(Duration::from_secs(8)))
+    );
+    assert!(is_following(&mut b).await);
+    clock.set(7);
+    assert_eq!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Renewed,
+        "faults: {:?}",
+        store.fired()
+    );
+    assert_eq!(
+        (term.version.seq, term.lease_until),
+        (3, Clock(Duration::from_secs(10)))
+    );
+    // a dies now. b saw beat 3 at 7: its wait is max(5, 3 + 1 + 1) = 5 s, which covers a's
+    // lease and grace (10 + 1), and it takes over at 7 + 5, not later.
+    assert!(is_following(&mut b).await);
+    clock.set(11);
+    assert!(is_following(&mut b).await);
+    clock.set(12);
+    assert_eq!(elect(&mut b).await.epoch, 4);
+}
+
+/// Bug 6, an ambiguous renewal whose resolution fails: the old code read its own beat back
+/// with errors taken as "not mine" and stepped a healthy unit down. Neither a failed read-back
+/// after `AlreadyExists` nor a failed verification listing after a write may depose the
+/// leader (nor delete its beat): they are errors, and the next attempt resolves them.
+#[tokio::test]
+async fn a_failed_read_back_or_verification_is_an_error_not_a_deposition() {
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
+    let clock = FakeClock::default();
+    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
+    clock.set(6);
+    for (fault, what) in [
+        (
+            Rule::fail_after(Op::Put, 1, ErrorKind::Timeout),
+            "the reply to the write",
+        ),
+        (
+            Rule::fail(Op::Read, 1, ErrorKind::Unavailable),
+            "the read-back",
+        ),
+        (
+            Rule::fail(Op::List, 1, ErrorKind::Unavailable),
+            "the verification",
+        ),
+    ] {
+        store.add(fault.on(BEATS_DIR));
+        match a.renew(&mut term, None, None).await {
+            Err(_) => {}
+            other => panic!("{what} failed: {other:?}; faults: {:?}", store.fired()),
+        }
+        assert_eq!(seqs(store).await, [1, 2], "{what} failed: beat 2 stays");
+        store.clear();
+    }
     assert_eq!(
         a.renew(&mut term, None, None).await.unwrap(),
         Renewal::Renewed
     );
     assert_eq!(term.version.seq, 3);
-    assert_eq!(term.lease_until, Clock(Duration::from_secs(9)));
+}
+
+/// Bug 6, a claim cut off mid-write (at the step's bound, or by a NameNode failover that
+/// hdfs-native does not retry): after its first RPC, a write in place (`create`) leaves the
+/// name taken and empty, which the leader then read as "deposed by another" and standbys
+/// waited on. The claim's write is cut off after its first RPC whatever it is; the beat
+/// name must not be left empty, and the leader's next renewal wins.
+#[tokio::test]
+async fn a_renewal_cut_off_mid_write_leaves_no_empty_beat() {
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
+    let clock = FakeClock::default();
+    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    assert!(is_following(&mut b).await);
+    let never = Arc::new(tokio::sync::Notify::new());
+    // A staged write's first RPC creates the staging file: nothing under the beat's name.
+    store.add(Rule::before(Op::Put, 1, pause_until(Arc::clone(&never))).on(&beat_key(2)));
+    // A write in place creates the name, empty.
+    let created_empty_then_cut: Action = {
+        let never = Arc::clone(&never);
+        Arc::new(move |inner, key| {
+            let never = Arc::clone(&never);
+            Box::pin(async move {
+                let _ = inner.create_exclusive(&key, Bytes::new()).await;
+                never.notified().await;
+            })
+        })
+    };
+    store.add(Rule::before(Op::CreateExclusive, 1, created_empty_then_cut).on(&beat_key(2)));
+    clock.set(6);
+    assert!(matches!(
+        a.renew(&mut term, None, None).await,
+        Err(CoordinatorError::TimedOut { .. })
+    ));
+    clock.set(7);
+    assert_eq!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Renewed,
+        "faults: {:?}",
+        store.fired()
+    );
+    assert!(is_following(&mut b).await);
+    let seen = b.seen().unwrap();
+    assert_eq!(
+        seen.beat.as_ref().map(|beat| beat.owner.as_str()),
+        Some("a"),
+        "{seen:?}"
+    );
+}
+
+/// An unreadable beat (only ever one rewritten behind the protocol's back, e.g. emptied by
+/// hand) holds a standby for the longest lease + grace it has seen advertised plus its margin,
+/// whatever its own settings say, and deposes the leader whose beat it was.
+#[tokio::test]
+async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_leader() {
+    let bed = Bed::new().await;
+    let store = &bed.store;
+    let coordinator = StoreCoordinator::new(store);
+    let clock = FakeClock::default();
+    let slow = Timing {
+        interval: Duration::from_secs(10),
+        fence_after: Duration::from_secs(30),
+        kill_grace: Duration::from_secs(10),
+        safety_margin: Duration::from_secs(5),
+        takeover_after: Duration::from_secs(45),
+    };
+    let (mut a, mut term) = first_leader(&coordinator, slow, &clock).await;
+    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    assert!(is_following(&mut b).await);
+    store
+        .put(&beat_key(1), Bytes::new(), Overwrite::Allow)
+        .await
+        .unwrap();
+    clock.set(46);
+    assert!(is_following(&mut b).await);
+    assert_eq!(b.seen().unwrap().beat, None);
+    // b's own takeover_after (5 s) is over; a's lease + grace (40 s) + b's margin is not.
+    clock.set(51);
+    assert!(is_following(&mut b).await, "{:?}", b.seen());
+    clock.set(52);
+    assert_eq!(
+        a.renew(&mut term, None, None).await.unwrap(),
+        Renewal::Deposed(None)
+    );
+    // Removing the deposed claim's orphan changed the directory, so b may wait afresh from
+    // 52 (the directory's time may not have moved, on a coarse clock); either way, 41 s.
+    assert!(is_following(&mut b).await);
+    clock.set(86);
+    assert!(is_following(&mut b).await);
+    clock.set(93);
+    assert!(elect(&mut b).await.epoch > term.epoch);
 }
 
 /// Bug 7: with the newest beats unreadable (rewritten behind the protocol's back), the next
