@@ -3,8 +3,9 @@
 //! `--network host` against MiniDFS and PostgreSQL on this machine, once with FUSE
 //! (`--device /dev/fuse --cap-add SYS_ADMIN`) and once in link mode with no device and no
 //! added capability. In both, Airflow inside the container parses a published DAG, a
-//! triggered run's task succeeds, and a second publish reaches the container; `docker stop`
-//! hands leadership over. Two scheduler containers in single-active mode never run two units.
+//! triggered run's tasks succeed (one defers to the triggerer), and a second publish reaches
+//! the container; `docker stop` hands leadership over. Two scheduler containers in
+//! single-active mode never run two units.
 //!
 //! Needs a Docker daemon (scripts/test starts one) and debootstrap.
 
@@ -36,16 +37,19 @@ fn docker(args: &[&str]) -> Command {
     command
 }
 
-/// A DAG whose task prints which publish it came from.
+/// A DAG whose task prints which publish it came from, after a deferrable sensor: the task
+/// defers to the triggerer for 3 s, and its run succeeds only when the image's unit runs one.
 fn dag(id: &str) -> String {
     format!(
-        r#"from datetime import datetime
+        r#"from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.sensors.time_delta import WaitSensor
 
 with DAG("{id}", start_date=datetime(2026, 1, 1), schedule=None, catchup=False):
-    BashOperator(task_id="hello", bash_command="echo hello from {id}")
+    wait = WaitSensor(task_id="deferred", time_to_wait=timedelta(seconds=3), deferrable=True)
+    wait >> BashOperator(task_id="hello", bash_command="echo hello from {id}")
 "#
     )
 }
@@ -296,6 +300,13 @@ fn the_scheduler_image_serves_published_dags_to_airflow_with_fuse_and_in_link_mo
         });
         eprintln!("{mode}: probe_1 parsed {:?} after start", started.elapsed());
         run_succeeds(&scheduler, "probe_1", &format!("run_{mode}"));
+        let out = scheduler.exec(&["airflow", "jobs", "check", "--job-type", "TriggererJob"]);
+        assert!(
+            out.status.success(),
+            "{mode}: no live triggerer: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // A second publish reaches Airflow in the container.
         let id = format!("probe_{generation}");

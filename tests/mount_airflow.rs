@@ -36,20 +36,32 @@ fn airflow(bin: &Path, home: &Path, dags: &Path) -> Command {
         .env("AIRFLOW_HOME", home)
         .env("AIRFLOW__CORE__DAGS_FOLDER", dags)
         .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        // DAGs import their shared helpers from the folder, as deployments arrange.
-        .env("PYTHONPATH", dags)
         // A read-only mount cannot hold __pycache__: what operators set (OPERATIONS.md).
         .env("PYTHONPYCACHEPREFIX", home.join("pycache"));
     command
 }
 
-/// (dag ids, import errors as (relative path, last line of the error)) of `dags`.
+/// (dag ids, import errors as (relative path, last line of the error)) of `dags`, parsed
+/// as Airflow's DAG processor parses its bundle: `--bundle-name dags-folder` (the default
+/// bundle, `dags_folder`) puts the folder on `sys.path`, so DAGs import their shared helpers
+/// from it as they do in production; plain `dags list -l` does not (Airflow 3.3), and no
+/// `PYTHONPATH` is set.
 fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, String)>) {
     let listed = airflow_json(
         bin,
         home,
         dags,
-        &["dags", "list", "-l", "-o", "json", "--columns", "dag_id"],
+        &[
+            "dags",
+            "list",
+            "-l",
+            "--bundle-name",
+            "dags-folder",
+            "-o",
+            "json",
+            "--columns",
+            "dag_id",
+        ],
     );
     let mut ids: Vec<String> = listed
         .as_array()
@@ -62,7 +74,15 @@ fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, St
         bin,
         home,
         dags,
-        &["dags", "list-import-errors", "-l", "-o", "json"],
+        &[
+            "dags",
+            "list-import-errors",
+            "-l",
+            "--bundle-name",
+            "dags-folder",
+            "-o",
+            "json",
+        ],
     );
     let prefix = format!("{}/", dags.display());
     let mut errors: Vec<(String, String)> = errors
