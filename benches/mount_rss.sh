@@ -39,7 +39,7 @@ trap cleanup EXIT
 dags=$work/dags store=$work/store mnt=$work/mnt
 benches/make_tree.py "$dags" $((FILES - 1)) >/dev/null
 echo 0 > "$dags/switch.txt"
-"$DAGFS" -q push "$dags" --to "$store" --no-mirror
+"$DAGFS" -q push "$dags" --to "$store" --no-mirror >/dev/null
 mkdir -p "$mnt"
 "$DAGFS" -q mount "$store" "$mnt" --cache-dir "$work/cache" 2>"$work/mount.log" &
 mount_pid=$!
@@ -73,7 +73,7 @@ for ((i = 1; i <= N; i++)); do
     mv "$f.new" "$f"
   done
   echo "$i" > "$dags/switch.txt"
-  "$DAGFS" -q push "$dags" --to "$store" --no-mirror
+  "$DAGFS" -q push "$dags" --to "$store" --no-mirror >/dev/null
   served "$i"
   if ((GC_EVERY > 0 && i % GC_EVERY == 0)); then
     "$DAGFS" -q gc --store "$store" --keep 2 --grace 0s >/dev/null
@@ -81,5 +81,6 @@ for ((i = 1; i <= N; i++)); do
   if ((i % STEP == 0)); then sample "$i"; fi
 done
 # The mount serves the head, and every file of it.
-head=$("$DAGFS" log "$store" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["generation"])' || true)
-echo "head generation: ${head:-?}; files served: $(find "$mnt" -type f | wc -l)"
+head=$("$DAGFS" log --store "$store" -n 1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["generation"])')
+mounted=$("$DAGFS" status --json | python3 -c 'import json,sys; print([m.get("generation") for m in json.load(sys.stdin)["mount"]])' || echo "?")
+echo "head generation $head; mount serves $mounted; files served: $(find "$mnt" -type f | wc -l)"
