@@ -243,7 +243,20 @@ impl Cache {
     /// cached yet, `concurrency` at a time. Objects the store serves corrupt are left out and
     /// named in the result (the mount answers EIO for those files, never wrong bytes); any
     /// other failure is an error and nothing is switched.
+    /// The pack indexes read for it are dropped from memory afterwards (their local copies
+    /// stay), so a long-running mount holds none between switches.
     pub async fn fetch_generation(
+        &self,
+        store: &dyn Store,
+        generation: u64,
+        concurrency: usize,
+    ) -> Result<CachedGeneration, CacheError> {
+        let fetched = self.fetch_all(store, generation, concurrency).await;
+        self.objects.forget();
+        fetched
+    }
+
+    async fn fetch_all(
         &self,
         store: &dyn Store,
         generation: u64,
@@ -363,6 +376,8 @@ impl Cache {
     /// Keeps the newest `keep` cached generations up to and including `served` (and `served`
     /// itself); deletes other manifests and every object none of the kept ones needs.
     /// Returns the number of objects deleted. Open files keep their bytes (unlinked inodes).
+    /// Only objects still kept stay marked as checked (the set follows the cache, not the
+    /// number of generations this process has fetched).
     pub fn evict(&self, served: u64, keep: usize) -> Result<usize, CacheError> {
         let all = self.generations()?;
         let kept: Vec<u64> = all
@@ -376,7 +391,7 @@ impl Cache {
         let mut needed = HashSet::new();
         for &generation in &kept {
             if let Some(manifest) = self.load_manifest(generation)? {
-                needed.extend(manifest.entries.iter().map(|e| e.blake3.to_string()));
+                needed.extend(manifest.entries.iter().map(|e| e.blake3));
             }
         }
         for generation in all.iter().filter(|g| !kept.contains(g)) {
@@ -390,12 +405,19 @@ impl Cache {
                 path: objects.clone(),
                 source: e.into(),
             })?;
-            let name = entry.file_name().to_string_lossy();
-            if entry.file_type().is_file() && !needed.contains(name.as_ref()) {
+            let name = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Digest>().ok());
+            if entry.file_type().is_file() && !name.is_some_and(|d| needed.contains(&d)) {
                 std::fs::remove_file(entry.path()).map_err(io_error(entry.path()))?;
                 deleted += 1;
             }
         }
+        self.verified
+            .lock()
+            .expect("no panics under the lock")
+            .retain(|digest| needed.contains(digest));
         Ok(deleted)
     }
 }
@@ -467,6 +489,48 @@ mod tests {
             cache.has_object(&b.blake3, b.size),
             "still needed by generation 2"
         );
+    }
+
+    /// A long-running mount's memory follows what it keeps, not how many switches it made:
+    /// over many publish/fetch/evict cycles (the store never collected) the set of objects
+    /// checked in this process holds only objects the kept generations need, and no pack
+    /// index outlives the fetch that read it.
+    #[tokio::test]
+    async fn memory_follows_the_kept_generations_not_the_switches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let keep = 2;
+        for round in 0..40 {
+            let a = format!("a = {round}");
+            let b = format!("b = {}", round / 3);
+            let outcome = publish_files(
+                &store,
+                tmp.path(),
+                &[("a.py", &a), ("b.py", &b), ("c.py", "c")],
+            )
+            .await;
+            let generation = outcome.generation.unwrap();
+            cache.fetch_generation(&store, generation, 4).await.unwrap();
+            cache.evict(generation, keep).unwrap();
+            let mut needed = HashSet::new();
+            for kept in cache.generations().unwrap() {
+                let manifest = cache.load_manifest(kept).unwrap().unwrap();
+                needed.extend(manifest.entries.iter().map(|e| e.blake3));
+            }
+            let verified = cache.verified.lock().unwrap().clone();
+            assert!(
+                verified.is_subset(&needed),
+                "round {round}: {} objects marked verified, {} needed by the kept generations",
+                verified.len(),
+                needed.len()
+            );
+            let (indexes, located) = cache.objects.held();
+            assert!(
+                indexes == 0 && located == 0,
+                "round {round}: {indexes} pack indexes and {located} object locations held after the fetch"
+            );
+        }
     }
 
     /// Index reads: a generation already cached costs no store call at all, and after a

@@ -3,9 +3,10 @@
 //! object under `objects/` (format 1, and objects too large to pack), or, while a gc run
 //! has it moved aside, in the trash.
 //!
-//! [`Objects`] keeps the indexes it has read, in memory and optionally as local copies of
-//! the packs' tails (immutable and content-named, so a copy never goes stale). Callers
-//! hash every object they read: an index says where to look, never what the bytes are.
+//! [`Objects`] keeps the indexes of the packs of its last listing in memory (until
+//! [`Objects::forget`]) and optionally as local copies of the packs' tails (immutable and
+//! content-named, so a copy never goes stale). Callers hash every object they read: an
+//! index says where to look, never what the bytes are.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,10 +74,11 @@ pub struct Objects {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Every index read by this process, by pack name.
+    /// The indexes of the packs of the last listing (and of trashed packs read since), by
+    /// pack name.
     indexes: HashMap<Digest, Arc<PackIndex>>,
     /// The objects of the packs of the last listing.
-    located: HashMap<Digest, Packed>,
+    located: Arc<HashMap<Digest, Packed>>,
 }
 
 impl Objects {
@@ -101,6 +103,12 @@ impl Objects {
     /// local copy, else the pack's tail). A pack whose tail is damaged is left out with an
     /// error line: its objects read as missing, never as wrong bytes.
     pub async fn refresh(&self, store: &dyn Store) -> StoreResult<()> {
+        self.relist(store).await.map(drop)
+    }
+
+    /// [`Objects::refresh`], returning the objects of the new listing (a [`Objects::forget`]
+    /// meanwhile does not lose them).
+    async fn relist(&self, store: &dyn Store) -> StoreResult<Arc<HashMap<Digest, Packed>>> {
         let listed = self.list_packs(store).await?;
         let mut located = HashMap::new();
         for pack in &listed {
@@ -116,9 +124,22 @@ impl Objects {
             }
         }
         self.prune_local(&listed);
+        let located = Arc::new(located);
         let mut state = self.state();
-        state.located = located;
-        Ok(())
+        state.located = Arc::clone(&located);
+        // Packs gc deleted, and trashed packs read meanwhile, are not held any longer.
+        state
+            .indexes
+            .retain(|name, _| listed.iter().any(|pack| pack.name == *name));
+        Ok(located)
+    }
+
+    /// Drops every index and location held in memory (local copies stay): the next refresh
+    /// loads the indexes of the packs it lists again, from the local copies. A long-running
+    /// reader (the mount's cache) calls it after each fetch, so its memory never grows
+    /// with the number of packs the store holds or has held.
+    pub fn forget(&self) {
+        *self.state() = State::default();
     }
 
     /// The packs under `packs/` (one listing), with their indexes (`None`: damaged); the
@@ -237,6 +258,13 @@ impl Objects {
         }
     }
 
+    /// How many pack indexes and object locations are held in memory.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.indexes.len(), state.located.len())
+    }
+
     /// Where `digest` is packed, as of the last refresh.
     pub fn locate(&self, digest: &Digest) -> Option<Packed> {
         self.state().located.get(digest).copied()
@@ -349,13 +377,16 @@ impl Objects {
     /// `digest` are replaced by a loose copy that does, if there is one (the repair for a
     /// damaged pack); otherwise they are returned: callers hash what they get.
     pub async fn read(&self, store: &dyn Store, digest: &Digest) -> StoreResult<Bytes> {
-        if self.locate(digest).is_none() {
+        let mut packed = self.locate(digest);
+        if packed.is_none() {
             match crate::gc::read_loose(store, digest).await {
-                Err(e) if e.kind() == ErrorKind::NotFound => self.refresh(store).await?,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    packed = self.relist(store).await?.get(digest).copied();
+                }
                 other => return other,
             }
         }
-        let Some(packed) = self.locate(digest) else {
+        let Some(packed) = packed else {
             return match crate::gc::read_loose(store, digest).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     self.read_trashed_pack(store, digest).await?.ok_or(e)
@@ -533,6 +564,32 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    }
+
+    /// A refresh keeps the indexes of the packs of its listing only: a pack gc deleted
+    /// (or one read from the trash) is not held for the life of the process.
+    #[tokio::test]
+    async fn a_refresh_forgets_the_indexes_of_packs_no_longer_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = LocalStore::open(root.clone()).await.unwrap();
+        let objects = Objects::new(Some(dir.path().join("indexes")));
+        let mut names = Vec::new();
+        for round in 0..10u8 {
+            names.push(put_pack(&store, &[&[round]]).await);
+            objects.refresh(&store).await.unwrap();
+        }
+        for name in &names[..9] {
+            std::fs::remove_file(root.join(pack_key(name))).unwrap();
+        }
+        objects.refresh(&store).await.unwrap();
+        assert_eq!(
+            objects.held(),
+            (1, 1),
+            "indexes and locations held for one listed pack"
+        );
+        assert!(objects.locate(&Digest::of(&[9])).is_some());
+        assert!(objects.locate(&Digest::of(&[0])).is_none());
     }
 
     /// Neighbours share a range read; a gap over 64 KiB splits it; what no pack holds is
