@@ -17,6 +17,15 @@ const TIMING: Timing = Timing {
     takeover_after: Duration::from_secs(5),
 };
 
+/// A leader's settings during a rolling change: a longer lease than `TIMING`'s standbys know.
+const SLOW: Timing = Timing {
+    interval: Duration::from_secs(10),
+    fence_after: Duration::from_secs(30),
+    kill_grace: Duration::from_secs(10),
+    safety_margin: Duration::from_secs(5),
+    takeover_after: Duration::from_secs(45),
+};
+
 fn me(id: &str) -> Identity {
     Identity {
         id: id.into(),
@@ -251,14 +260,7 @@ async fn a_standby_honours_the_leaders_advertised_lease() {
     let store = &bed.store;
     let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let slow = Timing {
-        interval: Duration::from_secs(10),
-        fence_after: Duration::from_secs(30),
-        kill_grace: Duration::from_secs(10),
-        safety_margin: Duration::from_secs(5),
-        takeover_after: Duration::from_secs(45),
-    };
-    let (_a, _term) = first_leader(&coordinator, slow, &clock).await;
+    let (_a, _term) = first_leader(&coordinator, SLOW, &clock).await;
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     assert!(is_following(&mut b).await);
     // b's own takeover_after (5 s) has long passed; a's lease + grace + b's margin has not.
@@ -413,14 +415,7 @@ async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_
     let store = &bed.store;
     let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let slow = Timing {
-        interval: Duration::from_secs(10),
-        fence_after: Duration::from_secs(30),
-        kill_grace: Duration::from_secs(10),
-        safety_margin: Duration::from_secs(5),
-        takeover_after: Duration::from_secs(45),
-    };
-    let (mut a, mut term) = first_leader(&coordinator, slow, &clock).await;
+    let (mut a, mut term) = first_leader(&coordinator, SLOW, &clock).await;
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     assert!(is_following(&mut b).await);
     store
