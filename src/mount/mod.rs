@@ -576,6 +576,7 @@ async fn serve(
         .set_generations(served.generation(), served.state.head);
     options.metrics.online.set(i64::from(served.state.online));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    sync_cache(cache).await;
 
     let ended_outside = poll_loop(store, cache, serving, options, &mut served, shutdown).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -583,6 +584,15 @@ async fn serve(
         tracing::warn!(error = %e, "cannot remove the mount state file");
     }
     ended_outside
+}
+
+/// Puts the objects of the generation just served on disk, after serving it (see
+/// [`Cache::sync`]); a failure is logged: the next switch tries again, and after a power
+/// loss the next process checks every object before it serves it.
+async fn sync_cache(cache: &Cache) {
+    if let Err(e) = cache.sync().await {
+        tracing::warn!(error = %e, "cannot sync the cache to disk");
+    }
 }
 
 /// Sets `/healthz` from the state of the mount (see [`health_problem`]).
@@ -728,6 +738,7 @@ async fn poll_once(
         .metrics
         .switch_seconds
         .observe(started.elapsed().as_secs_f64());
+    sync_cache(cache).await;
     if let Some(previous) = served.generation() {
         served.left.insert(previous, Instant::now());
     }
