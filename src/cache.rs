@@ -96,8 +96,7 @@ enum Durability {
     /// Before the write returns: the file and then its directory are fsynced.
     Now,
     /// At the next [`Cache::sync`], one `syncfs` for every object of a generation, which
-    /// the mount runs after it switched: waiting for the disk before serving made a cold
-    /// start of 10,000 files three times slower on ext4 (BENCHMARKS.md). A power loss
+    /// the mount runs after it switched, so the disk is not on the path to serving. A power loss
     /// before it can leave such a file empty or garbage, which the first check in the
     /// next process finds ([`Cache::has_object`]) and fetches again.
     Deferred,
