@@ -11,12 +11,19 @@
 # The same edits are also timed to the moment a `dagfs mount` of the store (mount.poll from
 # MOUNT_POLL, default 1s) serves the new content: save-to-visible, what a scheduler sees.
 #
-# Usage: benches/sync_latency.sh [EDITS] [QUIET_WINDOW]   (defaults: 200, 200ms)
+# Each edit comes at a random moment (a pause of 0-500 ms after the previous one was seen,
+# from SEED, printed), as a person saves: edits made right after a poll would fall in step
+# with the mount's polls.
+#
+# Usage: benches/sync_latency.sh [EDITS] [QUIET_WINDOW]   (defaults: 200 edits, the daemon's
+# sync.quiet_window)
 # Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 EDITS=${1:-200}
-QUIET=${2:-200ms}
+QUIET=${2:-}
+SEED=${SEED:-$RANDOM}
+echo "SEED=$SEED" >&2
 
 cargo build --release --quiet
 DAGFS=$PWD/target/release/dagfs
@@ -37,7 +44,8 @@ trap cleanup EXIT
 scripts/minidfs start --fast-close >/dev/null
 url=$(cat "$DAGFS_MINIDFS_DIR/url")
 export DAGFS_STORE_HADOOP_CONF_DIR=$DAGFS_MINIDFS_DIR/conf DAGFS_STORE_USER=$(id -un)
-export XDG_CACHE_HOME=$work/cache DAGFS_RUNTIME_DIR=$work/run DAGFS_SYNC_QUIET_WINDOW=$QUIET
+export XDG_CACHE_HOME=$work/cache DAGFS_RUNTIME_DIR=$work/run
+[[ -z $QUIET ]] || export DAGFS_SYNC_QUIET_WINDOW=$QUIET
 
 mkdir -p "$work/dags" "$work/pushed"
 for i in $(seq 0 99); do
@@ -52,10 +60,11 @@ mkdir -p "$work/mnt"
 "$DAGFS" -q mount "$url/sync" "$work/mnt" --poll "${MOUNT_POLL:-1s}" --cache-dir "$work/mount-cache" 2>"$work/mount.log" &
 mount_pid=$!
 
-python3 - "$work" "$EDITS" "$DAGFS" "$url/push" <<'PY'
-import glob, json, os, statistics, subprocess, sys, time
+python3 - "$work" "$EDITS" "$DAGFS" "$url/push" "$SEED" <<'PY'
+import glob, json, os, random, statistics, subprocess, sys, time
 
 work, edits, dagfs, push_url = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+pause = random.Random(int(sys.argv[5]))
 
 def visible(rel, marker, limit=60.0):
     end = time.monotonic() + limit
@@ -96,6 +105,7 @@ def pct(values, p):
 
 latencies, seen = [], []
 for i in range(edits):
+    time.sleep(pause.uniform(0, 0.5))
     rel = f"dag_{i % 100}.py"
     with open(os.path.join(work, "dags", rel), "a") as f:
         f.write(f"# edit {i}\n")

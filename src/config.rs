@@ -275,7 +275,7 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            quiet_window: Duration::from_millis(200),
+            quiet_window: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
             rescan_interval: Duration::from_secs(300),
             backoff_initial: Duration::from_millis(500),
