@@ -8,7 +8,10 @@
 #     the whole store, whatever its format holds (format 2: manifests and packs; FsShell, JVM
 #     start included);
 #   - resident memory of the mount process serving N files.
-# Usage: benches/mount_e2e.sh [N]   (default N=10000; 1,000 of them are the import modules).
+#   - with PREVIOUS=/path/to/an/older/dagfs: the same cold start by that binary, from a store
+#     it pushed itself (the previous release: format 1, one HDFS file per object).
+# Usage: [PREVIOUS=EXE] benches/mount_e2e.sh [N]   (default N=10000; 1,000 of them are the
+# import modules).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-10000}
@@ -43,13 +46,27 @@ expected=$(count_files "$work/dags")
 # Cold: hadoop fs -get of the store's bytes vs dagfs mount with an empty cache.
 t0=$(now); scripts/minidfs fs -get /dags "$work/get" >/dev/null; t1=$(now)
 get=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
-mkdir -p "$work/mnt" "$work/amnt"; mounts=("$work/mnt" "$work/amnt")
-t0=$(now)
-"$DAGFS" -q mount "$url/dags" "$work/mnt" --cache-dir "$work/cache" &
-mount_pid=$!
-until [[ -d $work/mnt/mods ]] && [[ $(count_files "$work/mnt") -eq $expected ]]; do sleep 0.05; done
-t1=$(now)
-cold=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
+mkdir -p "$work/mnt" "$work/amnt" "$work/pmnt"; mounts=("$work/mnt" "$work/amnt" "$work/pmnt")
+# Seconds from starting `$1 mount $2` at $3 (cache $4) to a full listing; leaves it running
+# as $mount_pid.
+cold_start() {
+  local t0 t1
+  t0=$(now)
+  "$1" -q mount "$2" "$3" --cache-dir "$4" >/dev/null &
+  mount_pid=$!
+  until [[ -d $3/mods ]] && [[ $(count_files "$3") -eq $expected ]]; do sleep 0.05; done
+  t1=$(now)
+  python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+previous=-
+if [[ -n ${PREVIOUS:-} ]]; then
+  "$PREVIOUS" -q push "$work/dags" --to "$url/dags-previous" --no-mirror
+  cold_start "$PREVIOUS" "$url/dags-previous" "$work/pmnt" "$work/pcache" >"$work/previous"
+  previous=$(cat "$work/previous")
+  kill "$mount_pid"; wait "$mount_pid" || true
+fi
+cold_start "$DAGFS" "$url/dags" "$work/mnt" "$work/cache" >"$work/cold"
+cold=$(cat "$work/cold")
 
 warm=$(python3 benches/mount_bench.py "$work/dags" "$work/mnt")
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$mount_pid/status")
@@ -74,10 +91,11 @@ airflow_list() {
 af_local=$(airflow_list "$work/airflow-dags")
 af_mount=$(airflow_list "$work/amnt")
 
-python3 - "$warm" "$get" "$cold" "$rss_kb" "$af_local" "$af_mount" <<'PY'
+python3 - "$warm" "$get" "$cold" "$rss_kb" "$af_local" "$af_mount" "$previous" <<'PY'
 import json, sys
 w = json.loads(sys.argv[1])
-get, cold, rss_kb, af_local, af_mount = map(float, sys.argv[2:])
+get, cold, rss_kb, af_local, af_mount = map(float, sys.argv[2:7])
+previous = None if sys.argv[7] == "-" else float(sys.argv[7])
 def row(name, local, mount, unit="s"):
     print(f"| {name} | {local:.3f} {unit} | {mount:.3f} {unit} | {mount / local:.2f}x |")
 print(f"| {w['files']} files | baseline | dagfs mount | ratio |")
@@ -92,5 +110,7 @@ for key, what in (("import", "fresh python -B"), ("import_pycache", "bytecode in
           f"| {i['ratio_median']:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in i['ratios'])}) |")
 row("`airflow dags list --local`, 200 DAGs (local disk)", af_local, af_mount)
 row("cold: empty cache to full listing (`hadoop fs -get` of the store)", get, cold)
+if previous is not None:
+    row("cold: empty cache to full listing (the PREVIOUS binary, its own store)", previous, cold)
 print(f"| mount process RSS serving {w['files']} files | | {rss_kb / 1024:.1f} MiB | |")
 PY

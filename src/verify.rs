@@ -338,11 +338,16 @@ async fn hash_in_batches(
     stream::iter(batches)
         .map(|batch| async move {
             match objects.read_batch(store, &batch).await {
-                Ok(read) => read
-                    .into_iter()
-                    .filter(|(digest, bytes)| Digest::of(bytes) == *digest)
-                    .map(|(digest, bytes)| (digest, bytes.len() as u64))
-                    .collect(),
+                // Hashed on the blocking pool: on the reactor it would hash one batch at a
+                // time and hold back the reads of the others.
+                Ok(read) => tokio::task::spawn_blocking(move || {
+                    read.into_iter()
+                        .filter(|(digest, bytes)| Digest::of(bytes) == *digest)
+                        .map(|(digest, bytes)| (digest, bytes.len() as u64))
+                        .collect()
+                })
+                .await
+                .expect("hashing does not panic"),
                 Err(e) => {
                     tracing::debug!(error = %e, "batched read failed; checking its objects one by one");
                     Vec::new()
