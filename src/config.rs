@@ -934,7 +934,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store.timeout"), "{err}");
-        let err = load("[sync]\nmax_delay = \"100ms\"\n", &[], &[])
+        let err = load("[sync]\nmax_delay = \"50ms\"\n", &[], &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("sync.max_delay"), "{err}");
