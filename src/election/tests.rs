@@ -92,6 +92,18 @@ async fn first_leader<'a>(
     (a, term)
 }
 
+/// [`first_leader`] `a` at `timing`, and `b` (at [`TIMING`]) following it.
+async fn leader_and_follower<'a>(
+    coordinator: &'a dyn Coordinator,
+    timing: Timing,
+    clock: &FakeClock,
+) -> (Candidate<'a>, Term, Candidate<'a>) {
+    let (a, term) = first_leader(coordinator, timing, clock).await;
+    let mut b = candidate(coordinator, "b", TIMING, clock);
+    assert!(is_following(&mut b).await);
+    (a, term, b)
+}
+
 async fn elect(candidate: &mut Candidate<'_>) -> Term {
     match candidate.standby_step(true).await.unwrap() {
         Standing::Elected(term) => term,
@@ -283,9 +295,7 @@ async fn a_renewal_whose_reply_was_lost_carries_on() {
     let store = &bed.store;
     let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
-    let mut b = candidate(&coordinator, "b", TIMING, &clock);
-    assert!(is_following(&mut b).await);
+    let (mut a, mut term, mut b) = leader_and_follower(&coordinator, TIMING, &clock).await;
     store.add(Rule::fail_after(Op::Put, 1, ErrorKind::Timeout).on(BEATS_DIR));
     clock.set(6);
     a.renew(&mut term, None, None).await.unwrap_err();
@@ -367,9 +377,7 @@ async fn a_renewal_cut_off_mid_write_leaves_no_empty_beat() {
     let store = &bed.store;
     let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
-    let mut b = candidate(&coordinator, "b", TIMING, &clock);
-    assert!(is_following(&mut b).await);
+    let (mut a, mut term, mut b) = leader_and_follower(&coordinator, TIMING, &clock).await;
     let never = Arc::new(tokio::sync::Notify::new());
     // A staged write's first RPC creates the staging file: nothing under the beat's name.
     store.add(Rule::before(Op::Put, 1, pause_until(Arc::clone(&never))).on(&beat_key(2)));
@@ -415,9 +423,7 @@ async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_
     let store = &bed.store;
     let coordinator = StoreCoordinator::new(store);
     let clock = FakeClock::default();
-    let (mut a, mut term) = first_leader(&coordinator, SLOW, &clock).await;
-    let mut b = candidate(&coordinator, "b", TIMING, &clock);
-    assert!(is_following(&mut b).await);
+    let (mut a, mut term, mut b) = leader_and_follower(&coordinator, SLOW, &clock).await;
     store
         .put(&beat_key(1), Bytes::new(), Overwrite::Allow)
         .await
