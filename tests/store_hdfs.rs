@@ -266,3 +266,56 @@ async fn viewfs_and_default_fs_urls_reach_the_same_files() {
         .unwrap();
     assert_eq!(default.read("dag.py").await.unwrap(), "v");
 }
+
+/// A read while the only DataNode holding the file is down (its port refuses; the NameNode
+/// still lists it) asks the NameNode again, as Hadoop's client does, until the store timeout:
+/// it succeeds once the DataNode is back, and fails as `Unavailable` within the timeout if it
+/// stays away. hdfs-native alone gives up on the first refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_outlasts_a_datanode_restart_within_the_timeout() {
+    let cluster = start(MiniDfsOptions::default()).await;
+    let url = format!("{}/dags", cluster.url());
+    let patient: std::sync::Arc<dyn Store> =
+        dagfs::store::open(&url, &cluster.options(None, Duration::from_secs(120)))
+            .await
+            .unwrap()
+            .into();
+    let short = Duration::from_secs(3);
+    let hasty = dagfs::store::open(&url, &cluster.options(None, short))
+        .await
+        .unwrap();
+    let data = Bytes::from((0..9 << 20).map(|i: u32| i as u8).collect::<Vec<u8>>());
+    patient
+        .put("pack", data.clone(), Overwrite::Deny)
+        .await
+        .unwrap();
+
+    tokio::task::block_in_place(|| cluster.stop_datanode(0));
+    let waiting = tokio::spawn({
+        let store = patient.clone();
+        async move { store.read("pack").await }
+    });
+    let started = Instant::now();
+    let err = hasty.read("pack").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        took <= short + SLACK,
+        "a read took {took:?} past its timeout"
+    );
+    assert!(
+        !waiting.is_finished(),
+        "the read gave up while the DataNode was down: {:?}",
+        waiting.await.unwrap().map(|d| d.len())
+    );
+
+    tokio::task::block_in_place(|| cluster.restart_datanode(0));
+    let read = waiting
+        .await
+        .unwrap()
+        .expect("the read outlasts the DataNode's restart");
+    assert!(
+        read == data,
+        "the bytes read back differ from those written"
+    );
+}

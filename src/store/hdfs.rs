@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -165,10 +165,77 @@ impl HdfsStore {
         key: &str,
         call: impl Future<Output = Result<T, HdfsError>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| hdfs_error(op, key, e, &self.login)),
-            Err(_) => Err(StoreError::timeout(op, key, self.timeout)),
+        self.timed(op, key, call)
+            .await?
+            .map_err(|e| hdfs_error(op, key, e, &self.login))
+    }
+
+    /// Runs one HDFS call under the timeout, leaving its own error untyped.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        call: impl Future<Output = Result<T, HdfsError>>,
+    ) -> StoreResult<Result<T, HdfsError>> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StoreError::timeout(op, key, self.timeout))
+    }
+
+    /// One attempt at [`Store::read_range`]: a fresh reader (block locations from the
+    /// NameNode) reading `offset..offset+len`, clamped to the file, one [`CHUNK`] per call.
+    async fn read_once(
+        &self,
+        key: &str,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, ReadFailure> {
+        let reader = self.read_call(key, self.client.read(path)).await?;
+        let size = reader.file_length() as u64;
+        // hdfs-native panics on ranges past EOF: clamp before asking.
+        let start = offset.min(size) as usize;
+        let end = offset.saturating_add(len).min(size) as usize;
+        let mut buf = BytesMut::with_capacity(end - start);
+        let mut pos = start;
+        while pos < end {
+            let step = CHUNK.min(end - pos);
+            let chunk = self.read_call(key, reader.read_range(pos, step)).await?;
+            if chunk.len() != step {
+                return Err(ReadFailure::Other(StoreError::new(
+                    ErrorKind::Corrupt,
+                    "read",
+                    key,
+                    format!(
+                        "short read: {} of {step} bytes at offset {pos}",
+                        chunk.len()
+                    ),
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+            pos += step;
         }
+        Ok(buf.freeze())
+    }
+
+    /// One bounded call of a read, its failure sorted for [`ReadFailure`].
+    async fn read_call<T>(
+        &self,
+        key: &str,
+        call: impl Future<Output = Result<T, HdfsError>>,
+    ) -> Result<T, ReadFailure> {
+        self.timed("read", key, call).await?.map_err(|e| {
+            let datanodes = matches!(
+                e,
+                HdfsError::DataTransferError(_) | HdfsError::BlocksNotFound(_)
+            );
+            let error = hdfs_error("read", key, e, &self.login);
+            if datanodes {
+                ReadFailure::DataNodes(error)
+            } else {
+                ReadFailure::Other(error)
+            }
+        })
     }
 
     /// Creates `path` (no overwrite, parents created) and writes `data` in bounded chunks,
@@ -263,6 +330,32 @@ impl HdfsStore {
             mode: u32::from(status.permission) & 0o777,
         }
     }
+}
+
+/// Why one attempt at a read failed.
+enum ReadFailure {
+    /// Every DataNode listed for a block refused, broke off or was missing. hdfs-native's
+    /// reader marks a failed DataNode dead for the reader's life and never asks the NameNode
+    /// again, so a DataNode restarting, or busy for a moment, fails the read outright.
+    DataNodes(StoreError),
+    /// Anything else; the answer.
+    Other(StoreError),
+}
+
+impl From<StoreError> for ReadFailure {
+    fn from(error: StoreError) -> Self {
+        ReadFailure::Other(error)
+    }
+}
+
+/// The wait before reading again after `failures` earlier attempts saw every DataNode fail:
+/// Hadoop's DFSClient schedule (`dfs.client.retry.window.base`, 3 s: 0-3 s, then 3-9 s, then
+/// 6-15 s...), jittered so readers do not return together. The attempts stop at the store
+/// timeout, counted from the first; each attempt opens the file again, so the read is of one
+/// version of it even if it was replaced meanwhile.
+fn datanode_retry_wait(failures: u32) -> Duration {
+    const WINDOW: Duration = Duration::from_secs(3);
+    WINDOW * failures + WINDOW.mul_f64(f64::from(failures + 1) * fastrand::f64())
 }
 
 /// Maps hdfs-native's errors (and the Java exception class names the NameNode sends) onto
@@ -373,33 +466,23 @@ impl Store for HdfsStore {
 
     async fn read_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Bytes> {
         let path = self.path("read", key)?;
-        let reader = self.bounded("read", key, self.client.read(&path)).await?;
-        let size = reader.file_length() as u64;
-        // hdfs-native panics on ranges past EOF: clamp before asking.
-        let start = offset.min(size) as usize;
-        let end = offset.saturating_add(len).min(size) as usize;
-        let mut buf = BytesMut::with_capacity(end - start);
-        let mut pos = start;
-        while pos < end {
-            let step = CHUNK.min(end - pos);
-            let chunk = self
-                .bounded("read", key, reader.read_range(pos, step))
-                .await?;
-            if chunk.len() != step {
-                return Err(StoreError::new(
-                    ErrorKind::Corrupt,
-                    "read",
-                    key,
-                    format!(
-                        "short read: {} of {step} bytes at offset {pos}",
-                        chunk.len()
-                    ),
-                ));
+        let deadline = Instant::now() + self.timeout;
+        let mut failures = 0;
+        loop {
+            let error = match self.read_once(key, &path, offset, len).await {
+                Ok(data) => return Ok(data),
+                Err(ReadFailure::Other(e)) => return Err(e),
+                Err(ReadFailure::DataNodes(e)) => e,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(error);
             }
-            buf.extend_from_slice(&chunk);
-            pos += step;
+            let wait = datanode_retry_wait(failures).min(left);
+            failures += 1;
+            tracing::warn!(key, failures, ?wait, %error, "no DataNode served a block; asking the NameNode again");
+            tokio::time::sleep(wait).await;
         }
-        Ok(buf.freeze())
     }
 
     async fn stat(&self, key: &str) -> StoreResult<EntryInfo> {

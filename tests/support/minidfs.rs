@@ -324,6 +324,16 @@ impl MiniDfs {
         self.command(&format!("restart-namenode {index}"));
     }
 
+    /// Stops DataNode `index`: its port refuses connections, the NameNode still lists it.
+    pub fn stop_datanode(&self, index: usize) {
+        self.command(&format!("stop-datanode {index}"));
+    }
+
+    /// Restarts the stopped DataNode `index` on its old ports, with its blocks.
+    pub fn restart_datanode(&self, index: usize) {
+        self.command(&format!("restart-datanode {index}"));
+    }
+
     /// Makes NameNode `index` the active one (HA clusters).
     pub fn transition_to_active(&self, index: usize) {
         self.command(&format!("transition-to-active {index}"));

@@ -43,6 +43,9 @@ public final class Main {
   private final MiniDFSCluster cluster;
   private final boolean ha;
   private final Configuration conf;
+  /** DataNodes stopped by {@code stop-datanode}, by index, for {@code restart-datanode}. */
+  private final java.util.Map<Integer, MiniDFSCluster.DataNodeProperties> stopped =
+      new java.util.HashMap<>();
   private final Secure secure;
 
   private Main(PrintStream out, MiniDFSCluster cluster, boolean ha, Configuration conf,
@@ -224,12 +227,20 @@ public final class Main {
         cluster.waitActive(index);
         break;
       case "stop-datanode":
-        if (cluster.stopDataNode(index) == null) {
+        MiniDFSCluster.DataNodeProperties properties = cluster.stopDataNode(index);
+        if (properties == null) {
           throw new IllegalArgumentException("no running DataNode " + index);
         }
+        stopped.put(index, properties);
         break;
       case "restart-datanode":
-        cluster.restartDataNodes(true);
+        // The stopped DataNode comes back on its old ports with its blocks, as a host that
+        // rebooted; restartDataNodes() would only restart the ones still running.
+        MiniDFSCluster.DataNodeProperties node = stopped.remove(index);
+        if (node == null) {
+          throw new IllegalArgumentException("DataNode " + index + " was not stopped");
+        }
+        cluster.restartDataNode(node, true);
         cluster.waitActive();
         break;
       case "transition-to-active":
