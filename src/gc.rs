@@ -13,6 +13,10 @@
 //!   waits until every pin that existed after the moves is released, *then* lists the
 //!   generations, puts back every trashed object a generation references (and every pack
 //!   holding one), and only then deletes the rest of the trash;
+//! - a pack mostly garbage is **repacked** before it is moved: the objects the kept
+//!   generations use are copied (checked) into a new pack, and at the end the old pack is
+//!   deleted only if every object a generation uses is in a pack this run wrote and that
+//!   is still listed under `packs/` ([`GcOptions::max_garbage`]);
 //! - a publisher that finds an object missing looks in the trash and renames it, or the
 //!   pack holding it, back ([`restore_from_runs`], [`restore_pack_from_runs`]); readers
 //!   fall back to the trash the same way ([`read_loose`], [`crate::objects::Objects::read`]),
@@ -31,8 +35,8 @@ use bytes::Bytes;
 use crate::format::{object_key, Digest};
 use crate::generations::{self, GenerationError};
 use crate::mirror::store_now;
-use crate::objects::{Objects, TrashedPack};
-use crate::pack::{pack_key, PackIndex, PACKS_DIR};
+use crate::objects::{ListedPack, Objects, TrashedPack};
+use crate::pack::{pack_key, PackBuilder, PackIndex, PACKS_DIR};
 use crate::store::{
     list_if_exists, EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR,
 };
@@ -46,6 +50,8 @@ pub const TRASH_DIR: &str = ".dagfs-trash";
 pub const PIN_EXPIRY: Duration = Duration::from_secs(3600);
 /// How long gc waits by default for publishes in progress before it puts its trash back.
 pub const DEFAULT_PUBLISH_WAIT: Duration = Duration::from_secs(120);
+/// [`GcOptions::max_garbage`] by default, in percent.
+pub const DEFAULT_MAX_GARBAGE: u8 = 50;
 
 /// What to collect.
 #[derive(Clone, Debug)]
@@ -59,6 +65,11 @@ pub struct GcOptions {
     /// How long to wait for publishes in progress (pins) before giving the objects moved
     /// aside back and deleting none of them this time.
     pub publish_wait: Duration,
+    /// A pack some kept generation uses is repacked once more than this percentage of its
+    /// object bytes is garbage: its live objects go into a new pack and the old one is
+    /// deleted, so a store does not keep a 64 MiB pack for one small file still in use.
+    /// 100 never repacks.
+    pub max_garbage: u8,
 }
 
 /// A collection that stopped; whatever it deleted was garbage.
@@ -82,9 +93,12 @@ pub struct GcOutcome {
     pub generations: Vec<u64>,
     /// Objects deleted (loose ones, and those of the packs deleted).
     pub objects: usize,
-    /// Packs deleted.
+    /// Packs deleted (those repacked included).
     pub packs: usize,
-    /// Bytes those objects held.
+    /// Packs mostly garbage whose live objects were copied into new packs before they were
+    /// deleted.
+    pub repacked: usize,
+    /// Bytes the deleted objects held.
     pub bytes: u64,
     /// Leftover staged files deleted.
     pub staged: usize,
@@ -243,11 +257,14 @@ struct Trashed {
 }
 
 impl Trashed {
-    /// Whether a generation using `referenced` needs this file.
-    fn live(&self, referenced: &HashSet<Digest>) -> bool {
+    /// Whether a generation using `referenced` needs this file: it holds such an object
+    /// that no pack in `copies` holds (packs this run wrote and still finds under `packs/`).
+    fn needed(&self, referenced: &HashSet<Digest>, copies: &HashSet<Digest>) -> bool {
         match &self.pack {
             None => referenced.contains(&self.digest),
-            Some(index) => index.objects().any(|(d, _)| referenced.contains(d)),
+            Some(index) => index
+                .objects()
+                .any(|(d, _)| referenced.contains(d) && !copies.contains(d)),
         }
     }
 
@@ -256,6 +273,24 @@ impl Trashed {
         match self.pack {
             None => object_key(&self.digest),
             Some(_) => pack_key(&self.digest),
+        }
+    }
+
+    /// Objects deleted with it, and the bytes they held (`copies`: as in [`Trashed::needed`]).
+    fn garbage(&self, copies: &HashSet<Digest>) -> (usize, u64) {
+        match &self.pack {
+            None => (1, self.len),
+            Some(index) => {
+                let copied: Vec<u64> = index
+                    .objects()
+                    .filter(|(d, _)| copies.contains(d))
+                    .map(|(_, span)| span.len)
+                    .collect();
+                (
+                    index.len() - copied.len(),
+                    self.len.saturating_sub(copied.iter().sum()),
+                )
+            }
         }
     }
 
@@ -296,6 +331,8 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         abandoned_trash(store, &run, &objects).await?
     };
     let mut made_run = false;
+    // The packs this run writes by repacking: name -> the objects each holds.
+    let mut written: Vec<(Digest, std::sync::Arc<PackIndex>)> = Vec::new();
     for object in generations::list_objects(store).await? {
         let Ok(digest) = object.name().parse::<Digest>() else {
             continue;
@@ -330,21 +367,56 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
             }
         }
     }
-    // Packs none of whose objects a kept generation uses (a pack whose index cannot be
-    // read is never moved: what it holds is unknown).
+    // Packs none of whose objects a kept generation uses, and packs mostly garbage once
+    // their live objects are copied out (a pack whose index cannot be read is never moved:
+    // what it holds is unknown).
+    let mut doomed_packs = Vec::new();
+    let mut to_repack = Vec::new();
     for listed in objects.list_packs(store).await? {
-        let Some(index) = listed.index else { continue };
-        if index.objects().any(|(d, _)| referenced.contains(d))
-            || !old_enough(listed.info.modified, options.grace)
-        {
+        let Some(index) = &listed.index else { continue };
+        if !old_enough(listed.info.modified, options.grace) {
             continue;
         }
-        if options.dry_run {
+        let live: u64 = index
+            .objects()
+            .filter(|(d, _)| referenced.contains(d))
+            .map(|(_, span)| span.len)
+            .sum();
+        let total: u64 = index.objects().map(|(_, span)| span.len).sum();
+        if live == 0 {
+            doomed_packs.push(listed);
+        } else if (total - live) * 100 > u64::from(options.max_garbage) * total {
+            to_repack.push(listed);
+        }
+    }
+    if options.dry_run {
+        for listed in &doomed_packs {
             outcome.packs += 1;
-            outcome.objects += index.len();
+            outcome.objects += listed.index.as_ref().map_or(0, |index| index.len());
             outcome.bytes += listed.info.len;
-            continue;
         }
+        for listed in &to_repack {
+            let Some(index) = &listed.index else { continue };
+            let garbage = index.objects().filter(|(d, _)| !referenced.contains(d));
+            let (objects, bytes) = garbage.fold((0, 0), |(n, b), (_, span)| (n + 1, b + span.len));
+            outcome.packs += 1;
+            outcome.objects += objects;
+            outcome.bytes += bytes;
+        }
+        outcome.repacked = to_repack.len();
+    } else {
+        let (copies, repacked) = match repack(store, &to_repack, &referenced).await {
+            Ok(done) => done,
+            Err(e) => {
+                put_back(store, &trashed).await;
+                return Err(e.into());
+            }
+        };
+        written = copies;
+        doomed_packs.extend(repacked);
+    }
+    for listed in doomed_packs.into_iter().filter(|_| !options.dry_run) {
+        let Some(index) = listed.index else { continue };
         if !made_run {
             store.mkdirs(&run).await?;
             made_run = true;
@@ -370,6 +442,7 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
             referenced,
             doomed,
             trashed: &trashed,
+            written: &written,
         };
         match settle(store, options, now, found).await {
             Ok(Settled {
@@ -377,9 +450,11 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
                 deferred_generations,
                 objects,
                 packs,
+                repacked,
                 bytes,
                 deferred,
             }) => {
+                outcome.repacked = repacked;
                 outcome.generations = generations;
                 outcome.deferred_generations = deferred_generations;
                 outcome.objects += objects;
@@ -411,6 +486,7 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         generations = outcome.generations.len(),
         objects = outcome.objects,
         packs = outcome.packs,
+        repacked = outcome.repacked,
         bytes = outcome.bytes,
         deferred = outcome.deferred,
         dry_run = options.dry_run,
@@ -460,12 +536,14 @@ async fn abandoned_trash(
 }
 
 /// What a run found before its wait: the newest generation of its first listing, the
-/// objects of the kept generations, the generations to delete and the files moved aside.
+/// objects of the kept generations, the generations to delete, the files moved aside and
+/// the packs it wrote by repacking.
 struct Found<'a> {
     newest_seen: u64,
     referenced: HashSet<Digest>,
     doomed: &'a [u64],
     trashed: &'a [Trashed],
+    written: &'a [(Digest, std::sync::Arc<PackIndex>)],
 }
 
 /// What [`settle`] did.
@@ -475,6 +553,7 @@ struct Settled {
     deferred_generations: Vec<u64>,
     objects: usize,
     packs: usize,
+    repacked: usize,
     bytes: u64,
     deferred: usize,
 }
@@ -493,6 +572,7 @@ async fn settle(
         mut referenced,
         doomed,
         trashed,
+        written,
     } = found;
     if !wait_for_publishers(store, options.publish_wait, now).await? {
         tracing::info!(
@@ -526,16 +606,102 @@ async fn settle(
             add_references(store, generation, &mut referenced).await?;
         }
     }
+    let copies = copies_in_place(store, written).await?;
     for file in trashed {
-        if file.live(&referenced) {
+        if file.needed(&referenced, &copies) {
             put_back(store, std::slice::from_ref(file)).await;
         } else if store.delete(&file.key, false).await? {
-            settled.objects += file.objects();
+            let (objects, bytes) = file.garbage(&copies);
+            settled.objects += objects;
+            settled.bytes += bytes;
             settled.packs += usize::from(file.pack.is_some());
-            settled.bytes += file.len;
+            settled.repacked += usize::from(
+                file.pack
+                    .as_ref()
+                    .is_some_and(|index| index.objects().any(|(d, _)| copies.contains(d))),
+            );
         }
     }
     Ok(settled)
+}
+
+/// Copies the objects of `packs` that `referenced` uses into new packs (each object read
+/// and checked against its digest first), uploads them and returns them with the packs
+/// whose objects were all copied. A pack whose live bytes do not hash right is left as it
+/// is (`dagfs verify` names it; a copy would spread the damage).
+async fn repack(
+    store: &dyn Store,
+    packs: &[ListedPack],
+    referenced: &HashSet<Digest>,
+) -> Result<(Vec<(Digest, std::sync::Arc<PackIndex>)>, Vec<ListedPack>), StoreError> {
+    let mut written = Vec::new();
+    let mut emptied = Vec::new();
+    let mut builder = PackBuilder::default();
+    for listed in packs {
+        let Some(index) = &listed.index else { continue };
+        let bytes = match store.read(&listed.info.key).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // another run took it
+            Err(e) => return Err(e),
+        };
+        let live: Option<Vec<(Digest, &[u8])>> = index
+            .objects()
+            .filter(|(digest, _)| referenced.contains(digest))
+            .map(|(digest, span)| {
+                let start = usize::try_from(span.offset).ok()?;
+                let end = usize::try_from(span.offset.checked_add(span.len)?).ok()?;
+                let object = bytes.get(start..end)?;
+                (Digest::of(object) == *digest).then_some((*digest, object))
+            })
+            .collect();
+        let Some(live) = live else {
+            tracing::warn!(pack = %listed.name, "not repacking a pack whose live objects do not hash right; run dagfs verify --store --deep");
+            continue;
+        };
+        for (digest, object) in live {
+            if !builder.fits(object.len() as u64) {
+                written.push(upload(store, std::mem::take(&mut builder)).await?);
+            }
+            builder.add(digest, object);
+        }
+        emptied.push(listed.clone());
+    }
+    if !builder.is_empty() {
+        written.push(upload(store, builder).await?);
+    }
+    Ok((written, emptied))
+}
+
+/// Finishes and uploads `builder`'s pack; its name and index.
+async fn upload(
+    store: &dyn Store,
+    builder: PackBuilder,
+) -> Result<(Digest, std::sync::Arc<PackIndex>), StoreError> {
+    let pack = builder.finish();
+    let made = (pack.name, std::sync::Arc::new(pack.index.clone()));
+    pack.upload(store).await?;
+    Ok(made)
+}
+
+/// The objects held by the packs of `written` that are still under `packs/` now (a later
+/// run may have moved one aside): the copies that let a repacked pack go.
+async fn copies_in_place(
+    store: &dyn Store,
+    written: &[(Digest, std::sync::Arc<PackIndex>)],
+) -> Result<HashSet<Digest>, StoreError> {
+    if written.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let listed: HashSet<String> = list_if_exists(store, PACKS_DIR)
+        .await?
+        .into_iter()
+        .map(|info| info.key)
+        .collect();
+    Ok(written
+        .iter()
+        .filter(|(name, _)| listed.contains(&pack_key(name)))
+        .flat_map(|(_, index)| index.objects().map(|(d, _)| *d))
+        .collect())
 }
 
 /// Waits until every pin that exists now is released (expired ones are deleted), for at
@@ -640,6 +806,7 @@ mod tests {
                 grace: Duration::from_secs(3600),
                 dry_run: false,
                 publish_wait: Duration::ZERO,
+                max_garbage: DEFAULT_MAX_GARBAGE,
             },
         )
         .await
@@ -654,12 +821,14 @@ mod tests {
                 grace: Duration::ZERO,
                 dry_run: false,
                 publish_wait: Duration::ZERO,
+                max_garbage: DEFAULT_MAX_GARBAGE,
             },
         )
         .await
         .unwrap();
         // Each publish wrote one pack: {v1, shared}, {v2}, {v3}. Only {v2} is dead; {v1,
-        // shared} is live through `shared` and kept whole (no repacking).
+        // shared} is live through `shared` and kept whole (a quarter of it is garbage, under
+        // max_garbage).
         assert_eq!((outcome.packs, outcome.objects), (1, 1), "v2's pack goes");
         assert!(stored_len(&store, &digests[1]).await.is_none());
         assert!(stored_len(&store, &digests[0]).await.is_some());
@@ -674,6 +843,7 @@ mod tests {
                     grace: Duration::ZERO,
                     dry_run: true,
                     publish_wait: Duration::ZERO,
+                    max_garbage: DEFAULT_MAX_GARBAGE,
                 }
             )
             .await,
@@ -691,6 +861,7 @@ mod tests {
             grace: Duration::ZERO,
             dry_run: false,
             publish_wait: Duration::ZERO,
+            max_garbage: DEFAULT_MAX_GARBAGE,
         }
     }
 
@@ -727,14 +898,66 @@ mod tests {
         }
     }
 
-    /// Generation 1 holds `a.py = old`, generation 2 `a.py = new`: with `--keep 1` the old
-    /// object is garbage, until a rollback to generation 1 reuses it.
+    /// Generation 1 holds `a.py = OLD` and `b.py = s`, generation 2 `a.py = new` and the
+    /// same `b.py`: with `--keep 1` the old object is garbage, until a rollback to
+    /// generation 1 reuses it. Generation 1's pack is mostly garbage (`OLD`, 32 bytes) with
+    /// one live object (`s`, reused by generation 2), so gc repacks it.
     async fn two_generations(dir: &std::path::Path) -> (Arc<dyn Store>, crate::format::Manifest) {
         let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.join("store")).await.unwrap());
-        publish_files(&*store, dir, &[("a.py", "old")]).await;
-        publish_files(&*store, dir, &[("a.py", "new")]).await;
+        publish_files(&*store, dir, &[("a.py", OLD), ("b.py", "s")]).await;
+        publish_files(&*store, dir, &[("a.py", "new"), ("b.py", "s")]).await;
         let first = generations::load(&*store, 1).await.unwrap();
         (store, first)
+    }
+
+    /// The old content of `a.py` in [`two_generations`].
+    const OLD: &str = "old = 1\nold = 2\nold = 3\nold = 4\n";
+
+    /// A pack mostly garbage is rewritten: its live object moves to a new pack, the old pack
+    /// and its garbage go, the head stays complete, and a reader that located the object in
+    /// the old pack before gc still reads it. A dry run reports the repack and does nothing.
+    #[tokio::test]
+    async fn a_pack_mostly_garbage_is_repacked_and_its_live_objects_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, first) = two_generations(dir.path()).await;
+        let old = Digest::of(OLD.as_bytes());
+        let shared = first.entries[1].blake3;
+        let reader = Objects::new(None);
+        reader.refresh(&*store).await.unwrap();
+        let old_pack = reader.locate(&shared).unwrap().pack;
+        let dry = gc(
+            &*store,
+            &GcOptions {
+                dry_run: true,
+                ..collect_all()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((dry.repacked, dry.packs, dry.objects), (1, 1, 1), "{dry:?}");
+        let old_len = store.stat(&pack_key(&old_pack)).await.unwrap().len;
+
+        let outcome = gc(&*store, &collect_all()).await.unwrap();
+        assert!(
+            store.stat(&pack_key(&old_pack)).await.is_err(),
+            "the pack mostly garbage is still there: {outcome:?}"
+        );
+        assert_eq!(stored_len(&*store, &old).await, None, "garbage kept");
+        assert_head_complete(&*store, "after repacking").await;
+        assert_eq!(
+            (outcome.repacked, outcome.packs, outcome.objects),
+            (1, 1, 1),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            outcome.bytes,
+            old_len - 1,
+            "all but the live byte: {outcome:?}"
+        );
+        let bytes = reader.read(&*store, &shared).await.unwrap();
+        assert_eq!(Digest::of(&bytes), shared, "a reader with the old location");
+        let again = gc(&*store, &collect_all()).await.unwrap();
+        assert_eq!((again.repacked, again.packs), (0, 0), "{again:?}");
     }
 
     /// A rollback whose objects are in a pack a paused gc run moved aside puts that pack
@@ -862,8 +1085,8 @@ mod tests {
     }
 
     /// gc and a rollback (which has no local copy to upload again) interleaved at every
-    /// store call: the rollback runs whole before gc's Nth call, and gc runs whole before
-    /// the rollback's Nth call. The head never references a missing object, and a rollback
+    /// store call: the rollback runs whole before gc's Nth call, gc runs whole before the
+    /// rollback's Nth call, and another gc run whole before gc's Nth call. The head never references a missing object, and a rollback
     /// that reports an error committed nothing.
     #[tokio::test]
     async fn gc_and_rollbacks_interleaved_at_every_call_never_break_the_head() {
@@ -905,6 +1128,34 @@ mod tests {
                     assert_head_complete(&*inner, &context).await;
                 }
             }
+        }
+        // gc inside gc: the inner run finds the outer one's trash (and repacked copies) and
+        // judges them like its own.
+        for nth in 1.. {
+            let dir = tempfile::tempdir().unwrap();
+            let (inner, _) = two_generations(dir.path()).await;
+            let store = FaultyStore::new(Arc::clone(&inner));
+            let collect: crate::store::faulty::Action = Arc::new(move |store, _| {
+                Box::pin(async move {
+                    let _ = gc(&*store, &collect_all()).await;
+                })
+            });
+            store.add(Rule::before_any(nth, collect));
+            let result = gc(&store, &collect_all()).await;
+            if store.fired().is_empty() {
+                break;
+            }
+            assert_head_complete(&*inner, &format!("gc before gc call {nth} ({result:?})")).await;
+            // The inner run may put back a pack the outer one repacked (it cannot count on
+            // copies it did not write): the garbage goes with the next run.
+            gc(&*inner, &collect_all()).await.unwrap();
+            let old = Digest::of(OLD.as_bytes());
+            assert_eq!(
+                stored_len(&*inner, &old).await,
+                None,
+                "gc before gc call {nth}"
+            );
+            assert_head_complete(&*inner, &format!("gc before gc call {nth}, then gc")).await;
         }
         // gc inside the rollback.
         for nth in 1.. {

@@ -394,7 +394,17 @@ impl Objects {
                 other => other,
             };
         };
-        let bytes = read_packed(store, packed).await?;
+        let bytes = match read_packed(store, packed).await {
+            // Its pack was repacked by gc and deleted since the last refresh: the object
+            // is in another pack now.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                match self.relist(store).await?.get(digest).copied() {
+                    Some(moved) if moved != packed => read_packed(store, moved).await?,
+                    _ => return Err(e),
+                }
+            }
+            other => other?,
+        };
         if Digest::of(&bytes) != *digest {
             if let Ok(loose) = crate::gc::read_loose(store, digest).await {
                 if Digest::of(&loose) == *digest {

@@ -16,6 +16,7 @@
 use bytes::Bytes;
 
 use crate::format::Digest;
+use crate::store::{ErrorKind, Overwrite, Store, StoreResult};
 
 /// Store directory of pack files: `packs/<64 hex>` (flat: one listing finds them all).
 pub const PACKS_DIR: &str = "packs";
@@ -220,6 +221,20 @@ pub struct Pack {
     pub bytes: Bytes,
     /// What it holds.
     pub index: PackIndex,
+}
+
+impl Pack {
+    /// Writes the pack under its name (staged and renamed by `put`). A pack of that name
+    /// already there holds the same bytes.
+    pub async fn upload(self, store: &dyn Store) -> StoreResult<()> {
+        match store
+            .put(&pack_key(&self.name), self.bytes, Overwrite::Deny)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
 }
 
 /// Builds a pack from objects added one by one.

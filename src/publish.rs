@@ -35,7 +35,7 @@ use crate::format::{
 };
 use crate::generations::{self, apply, diff, Change, GenerationError};
 use crate::objects::Objects;
-use crate::pack::{pack_key, PackBuilder, MAX_PACKED_OBJECT};
+use crate::pack::{PackBuilder, MAX_PACKED_OBJECT};
 use crate::scan::ScannedFile;
 use crate::store::{list_if_exists, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
@@ -532,13 +532,13 @@ async fn upload_objects(
         .buffer_unordered(concurrency);
     while let Some((entry, bytes)) = read.try_next().await? {
         if !pack.fits(bytes.len() as u64) {
-            upload_pack(store, std::mem::take(&mut pack)).await?;
+            std::mem::take(&mut pack).finish().upload(store).await?;
         }
         small_bytes += bytes.len() as u64;
         pack.add(entry.blake3, &bytes);
     }
     if !pack.is_empty() {
-        upload_pack(store, pack).await?;
+        pack.finish().upload(store).await?;
     }
     Ok((count, large_bytes + small_bytes))
 }
@@ -591,19 +591,6 @@ async fn present(
         crate::gc::restore_from_runs(store, &entry.blake3, runs).await?
             || crate::gc::restore_pack_from_runs(store, objects, &entry.blake3, runs).await?,
     )
-}
-
-/// Writes a finished pack under its name (staged and renamed by `put`). A pack of that
-/// name already there holds the same bytes.
-async fn upload_pack(store: &dyn Store, pack: PackBuilder) -> Result<(), PublishError> {
-    let pack = pack.finish();
-    match store
-        .put(&pack_key(&pack.name), pack.bytes, Overwrite::Deny)
-        .await
-    {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        other => Ok(other?),
-    }
 }
 
 /// Reads a source file and checks it still has the length and digest the scan found.

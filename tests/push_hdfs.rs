@@ -14,6 +14,7 @@ use dagfs::generations;
 use dagfs::mirror::MIRROR_DIR;
 use dagfs::scan::{scan, HashCache, ScanOptions};
 use dagfs::store::{Overwrite, Store};
+use serde_json::json;
 
 use support::minidfs::{superuser, MiniDfs};
 
@@ -472,24 +473,47 @@ async fn gc_keeps_the_newest_generations_and_what_they_use() {
         .status
         .success());
     }
-    let out = run(
-        cluster,
-        &[
-            "gc", "--keep", "2", "--grace", "0s", "--store", &url, "--json",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["generations"], serde_json::json!([1, 2]));
+    let gc = |max_garbage: &str| {
+        let out = run(
+            cluster,
+            &[
+                "gc",
+                "--keep",
+                "2",
+                "--grace",
+                "0s",
+                "--max-garbage",
+                max_garbage,
+                "--store",
+                &url,
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let summary = gc("100");
+    assert_eq!(summary["generations"], json!([1, 2]));
     // One pack per push: round 1's ({changing.py 1}) is dead; round 0's ({changing.py 0,
-    // stable.py}) is live through stable.py and kept whole (no repacking).
+    // stable.py}) is live through stable.py and, never repacked, kept whole.
     assert_eq!(
-        (&summary["packs"], &summary["objects"]),
-        (&serde_json::json!(1), &serde_json::json!(1)),
+        (&summary["packs"], &summary["objects"], &summary["repacked"]),
+        (&json!(1), &json!(1), &json!(0)),
         "only round 1's pack goes: {summary}"
     );
     assert_eq!(generations::list(&*store).await.unwrap(), [3, 4]);
     assert_consistent(&*store).await;
+    // About half of round 0's pack is garbage: repacked at 40 %, stable.py moves to a new
+    // pack, and the old pack with changing.py 0 goes.
+    let summary = gc("40");
+    assert_eq!(
+        (&summary["packs"], &summary["objects"], &summary["repacked"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "round 0's pack is repacked: {summary}"
+    );
+    assert_consistent(&*store).await;
+    let out = run(cluster, &["verify", "--store", &url, "--deep"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     // Rolling back to a kept generation still works; to a collected one, a clear error.
     assert!(run(cluster, &["rollback", "3", "--store", &url])
         .status

@@ -162,6 +162,11 @@ pub struct GcArgs {
     /// Show what would be deleted, delete nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Repack a pack a kept generation uses once more than this percentage of its bytes is
+    /// garbage (its live objects go into a new pack); 100 never repacks.
+    #[arg(long, value_name = "PERCENT", default_value_t = crate::gc::DEFAULT_MAX_GARBAGE,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_garbage: u8,
     /// Store URL [default: store.url from the config].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
@@ -483,6 +488,7 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
         grace: args.grace,
         dry_run: args.dry_run,
         publish_wait: crate::gc::DEFAULT_PUBLISH_WAIT,
+        max_garbage: args.max_garbage,
     };
     let outcome = crate::gc::gc(&*store, &options).await?;
     if args.json {
@@ -494,10 +500,11 @@ pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
             "deleted"
         };
         println!(
-            "{verb} {} generations, {} objects ({} packs, {}), {} staged files",
+            "{verb} {} generations, {} objects ({} packs, {} of them repacked, {}), {} staged files",
             outcome.generations.len(),
             outcome.objects,
             outcome.packs,
+            outcome.repacked,
             indicatif::HumanBytes(outcome.bytes),
             outcome.staged
         );
