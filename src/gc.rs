@@ -910,6 +910,28 @@ mod tests {
         (store, first)
     }
 
+    /// A fresh [`two_generations`] store (its directory, the store, generation 1) and the
+    /// same store behind a [`FaultyStore`] that runs a whole gc before its `nth` call.
+    async fn gc_before_call(
+        nth: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<dyn Store>,
+        crate::format::Manifest,
+        FaultyStore,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, first) = two_generations(dir.path()).await;
+        let store = FaultyStore::new(Arc::clone(&inner));
+        let collect: crate::store::faulty::Action = Arc::new(move |store, _| {
+            Box::pin(async move {
+                let _ = gc(&*store, &collect_all()).await;
+            })
+        });
+        store.add(Rule::before_any(nth, collect));
+        (dir, inner, first, store)
+    }
+
     /// The old content of `a.py` in [`two_generations`].
     const OLD: &str = "old = 1\nold = 2\nold = 3\nold = 4\n";
 
@@ -962,37 +984,41 @@ mod tests {
 
     /// A rollback whose objects are in a pack a paused gc run moved aside puts that pack
     /// back (it has no source to upload from) and commits; readers found the pack in the
-    /// trash meanwhile.
-    #[tokio::test]
+    /// trash meanwhile. The rollback needs two objects of that pack and checks them
+    /// concurrently, so the check that does not put the pack back may look into the trash
+    /// after the other did: 20 rounds, each must commit.
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_rollback_puts_back_the_pack_a_paused_gc_moved_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, first) = two_generations(dir.path()).await;
-        let objects = Objects::new(None);
-        objects.refresh(&*store).await.unwrap();
-        let old = first.entries[0].blake3;
-        let pack = objects.locate(&old).unwrap().pack;
-        let run = format!("{TRASH_DIR}/paused");
-        store.mkdirs(&run).await.unwrap();
-        store
-            .rename(
-                &pack_key(&pack),
-                &trashed_pack_key(&run, &pack),
-                Overwrite::Deny,
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, first) = two_generations(dir.path()).await;
+            let objects = Objects::new(None);
+            objects.refresh(&*store).await.unwrap();
+            let old = first.entries[0].blake3;
+            let pack = objects.locate(&old).unwrap().pack;
+            let run = format!("{TRASH_DIR}/paused");
+            store.mkdirs(&run).await.unwrap();
+            store
+                .rename(
+                    &pack_key(&pack),
+                    &trashed_pack_key(&run, &pack),
+                    Overwrite::Deny,
+                )
+                .await
+                .unwrap();
+            let bytes = Objects::new(None).read(&*store, &old).await.unwrap();
+            assert_eq!(Digest::of(&bytes), old, "readers look into trashed packs");
+            let outcome = publish(
+                &*store,
+                &Desired::from_manifest(&first),
+                &PublishOptions::default(),
             )
             .await
-            .unwrap();
-        let bytes = Objects::new(None).read(&*store, &old).await.unwrap();
-        assert_eq!(Digest::of(&bytes), old, "readers look into trashed packs");
-        let outcome = publish(
-            &*store,
-            &Desired::from_manifest(&first),
-            &PublishOptions::default(),
-        )
-        .await
-        .unwrap();
-        assert_eq!((outcome.generation, outcome.objects_uploaded), (Some(3), 0));
-        assert!(store.stat(&pack_key(&pack)).await.is_ok(), "put back");
-        assert_head_complete(&*store, "after the rollback").await;
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!((outcome.generation, outcome.objects_uploaded), (Some(3), 0));
+            assert!(store.stat(&pack_key(&pack)).await.is_ok(), "put back");
+            assert_head_complete(&*store, "after the rollback").await;
+        }
     }
 
     /// One file, `path` = `content`, under `prefix` (a change that rebases onto any head).
@@ -1132,15 +1158,7 @@ mod tests {
         // gc inside gc: the inner run finds the outer one's trash (and repacked copies) and
         // judges them like its own.
         for nth in 1.. {
-            let dir = tempfile::tempdir().unwrap();
-            let (inner, _) = two_generations(dir.path()).await;
-            let store = FaultyStore::new(Arc::clone(&inner));
-            let collect: crate::store::faulty::Action = Arc::new(move |store, _| {
-                Box::pin(async move {
-                    let _ = gc(&*store, &collect_all()).await;
-                })
-            });
-            store.add(Rule::before_any(nth, collect));
+            let (_dir, inner, _, store) = gc_before_call(nth).await;
             let result = gc(&store, &collect_all()).await;
             if store.fired().is_empty() {
                 break;
@@ -1159,15 +1177,7 @@ mod tests {
         }
         // gc inside the rollback.
         for nth in 1.. {
-            let dir = tempfile::tempdir().unwrap();
-            let (inner, first) = two_generations(dir.path()).await;
-            let store = FaultyStore::new(Arc::clone(&inner));
-            let collect: crate::store::faulty::Action = Arc::new(move |store, _| {
-                Box::pin(async move {
-                    let _ = gc(&*store, &collect_all()).await;
-                })
-            });
-            store.add(Rule::before_any(nth, collect));
+            let (_dir, inner, first, store) = gc_before_call(nth).await;
             let result = publish(
                 &store,
                 &Desired::from_manifest(&first),

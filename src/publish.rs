@@ -587,10 +587,22 @@ async fn present(
     } else {
         runs
     };
-    Ok(
-        crate::gc::restore_from_runs(store, &entry.blake3, runs).await?
-            || crate::gc::restore_pack_from_runs(store, objects, &entry.blake3, runs).await?,
-    )
+    if crate::gc::restore_from_runs(store, &entry.blake3, runs).await?
+        || crate::gc::restore_pack_from_runs(store, objects, &entry.blake3, runs).await?
+    {
+        return Ok(true);
+    }
+    if rollback {
+        // Another object of the same trashed pack may have had it put back between the
+        // listing and the look into the trash (this publish checks objects concurrently).
+        // A fresh listing is still one made after the pin; an object with a source is
+        // simply uploaded again instead.
+        objects.refresh(store).await?;
+        return Ok(objects
+            .locate(&entry.blake3)
+            .is_some_and(|packed| packed.span.len == entry.size));
+    }
+    Ok(false)
 }
 
 /// Reads a source file and checks it still has the length and digest the scan found.
