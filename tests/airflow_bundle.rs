@@ -44,6 +44,12 @@ impl Env {
             ("AIRFLOW__CORE__LOAD_EXAMPLES", "False".into()),
             ("AIRFLOW__CORE__EXECUTOR", "LocalExecutor".into()),
             ("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True".into()),
+            // What the bundle requires (packaging/airflow/README.md): no rate limit on
+            // serialized DAGs, so a run never gets a version before its tasks.
+            (
+                "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL",
+                "0".into(),
+            ),
             (
                 "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
                 bundle.to_string(),
@@ -146,6 +152,17 @@ impl Env {
             format!("{}/airflow.db", db.1)
         );
         self.python(&script).trim().to_string()
+    }
+
+    /// The rows `query` returns from Airflow's database, one per line (for failure messages).
+    fn db_rows(&self, query: &str) -> String {
+        let db = self.vars.iter().find(|(k, _)| k == "AIRFLOW_HOME").unwrap();
+        let script = format!(
+            "import sqlite3\nc = sqlite3.connect({:?})\n\
+             for row in c.execute({query:?}):\n    print(row)\n",
+            format!("{}/airflow.db", db.1)
+        );
+        self.python(&script)
     }
 
     /// (job type, seconds since its last heartbeat) of each job type's newest running job,
@@ -374,6 +391,29 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
 
     let env = Env::new(&bin, &cluster, tmp.path(), &url, &mnt, free_port());
     env.airflow(&["db", "migrate"]);
+    // Airflow's default rate limit on serialized DAGs (30 s) let a run record generation 2
+    // with generation 1's tasks (created_dag_version 1, bundle_version 2; three runs of three
+    // here): the bundle refuses to parse under it, in one line naming the fix.
+    let refused = env
+        .with("AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL", "30")
+        .command("python")
+        .args([
+            "-c",
+            &format!(
+                "from dagfs_airflow import DagfsBundle\n\
+                 DagfsBundle(name='dags', store_url={url:?}, mount={:?}).initialize()\n",
+                mnt.display().to_string()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("min_serialized_dag_update_interval is 30 s")
+            && stderr.contains("AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL=0"),
+        "{stderr}"
+    );
     let _api = Component::start(&env, tmp.path(), "api-server");
     let _scheduler = Component::start(&env, tmp.path(), "scheduler");
     let mut processor = Component::start(&env, tmp.path(), "dag-processor");
@@ -411,6 +451,7 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
 
     // A new DAG processor (a restart refreshes): generation 2 is parsed and recorded.
     drop(processor);
+    let restarted_at = parse_count(&witness);
     processor = Component::start(&env, tmp.path(), "dag-processor");
     wait_until("generation 2 parsed", Duration::from_secs(180), || {
         pinned_version().as_deref() == Some(v2.as_str())
@@ -453,7 +494,30 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
         ["record"],
         "run_a has generation 2's structure"
     );
-    assert_eq!(tasks("run_b"), ["extra", "record"]);
+    assert!(
+        tasks("run_b") == ["extra", "record"],
+        "run_b lacks generation 2's structure: {:?}\nparses since the restart: {:?}\n\
+         dag versions (id, number, bundle version, created, updated):\n{}runs (run, bundle version, \
+         created dag version):\n{}",
+        tasks("run_b"),
+        all_parses(&witness, restarted_at),
+        env.db_rows(
+            "select id, version_number, bundle_version, created_at, last_updated from dag_version \
+             where dag_id = 'pinned'"
+        ),
+        env.db_rows(
+            "select run_id, bundle_version, created_dag_version_id from dag_run \
+             where dag_id = 'pinned'"
+        ),
+    );
+    // Every parse since the restart read the code of the generation its file's view holds.
+    for [role, code, _, file] in all_parses(&witness, restarted_at) {
+        for generation in ["1", "2"] {
+            if file.contains(&format!("/.dagfs/generations/{generation}/")) {
+                assert_eq!(code, generation, "{role} parsed {file}");
+            }
+        }
+    }
 
     // The NameNode stops for the outage. The DAG processor now refreshes every 10 s (Airflow
     // refreshes a bundle only once its interval has passed, so one at 300 s would never call

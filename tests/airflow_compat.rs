@@ -75,6 +75,10 @@ fn the_bundle_works_on_airflow_3_0() {
             "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH",
             s(&folders.root.join("bundles")),
         ),
+        (
+            "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL",
+            "0".into(),
+        ),
         ("DAGFS_RUNTIME_DIR", s(&runtime)),
         ("DAGFS_STORE_HADOOP_CONF_DIR", s(cluster.conf_dir())),
         ("DAGFS_STORE_USER", superuser()),

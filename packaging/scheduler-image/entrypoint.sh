@@ -30,7 +30,7 @@
 # Any DAGFS_<SECTION>_<KEY> variable sets a dagfs configuration key (DAGFS_STORE_USER,
 # DAGFS_MOUNT_MODE...). Unless set, Airflow's dags_folder is the served tree and its DAG
 # bundle is the dagfs bundle over this store and mount (AIRFLOW__DAG_PROCESSOR__
-# DAG_BUNDLE_CONFIG_LIST).
+# DAG_BUNDLE_CONFIG_LIST, with AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL=0).
 set -euo pipefail
 as_airflow=()
 mount_flags=()
@@ -51,6 +51,9 @@ esac
 export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$served}"
 bundles=$(printf '[{"name": "dags", "classpath": "dagfs_airflow.DagfsBundle", "kwargs": {"store_url": "%s", "mount": "%s"}}]' "$DAGFS_STORE_URL" "$dir")
 export AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST="${AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST:-$bundles}"
+# The bundle refuses to parse under Airflow's rate limit on serialized DAGs (a run could
+# record a new generation with the previous one's tasks).
+export AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL="${AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL:-0}"
 # The mount's state file is read (and the controller's written) here by both users.
 runtime=${DAGFS_RUNTIME_DIR:-/opt/airflow/run}
 mkdir -p "$runtime" "$dir"

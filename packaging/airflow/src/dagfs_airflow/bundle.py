@@ -278,10 +278,28 @@ class DagfsBundle(BaseDagBundle):
             except FileNotFoundError:
                 pass
 
+    def _check_serialization_interval(self) -> None:
+        """Refuses to parse under a rate limit on serialized DAGs: Airflow writes a parse's
+        bundle version to the DAG's row at once, but its tasks (the serialized DAG) at most
+        every ``[core] min_serialized_dag_update_interval`` seconds, so a run created in
+        between would record the new generation and get the old generation's tasks."""
+        from airflow.configuration import conf
+
+        interval = conf.getint("core", "min_serialized_dag_update_interval", fallback=30)
+        if interval > 0:
+            raise DagfsBundleError(
+                f"bundle {self.name}: [core] min_serialized_dag_update_interval is {interval} s, so "
+                "Airflow would record a new generation on a DAG before its new tasks, and a run "
+                "created meanwhile would get the new version with the old tasks; set it to 0 "
+                "(AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL=0) for the DAG processor, "
+                "the scheduler and the API server"
+            )
+
     # The bundle API.
 
     def initialize(self) -> None:
         if self.version is None:
+            self._check_serialization_interval()
             self.refresh()
         else:
             generation, tree = parse_version(self.version)
