@@ -102,14 +102,16 @@ public final class Main {
       builder.nnTopology(MiniDFSNNTopology.simpleHATopology(2, opts.nameNodePort));
     } else if (opts.ha) {
       // simpleHATopology(2, 0) would give the NameNodes the fixed ports 0..3 (HTTP on 1 and
-      // 3), which clash between two HA clusters on one machine: take free ephemeral ones.
+      // 3), which clash between two HA clusters on one machine: take free ones.
       int[] ports = freePorts(4);
       builder.nnTopology(new MiniDFSNNTopology().addNameservice(
           new MiniDFSNNTopology.NSConf("minidfs-ns")
               .addNN(new MiniDFSNNTopology.NNConf("nn0").setIpcPort(ports[0]).setHttpPort(ports[1]))
               .addNN(new MiniDFSNNTopology.NNConf("nn1").setIpcPort(ports[2]).setHttpPort(ports[3]))));
     } else {
-      builder.nameNodePort(opts.nameNodePort).nameNodeHttpPort(0);
+      int[] ports = freePorts(2);
+      builder.nameNodePort(opts.nameNodePort != 0 ? opts.nameNodePort : ports[0])
+          .nameNodeHttpPort(ports[1]);
     }
     MiniDFSCluster cluster = builder.build();
     if (opts.ha) {
@@ -123,21 +125,34 @@ public final class Main {
     main.serve();
   }
 
-  /** {@code n} distinct ports free on loopback right now. */
+  /**
+   * {@code n} distinct ports free on loopback right now, below Linux's ephemeral range
+   * (32768-60999). A NameNode restarts on its old ports; one in the ephemeral range can be
+   * taken meanwhile as the local port of any outgoing connection on the machine, and the
+   * restart then fails with "Port in use" (seen in CI after a 50 s outage).
+   */
   private static int[] freePorts(int n) throws IOException {
-    java.net.ServerSocket[] sockets = new java.net.ServerSocket[n];
+    java.util.Random random = new java.util.Random();
     int[] ports = new int[n];
-    try {
-      for (int i = 0; i < n; i++) {
-        sockets[i] = new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress());
-        ports[i] = sockets[i].getLocalPort();
+    int found = 0;
+    for (int attempt = 0; found < n && attempt < 10_000; attempt++) {
+      int port = 10_000 + random.nextInt(22_000);
+      boolean taken = false;
+      for (int i = 0; i < found; i++) {
+        taken |= ports[i] == port;
       }
-    } finally {
-      for (java.net.ServerSocket socket : sockets) {
-        if (socket != null) {
-          socket.close();
-        }
+      if (taken) {
+        continue;
       }
+      try (java.net.ServerSocket socket =
+          new java.net.ServerSocket(port, 1, java.net.InetAddress.getLoopbackAddress())) {
+        ports[found++] = port;
+      } catch (IOException inUse) {
+        // try another
+      }
+    }
+    if (found < n) {
+      throw new IOException("no " + n + " free ports on loopback between 10000 and 32000");
     }
     return ports;
   }
