@@ -390,7 +390,8 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         }
     }
     if options.dry_run {
-        for listed in &doomed_packs {
+        // Counted, not moved.
+        for listed in doomed_packs.drain(..) {
             outcome.packs += 1;
             outcome.objects += listed.index.as_ref().map_or(0, |index| index.len());
             outcome.bytes += listed.info.len;
@@ -415,7 +416,7 @@ pub async fn gc(store: &dyn Store, options: &GcOptions) -> Result<GcOutcome, GcE
         written = copies;
         doomed_packs.extend(repacked);
     }
-    for listed in doomed_packs.into_iter().filter(|_| !options.dry_run) {
+    for listed in doomed_packs {
         let Some(index) = listed.index else { continue };
         if !made_run {
             store.mkdirs(&run).await?;
