@@ -6,16 +6,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dagfs::format::Digest;
-use dagfs::mount::state::{MountState, StateDir};
 
 use support::minidfs::MiniDfs;
+use support::served::Bed;
 
 /// Content of file `i` in generation `generation`: a header naming both, then filler, so a
 /// partial file or a file of another generation is recognised from its bytes alone.
@@ -92,146 +92,6 @@ fn header(text: &str) -> Option<(u64, usize)> {
 }
 
 /// One test's directories and the `dagfs` commands run against its store.
-struct Bed {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: String,
-    cluster: Option<&'static MiniDfs>,
-}
-
-impl Bed {
-    fn local() -> Bed {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        // Other users (the writer attack) must be able to reach the served tree.
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        for dir in ["dags", "run"] {
-            std::fs::create_dir_all(root.join(dir)).unwrap();
-        }
-        let store = format!("file://{}", root.join("store").display());
-        Bed {
-            _tmp: tmp,
-            root,
-            store,
-            cluster: None,
-        }
-    }
-
-    fn dags(&self) -> PathBuf {
-        self.root.join("dags")
-    }
-
-    fn served(&self) -> PathBuf {
-        self.root.join("served")
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.root.join("served-cache")
-    }
-
-    fn dagfs(&self, args: &[&str]) -> Command {
-        let runtime = self.root.join("run");
-        let mut command = match self.cluster {
-            Some(cluster) => support::mount::dagfs(cluster, &runtime, args),
-            None => {
-                let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
-                command
-                    .args(args)
-                    .env_remove("DAGFS_CONFIG")
-                    .env("DAGFS_RUNTIME_DIR", &runtime)
-                    .env("XDG_CACHE_HOME", runtime.join("xdg-cache"));
-                command
-            }
-        };
-        command.env("DAGFS_LOG", "info");
-        command
-    }
-
-    fn push(&self) {
-        let out = self
-            .dagfs(&["push", "-q", "--no-mirror"])
-            .arg(self.dags())
-            .args(["--to", &self.store])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Starts `dagfs mount --mode link` with `extra` flags.
-    fn serve(&self, extra: &[&str]) -> Server {
-        let log = self.root.join("run/link.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = self
-            .dagfs(&["mount", "--mode", "link", "--poll", "100ms"])
-            .arg(&self.store)
-            .arg(self.served())
-            .arg("--cache-dir")
-            .arg(self.cache())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Server {
-            child,
-            dir: self.served(),
-            states: StateDir::at(self.root.join("run")),
-        }
-    }
-}
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    states: StateDir,
-}
-
-impl Server {
-    /// Waits until this server's own state satisfies `ready` (a restarted server owns the
-    /// state file before it rewrites the one a killed server left).
-    fn wait_for(&mut self, what: &str, ready: impl Fn(&MountState) -> bool) -> MountState {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(state) = self.states.read(&self.dir) {
-                if state.pid == self.child.id() && ready(&state) {
-                    return state;
-                }
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("dagfs mount --mode link exited with {status} while waiting for {what}");
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn serving(&mut self, generation: u64) -> MountState {
-        self.wait_for(&format!("generation {generation}"), |s| {
-            s.generation == Some(generation)
-        })
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The status code of `GET /healthz` at `addr`.
 fn healthz(addr: &str) -> u16 {
     use std::io::{Read, Write};
@@ -307,7 +167,7 @@ fn readers_racing_switches_see_whole_generations_and_one_cut() {
     let bed = Bed::local();
     write_generation(&bed.dags(), 1, FILES);
     bed.push();
-    let mut server = bed.serve(&[]);
+    let mut server = bed.serve("link", &[]);
     server.serving(1);
     let current = bed.served().join("current");
     assert_eq!(check_tree(&current, FILES), Ok(1));
@@ -385,7 +245,7 @@ fn kill_9_during_switches_leaves_a_complete_generation_and_a_restart_cleans_up()
     let bed = Bed::local();
     write_generation(&bed.dags(), 1, FILES);
     bed.push();
-    let mut server = bed.serve(&[]);
+    let mut server = bed.serve("link", &[]);
     server.serving(1);
     // How long building a generation takes here: the kills are spread over it.
     write_generation(&bed.dags(), 2, FILES);
@@ -410,7 +270,7 @@ fn kill_9_during_switches_leaves_a_complete_generation_and_a_restart_cleans_up()
         if !leftovers(&bed.served()).is_empty() {
             mid_switch += 1;
         }
-        server = bed.serve(&[]);
+        server = bed.serve("link", &[]);
         server.serving(generation);
         assert_eq!(check_tree(&current, FILES), Ok(generation));
         assert_eq!(leftovers(&bed.served()), Vec::<String>::new());
@@ -442,7 +302,7 @@ fn a_writer_cannot_corrupt_the_cache() {
     let object = bed.cache().join("objects").join(&digest[..2]).join(&digest);
 
     // Hard links (dagfs runs as root): the cache's inode is served, read-only, root's.
-    let mut server = bed.serve(&["--set", "mount.link_files=hardlink"]);
+    let mut server = bed.serve("link", &["--set", "mount.link_files=hardlink"]);
     server.serving(1);
     let served = bed.served().join(".dagfs/generations/1").join(rel(0));
     use std::os::unix::fs::MetadataExt;
@@ -490,7 +350,7 @@ fn a_writer_cannot_corrupt_the_cache() {
 
     // Copies: a writer of dagfs's own user (root here) changes its copy only.
     std::fs::remove_dir_all(bed.served()).unwrap();
-    let mut server = bed.serve(&["--set", "mount.link_files=copy"]);
+    let mut server = bed.serve("link", &["--set", "mount.link_files=copy"]);
     server.serving(1);
     assert_ne!(
         std::fs::metadata(&served).unwrap().ino(),
@@ -508,7 +368,7 @@ fn a_writer_cannot_corrupt_the_cache() {
     assert_eq!(check_tree(&bed.served().join("current"), 3), Ok(2));
     // A restart re-hashes the kept directories and rebuilds the damaged one.
     server.kill();
-    let mut server = bed.serve(&["--set", "mount.link_files=copy"]);
+    let mut server = bed.serve("link", &["--set", "mount.link_files=copy"]);
     server.serving(2);
     assert_eq!(
         check_tree(&bed.served().join(".dagfs/generations/1"), 3),
@@ -531,7 +391,7 @@ fn link_mode_on_minidfs_serves_the_head_with_the_mounts_state() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut server = bed.serve(&["--metrics", &metrics]);
+    let mut server = bed.serve("link", &["--metrics", &metrics]);
     let state = server.serving(1);
     assert!(state.is_current(), "{state:?}");
     assert_eq!(check_tree(&bed.served().join("current"), 20), Ok(1));

@@ -7,6 +7,7 @@ pub mod host;
 pub mod minidfs;
 pub mod mount;
 pub mod postgres;
+pub mod served;
 
 use dagfs::store::Store;
 
