@@ -13,7 +13,6 @@
 //! find the same tree there.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -301,12 +300,8 @@ fn fill(
             .write(true)
             .open(&path)
             .map_err(io(&path))?;
-        let mtime = if entry.mtime_ns >= 0 {
-            UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns as u64)
-        } else {
-            UNIX_EPOCH - Duration::from_nanos(entry.mtime_ns.unsigned_abs())
-        };
-        file.set_modified(mtime).map_err(io(&path))?;
+        file.set_modified(dagfs_fuse::tree::time_of(entry.mtime_ns))
+            .map_err(io(&path))?;
         file.set_permissions(std::fs::Permissions::from_mode(checkout_mode(entry.mode)))
             .map_err(io(&path))?;
     }

@@ -27,11 +27,20 @@ pub trait ContentSource: Send + Sync + 'static {
     /// Opens the bytes of `content`, `size` bytes long, for reading. Must not block for long:
     /// an error here becomes `EIO` for the process opening the file.
     fn open(&self, content: &tree::ContentId, size: u64) -> io::Result<File>;
+
+    /// Durably records what a served tree shows, before it becomes visible: the next process
+    /// serving this mountpoint starts from it ([`MountOptions::shown_before`]). An error
+    /// fails the switch, and the tree served before stays.
+    fn record_shown(&self, shown: &Shown) -> io::Result<()>;
 }
 
 impl<T: ContentSource> ContentSource for Arc<T> {
     fn open(&self, content: &tree::ContentId, size: u64) -> io::Result<File> {
         (**self).open(content, size)
+    }
+
+    fn record_shown(&self, shown: &Shown) -> io::Result<()> {
+        (**self).record_shown(shown)
     }
 }
 
@@ -53,6 +62,43 @@ pub struct MountOptions {
     pub uid: u32,
     /// Group shown for every file.
     pub gid: u32,
+    /// What the last process serving this mountpoint recorded with
+    /// [`ContentSource::record_shown`]; `None` if nothing was (files then show their
+    /// manifest mtimes).
+    pub shown_before: Option<ShownBefore>,
+}
+
+/// What a served tree shows that its manifest does not say: recorded before the tree becomes
+/// visible, so that the next process serving the mountpoint carries on from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shown {
+    /// The tree.
+    pub label: TreeLabel,
+    /// No served file showed a later mtime, nanoseconds since the epoch.
+    pub mtime_floor_ns: i64,
+    /// The files showing another mtime than their manifest's: path and mtime shown.
+    pub moved: Vec<(String, i64)>,
+}
+
+/// What an earlier process showed at this mountpoint, rebuilt from its last [`Shown`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShownBefore {
+    /// No file it served showed a later mtime, nanoseconds since the epoch.
+    pub mtime_floor_ns: i64,
+    /// The files of the last tree it served, each with the mtime it showed (empty when that
+    /// tree is unknown: every file then shows a new mtime).
+    pub files: Vec<(FileSpec, i64)>,
+}
+
+/// Why a tree could not be served; the tree served before stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The files do not form a tree.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// What the tree shows could not be recorded ([`ContentSource::record_shown`]).
+    #[error("cannot record the mtimes the mount shows: {0}")]
+    Record(#[source] io::Error),
 }
 
 /// A filesystem error, as an errno.
@@ -256,10 +302,30 @@ impl<S: ContentSource> DagFs<S> {
         options: MountOptions,
         label: TreeLabel,
         files: &[FileSpec],
-    ) -> Result<Self, TreeError> {
+    ) -> Result<Self, ServeError> {
         let mut lifecycle = Lifecycle::default();
         let now = SystemTime::now();
-        let snapshot = tree::build(label, Kind::Served, files, &mut lifecycle.table, None, now)?;
+        let before = options.shown_before.clone().unwrap_or(ShownBefore {
+            mtime_floor_ns: i64::MIN,
+            files: Vec::new(),
+        });
+        let shown: HashMap<&str, &(FileSpec, i64)> = before
+            .files
+            .iter()
+            .map(|file| (file.0.path.as_str(), file))
+            .collect();
+        let shown_before = |spec: &FileSpec| {
+            let (was, mtime_ns) = shown.get(spec.path.as_str())?;
+            (was == spec).then_some(*mtime_ns)
+        };
+        let served = Kind::Served {
+            mtime_floor_ns: before.mtime_floor_ns,
+            shown_before: &shown_before,
+        };
+        let snapshot = tree::build(label, served, files, &mut lifecycle.table, None, now)?;
+        source
+            .record_shown(&snapshot.shown())
+            .map_err(ServeError::Record)?;
         Ok(DagFs {
             source,
             options,
@@ -612,20 +678,30 @@ impl<S: ContentSource> DagFs<S> {
         label: TreeLabel,
         files: &[FileSpec],
         invalidator: &dyn Invalidator,
-    ) -> Result<SwitchReport, TreeError> {
+    ) -> Result<SwitchReport, ServeError> {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let old = Arc::clone(self.view().snapshot());
         let new = {
             let mut lifecycle = self.lock_lifecycle();
+            let shown_before = |spec: &FileSpec| {
+                let file = old.file_at(&spec.path).filter(|file| file.is(spec))?;
+                Some(tree::ns_of(file.attr.mtime))
+            };
             tree::build(
                 label,
-                Kind::Served,
+                Kind::Served {
+                    mtime_floor_ns: old.mtime_floor_ns,
+                    shown_before: &shown_before,
+                },
                 files,
                 &mut lifecycle.table,
                 Some(&old),
                 SystemTime::now(),
             )?
         };
+        self.source
+            .record_shown(&new.shown())
+            .map_err(ServeError::Record)?;
         let (entries, dirs) = tree::changes(&old, &new);
         self.state
             .write()

@@ -15,5 +15,7 @@ pub mod fs;
 pub mod fuse;
 pub mod tree;
 
-pub use fs::{ContentSource, DagFs, FsError, Invalidator, MountOptions};
+pub use fs::{
+    ContentSource, DagFs, FsError, Invalidator, MountOptions, ServeError, Shown, ShownBefore,
+};
 pub use tree::{ContentId, FileSpec, TreeLabel};

@@ -3,9 +3,15 @@
 //! A [`Snapshot`] is immutable. Inode numbers come from an [`InodeTable`] that lives as long as
 //! the mount and never reuses a number: while a tree in use has it, a directory keeps its
 //! number for its path (and tree, for the per-generation views), a file for its (path,
-//! content, mode, size, mtime), so a file inode's attributes and bytes never change. The
-//! table only remembers the numbers of the trees in use ([`InodeTable::retain`]); old inodes
-//! the kernel still holds are kept alive by the filesystem, not by the table.
+//! content, mode, size, mtime, mtime shown), so a file inode's attributes and bytes never
+//! change. The table only remembers the numbers of the trees in use ([`InodeTable::retain`]);
+//! old inodes the kernel still holds are kept alive by the filesystem, not by the table.
+//!
+//! The mtime a served file shows is its manifest mtime, except that a file new at its path
+//! (added, changed, or first served by this process) shows at least the second after the
+//! served trees' mtime floor: at one path of the served tree, two different files never show
+//! the same mtime second, so Python's bytecode cache, which trusts a matching source mtime
+//! second and size, never runs an earlier file's code ("Mount semantics" in DESIGN.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -74,10 +80,22 @@ pub struct Attr {
 /// A regular file: immutable once allocated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileNode {
-    /// Its attributes.
+    /// Its attributes (the mtime shown, which may be later than the manifest's).
     pub attr: Attr,
     /// Its bytes.
     pub content: ContentId,
+    /// The manifest's mtime, nanoseconds since the epoch.
+    pub source_mtime_ns: i64,
+}
+
+impl FileNode {
+    /// Whether this is the file `spec` describes (content, mode, size, manifest mtime).
+    pub fn is(&self, spec: &FileSpec) -> bool {
+        self.content == spec.content
+            && self.attr.mode == spec.mode & 0o7777
+            && self.attr.size == spec.size
+            && self.source_mtime_ns == spec.mtime_ns
+    }
 }
 
 /// One entry of a directory listing.
@@ -123,12 +141,41 @@ pub struct Snapshot {
     pub files: HashMap<Ino, Arc<FileNode>>,
     /// Total bytes of all files (for `statfs`).
     pub total_bytes: u64,
+    /// Nanoseconds since the epoch: no file of this tree, nor of the served trees before it
+    /// (of this process and, through the floor it started from, of earlier ones), showed a
+    /// later mtime. Files new in the next served tree show a later second.
+    pub mtime_floor_ns: i64,
+    /// The files showing another mtime than their manifest's: path and mtime shown.
+    pub moved: Vec<(String, i64)>,
 }
 
 impl Snapshot {
     /// Whether `ino` is part of this snapshot.
     pub fn contains(&self, ino: Ino) -> bool {
         self.dirs.contains_key(&ino) || self.files.contains_key(&ino)
+    }
+
+    /// What this tree shows that its manifest does not say, to be recorded.
+    pub fn shown(&self) -> crate::fs::Shown {
+        crate::fs::Shown {
+            label: self.label.clone(),
+            mtime_floor_ns: self.mtime_floor_ns,
+            moved: self.moved.clone(),
+        }
+    }
+
+    /// The file at `path`, if this snapshot has one there.
+    pub fn file_at(&self, path: &str) -> Option<&Arc<FileNode>> {
+        let mut dir = self.dirs.get(&self.root)?;
+        let mut names = path.split('/').peekable();
+        while let Some(name) = names.next() {
+            let entry = dir.entry(name)?;
+            if names.peek().is_none() {
+                return self.files.get(&entry.ino);
+            }
+            dir = self.dirs.get(&entry.ino)?;
+        }
+        None
     }
 
     /// Attributes of `ino` if it is part of this snapshot.
@@ -156,6 +203,7 @@ enum InodeKey {
         mode: u32,
         size: u64,
         mtime_ns: i64,
+        shown_mtime_ns: i64,
     },
 }
 
@@ -208,12 +256,34 @@ impl InodeTable {
 
 /// Which tree a snapshot is: the served one (root [`ROOT_INO`]) or the view of one
 /// generation under `.dagfs/generations/` (its own directory inodes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// The tree at the mount's root.
-    Served,
-    /// A per-generation view.
+#[derive(Clone, Copy)]
+pub enum Kind<'a> {
+    /// The tree at the mount's root. A file the tree before showed keeps the mtime it showed;
+    /// any other shows [`new_file_mtime_ns`].
+    Served {
+        /// No served file showed a later mtime before this tree (nanoseconds since the
+        /// epoch): the previous served tree's [`Snapshot::mtime_floor_ns`], or for the first
+        /// one the floor an earlier process recorded.
+        mtime_floor_ns: i64,
+        /// The mtime the served tree before this one showed for this very file (same path,
+        /// content, mode, size and manifest mtime), if it had it.
+        shown_before: &'a dyn Fn(&FileSpec) -> Option<i64>,
+    },
+    /// A per-generation view: its path names the generation, so its files show their
+    /// manifest mtimes.
     View,
+}
+
+/// The mtime (nanoseconds since the epoch) a served file new at its path shows: its manifest
+/// mtime, or the first nanosecond of the second after the floor if that is later. Link mode
+/// applies the same rule to its files.
+pub fn new_file_mtime_ns(manifest_mtime_ns: i64, mtime_floor_ns: i64) -> i64 {
+    const SECOND: i64 = 1_000_000_000;
+    let next_second = mtime_floor_ns
+        .div_euclid(SECOND)
+        .saturating_add(1)
+        .saturating_mul(SECOND);
+    manifest_mtime_ns.max(next_second)
 }
 
 /// Why a list of files is not a tree.
@@ -221,7 +291,16 @@ pub enum Kind {
 #[error("{0}")]
 pub struct TreeError(pub String);
 
-fn time_of(ns: i64) -> SystemTime {
+/// Nanoseconds since the epoch of `time` (saturating far outside ±292 years).
+pub fn ns_of(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    }
+}
+
+/// The time `ns` nanoseconds after (before, when negative) the epoch.
+pub fn time_of(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     } else {
@@ -232,18 +311,21 @@ fn time_of(ns: i64) -> SystemTime {
 /// Builds the snapshot of `files`. `previous` (the snapshot being replaced) decides directory
 /// mtimes: a directory whose entries are unchanged keeps its mtime; one whose entries changed
 /// gets `now` (at least 1 ns later than before), so Python's import cache notices. In a first
-/// snapshot (and in every view) a directory's mtime is the newest mtime below it. File inodes
-/// are shared by every tree holding the same file; a view's directories are its own.
+/// snapshot (and in every view) a directory's mtime is the newest mtime below it. In the
+/// served tree a file unchanged from `previous` at its path keeps its inode and mtime; any
+/// other shows the later of its manifest mtime and the second after the floor (see [`Kind`]).
+/// File inodes are shared by every tree holding the same file with the same mtime shown; a
+/// view's directories are its own.
 pub fn build(
     label: TreeLabel,
-    kind: Kind,
+    kind: Kind<'_>,
     files: &[FileSpec],
     inodes: &mut InodeTable,
     previous: Option<&Snapshot>,
     now: SystemTime,
 ) -> Result<Snapshot, TreeError> {
     let dir_key = |path: &str| match kind {
-        Kind::Served => InodeKey::Dir(path.to_string()),
+        Kind::Served { .. } => InodeKey::Dir(path.to_string()),
         Kind::View => InodeKey::ViewDir {
             generation: label.generation,
             tree_id: label.tree_id.clone(),
@@ -256,6 +338,11 @@ pub fn build(
     children.insert(String::new(), BTreeMap::new());
     let mut file_nodes = HashMap::with_capacity(files.len());
     let mut total_bytes = 0;
+    let mut mtime_floor_ns = match kind {
+        Kind::Served { mtime_floor_ns, .. } => mtime_floor_ns,
+        Kind::View => i64::MIN,
+    };
+    let mut moved = Vec::new();
     for spec in files {
         let (dir, name) = match spec.path.rsplit_once('/') {
             Some((dir, name)) => (dir, name),
@@ -269,14 +356,27 @@ pub fn build(
         {
             return Err(TreeError(format!("bad path {:?} in tree", spec.path)));
         }
+        let shown_mtime_ns = match kind {
+            Kind::View => spec.mtime_ns,
+            Kind::Served {
+                mtime_floor_ns,
+                shown_before,
+            } => shown_before(spec)
+                .unwrap_or_else(|| new_file_mtime_ns(spec.mtime_ns, mtime_floor_ns)),
+        };
+        mtime_floor_ns = mtime_floor_ns.max(shown_mtime_ns);
+        if shown_mtime_ns != spec.mtime_ns {
+            moved.push((spec.path.clone(), shown_mtime_ns));
+        }
         let ino = inodes.number(InodeKey::File {
             path: spec.path.clone(),
             content: spec.content,
             mode: spec.mode,
             size: spec.size,
             mtime_ns: spec.mtime_ns,
+            shown_mtime_ns,
         });
-        let mtime = time_of(spec.mtime_ns);
+        let mtime = time_of(shown_mtime_ns);
         // Register the file and every missing ancestor directory.
         let mut child_name = name.to_string();
         let mut child = (ino, false);
@@ -318,6 +418,7 @@ pub fn build(
                     nlink: 1,
                 },
                 content: spec.content,
+                source_mtime_ns: spec.mtime_ns,
             }),
         );
     }
@@ -327,7 +428,7 @@ pub fn build(
     for (path, listing) in children {
         let ino = inodes.number(dir_key(&path));
         let parent = match path.rsplit_once('/') {
-            _ if path.is_empty() && kind == Kind::View => GENERATIONS_DIR_INO,
+            _ if path.is_empty() && matches!(kind, Kind::View) => GENERATIONS_DIR_INO,
             _ if path.is_empty() => ROOT_INO,
             Some((grand, _)) => inodes.number(dir_key(grand)),
             None => root,
@@ -372,6 +473,8 @@ pub fn build(
         dirs,
         files: file_nodes,
         total_bytes,
+        mtime_floor_ns,
+        moved,
     })
 }
 

@@ -11,13 +11,16 @@ use std::time::Duration;
 use dagfs_fuse::fs::Listed;
 use dagfs_fuse::tree::ROOT_INO;
 use dagfs_fuse::{
-    ContentId, ContentSource, DagFs, FileSpec, FsError, Invalidator, MountOptions, TreeLabel,
+    ContentId, ContentSource, DagFs, FileSpec, FsError, Invalidator, MountOptions, Shown,
+    ShownBefore, TreeLabel,
 };
 
 /// Contents in a temporary directory, one file per content id.
 struct DirSource {
     dir: tempfile::TempDir,
     known: std::sync::Mutex<HashMap<ContentId, PathBuf>>,
+    /// Everything recorded, in order.
+    shown: std::sync::Mutex<Vec<Shown>>,
 }
 
 impl DirSource {
@@ -25,6 +28,7 @@ impl DirSource {
         Arc::new(DirSource {
             dir: tempfile::tempdir().unwrap(),
             known: Default::default(),
+            shown: Default::default(),
         })
     }
 
@@ -34,10 +38,8 @@ impl DirSource {
             id[i % 32] = id[i % 32].wrapping_mul(31).wrapping_add(*b);
         }
         id[31] = bytes.len() as u8;
-        let file = self
-            .dir
-            .path()
-            .join(format!("{}", self.known.lock().unwrap().len()));
+        let name: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let file = self.dir.path().join(name);
         std::fs::write(&file, bytes).unwrap();
         self.known.lock().unwrap().insert(ContentId(id), file);
         FileSpec {
@@ -56,6 +58,11 @@ impl ContentSource for DirSource {
             Some(path) => File::open(path),
             None => Err(io::Error::new(io::ErrorKind::NotFound, "not cached")),
         }
+    }
+
+    fn record_shown(&self, shown: &Shown) -> io::Result<()> {
+        self.shown.lock().unwrap().push(shown.clone());
+        Ok(())
     }
 }
 
@@ -94,6 +101,7 @@ fn options() -> MountOptions {
         ttl: Duration::from_secs(10),
         uid: 0,
         gid: 0,
+        shown_before: None,
     }
 }
 
@@ -507,4 +515,108 @@ fn inodes_live_while_a_tree_or_the_kernel_holds_them() {
     // The table holds only what the served tree uses: root, d, a.py, d/b.py.
     let counts = fs.inode_counts();
     assert_eq!(counts.table, 4, "{counts:?}");
+}
+
+/// What a served file shows: its mtime in whole seconds (all Python's bytecode cache compares,
+/// with the size) and in nanoseconds.
+fn shown_mtime(fs: &DagFs<Arc<DirSource>>, path: &str) -> (i64, i64) {
+    let attr = fs.getattr(&fs.view(), resolve(fs, path).unwrap()).unwrap();
+    let ns = attr
+        .mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    (ns.div_euclid(1_000_000_000), ns)
+}
+
+proptest::proptest! {
+    /// Python reuses cached bytecode for a source whose mtime second and size match what it
+    /// compiled, and a served path is the same in every generation. So at one path of the
+    /// served tree two different files (same size here, always) must never show the same
+    /// mtime second: not after a switch, not after the path was deleted and put back, not
+    /// after a restart that starts from what the last process recorded, whatever the
+    /// manifests' mtimes (equal, within one second, a day ahead). The model remembers which
+    /// content every (path, second) ever showed. What was recorded must be what is shown (the
+    /// floor covering every mtime, the moved files exactly those not showing the manifest's),
+    /// and the first process, with nothing recorded, shows manifest mtimes.
+    #[test]
+    fn one_path_never_shows_two_files_in_one_mtime_second(
+        steps in proptest::collection::vec(
+            (proptest::collection::vec((0..3usize, 0..3u8, 0..3usize), 0..5), proptest::bool::ANY),
+            1..12,
+        )
+    ) {
+        const PATHS: [&str; 3] = ["m.py", "pkg/m.py", "pkg/n.py"];
+        const MTIMES: [i64; 3] = [
+            1_700_000_000_000_000_000,
+            1_700_000_000_400_000_000,
+            1_700_086_400_000_000_000,
+        ];
+        let src = DirSource::new();
+        let tree = |files: &[(usize, u8, usize)]| {
+            let mut specs: Vec<FileSpec> = Vec::new();
+            for &(path, content, mtime) in files {
+                if specs.iter().any(|s| s.path == PATHS[path]) {
+                    continue;
+                }
+                let mut spec = src.spec(PATHS[path], format!("X = {content}\n").as_bytes());
+                spec.mtime_ns = MTIMES[mtime];
+                specs.push(spec);
+            }
+            specs
+        };
+        let mut seen: HashMap<(String, i64), Vec<u8>> = HashMap::new();
+        let mut trees: HashMap<u64, Vec<FileSpec>> = HashMap::new();
+        let mut fs: Option<DagFs<Arc<DirSource>>> = None;
+        for (generation, (files, restart)) in steps.iter().enumerate() {
+            let specs = tree(files);
+            let label = label(generation as u64 + 1);
+            trees.insert(label.generation, specs.clone());
+            match fs.as_ref() {
+                Some(running) if !restart => {
+                    running.switch(label, &specs, &NoKernel).unwrap();
+                }
+                _ => {
+                    // What a restarted dagfs mount rebuilds from its record and its cache.
+                    let shown_before = src.shown.lock().unwrap().last().map(|last| {
+                        let moved: HashMap<&String, i64> =
+                            last.moved.iter().map(|(p, ns)| (p, *ns)).collect();
+                        ShownBefore {
+                            mtime_floor_ns: last.mtime_floor_ns,
+                            files: trees[&last.label.generation]
+                                .iter()
+                                .map(|f| (f.clone(), moved.get(&f.path).copied().unwrap_or(f.mtime_ns)))
+                                .collect(),
+                        }
+                    });
+                    let first = shown_before.is_none();
+                    let options = MountOptions { shown_before, ..options() };
+                    let started = DagFs::new(Arc::clone(&src), options, label, &specs).unwrap();
+                    if first {
+                        for spec in &specs {
+                            proptest::prop_assert_eq!(shown_mtime(&started, &spec.path).1, spec.mtime_ns);
+                        }
+                    }
+                    fs = Some(started);
+                }
+            }
+            let fs = fs.as_ref().unwrap();
+            let recorded = src.shown.lock().unwrap().last().cloned().unwrap();
+            proptest::prop_assert_eq!(&recorded.label, &fs.label());
+            for spec in &specs {
+                let (second, ns) = shown_mtime(fs, &spec.path);
+                let moved = recorded.moved.iter().find(|(p, _)| *p == spec.path).map(|m| m.1);
+                proptest::prop_assert_eq!(moved.unwrap_or(spec.mtime_ns), ns, "{} is not recorded as shown", &spec.path);
+                proptest::prop_assert!(ns >= spec.mtime_ns, "{} shows an mtime before its manifest's", spec.path);
+                proptest::prop_assert!(ns <= recorded.mtime_floor_ns, "{} shows {ns}, past the recorded floor", spec.path);
+                let bytes = read_all(fs, &spec.path).unwrap();
+                let earlier = seen.entry((spec.path.clone(), second)).or_insert_with(|| bytes.clone());
+                proptest::prop_assert_eq!(
+                    &*earlier, &bytes,
+                    "generation {}: {} shows second {} again with other content",
+                    generation + 1, &spec.path, second
+                );
+            }
+        }
+    }
 }

@@ -31,6 +31,10 @@ impl ContentSource for Numbers {
         let i = u64::from_le_bytes(content.0[..8].try_into().unwrap());
         File::open(self.0.path().join(i.to_string()))
     }
+
+    fn record_shown(&self, _: &dagfs_fuse::Shown) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 const FILES: u64 = 50;
@@ -85,6 +89,7 @@ fn the_kernel_forgets_what_switches_replace_and_views_are_reachable() {
         // SAFETY: getuid and getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
+        shown_before: None,
     };
     let fs = Arc::new(DagFs::new(source, options, label(1), &tree(1)).unwrap());
     fs.set_view_loader(Box::new(|l| Ok(tree(l.generation))));
@@ -177,6 +182,7 @@ fn nothing_cached_before_a_switch_is_served_after_it_whatever_the_ttl() {
         // SAFETY: getuid and getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
+        shown_before: None,
     };
     let old = vec![
         spec("d/keep.py", 7, 1),

@@ -20,6 +20,10 @@ impl ContentSource for OneFile {
     fn open(&self, _content: &ContentId, _size: u64) -> io::Result<File> {
         File::open(self.0.path())
     }
+
+    fn record_shown(&self, _: &dagfs_fuse::Shown) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct NoKernel;
@@ -88,6 +92,7 @@ fn memory_stays_flat_over_many_switches() {
         ttl: Duration::from_secs(10),
         uid: 0,
         gid: 0,
+        shown_before: None,
     };
     let fs = DagFs::new(OneFile(content), options, label(1), &tree(1)).unwrap();
     fs.set_view_loader(Box::new(|l| Ok(tree(l.generation))));

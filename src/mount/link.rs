@@ -25,12 +25,20 @@
 //! there either). A copy a reader changes damages only that directory, never the cache.
 //! Generation directories come and go with the cache's kept generations, exactly as the
 //! FUSE mount's views do (`mount.keep_generations`, `mount.keep_for`).
+//!
+//! Mtimes follow the FUSE mount's rule (`dagfs_fuse::tree`): before `current` moves, a file
+//! unchanged from the generation served gets the mtime it shows there, any other the later of
+//! its manifest mtime and the second after the recorded floor, so a path under `current`
+//! never shows two files in one mtime second (Python's bytecode cache trusts that second).
+//! Hard-linked files share their inode with every path holding the same object, so an
+//! object's mtime is the latest one any of its paths needs: it only ever moves forward.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, UNIX_EPOCH};
+
+use dagfs_fuse::tree::{new_file_mtime_ns, ns_of, time_of};
 
 use super::{MountError, Serving, ViewState};
 use crate::cache::Cache;
@@ -52,6 +60,9 @@ pub struct LinkTree {
     hard_links: bool,
     /// Generation directories present and verified, with their tree ids.
     built: Mutex<BTreeMap<u64, String>>,
+    /// No file under `current` showed a later mtime (nanoseconds since the epoch); recorded
+    /// in the cache before it is exceeded.
+    mtime_floor: Mutex<i64>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
@@ -110,6 +121,7 @@ impl LinkTree {
         let tree = LinkTree {
             root: root.to_path_buf(),
             generations,
+            mtime_floor: Mutex::new(super::shown::link_floor(&cache, root, &root.join(CURRENT))),
             cache,
             hard_links,
             built: Mutex::default(),
@@ -272,14 +284,80 @@ impl LinkTree {
             .write(true)
             .open(path)
             .map_err(io(path))?;
-        let mtime = if entry.mtime_ns >= 0 {
-            UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns as u64)
-        } else {
-            UNIX_EPOCH - Duration::from_nanos(entry.mtime_ns.unsigned_abs())
-        };
-        file.set_modified(mtime).map_err(io(path))?;
+        file.set_modified(time_of(entry.mtime_ns))
+            .map_err(io(path))?;
         file.set_permissions(std::fs::Permissions::from_mode(served_mode(entry.mode)))
             .map_err(io(path))
+    }
+
+    /// The manifest of the generation `current` points at, if it is a cached one.
+    fn served(&self) -> Option<Manifest> {
+        let target = std::fs::read_link(self.root.join(CURRENT)).ok()?;
+        let generation = target
+            .strip_prefix(GENERATIONS)
+            .ok()?
+            .to_str()?
+            .parse()
+            .ok()?;
+        self.cache.load_manifest(generation).ok().flatten()
+    }
+
+    /// Gives the files of `manifest`'s directory the mtimes readers under `current` must see
+    /// once it points there (see the module documentation), recording the new floor first.
+    fn show_mtimes(&self, manifest: &Manifest) -> Result<(), MountError> {
+        let dir = self.generations.join(manifest.generation.to_string());
+        let served = self.served();
+        let before: HashMap<&str, &crate::format::Entry> = served
+            .iter()
+            .flat_map(|m| &m.entries)
+            .map(|e| (e.path.as_str(), e))
+            .collect();
+        let mut floor = self
+            .mtime_floor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The mtime each file (each object, when hard-linked) must show.
+        let mut wanted: HashMap<PathBuf, i64> = HashMap::new();
+        for entry in &manifest.entries {
+            let unchanged = before.get(entry.path.as_str()).is_some_and(|old| {
+                (old.blake3, old.mode, old.size, old.mtime_ns)
+                    == (entry.blake3, entry.mode, entry.size, entry.mtime_ns)
+            });
+            let shown_now = || {
+                let path = self.root.join(CURRENT).join(&entry.path);
+                std::fs::metadata(path).and_then(|m| m.modified()).ok()
+            };
+            let mtime_ns = match unchanged.then(shown_now).flatten() {
+                Some(shown) => ns_of(shown),
+                None => new_file_mtime_ns(entry.mtime_ns, *floor),
+            };
+            let file = match self.hard_links {
+                true => self.cache.object_path(&entry.blake3),
+                false => dir.join(&entry.path),
+            };
+            let slot = wanted.entry(file).or_insert(mtime_ns);
+            *slot = (*slot).max(mtime_ns);
+        }
+        let newest = wanted.values().copied().max().unwrap_or(*floor).max(*floor);
+        let shown = dagfs_fuse::Shown {
+            label: dagfs_fuse::TreeLabel {
+                generation: manifest.generation,
+                tree_id: manifest.tree_id.to_string(),
+            },
+            mtime_floor_ns: newest,
+            // Readers see the mtimes on disk; a restart looks at them there.
+            moved: Vec::new(),
+        };
+        super::shown::record(&self.cache, &self.root, &shown).map_err(io(self.cache.root()))?;
+        *floor = newest;
+        for (file, mtime_ns) in wanted {
+            let mtime = time_of(mtime_ns);
+            let opened = std::fs::File::open(&file).map_err(io(&file))?;
+            if opened.metadata().and_then(|m| m.modified()).ok() != Some(mtime) {
+                opened.set_modified(mtime).map_err(io(&file))?;
+            }
+        }
+        Ok(())
     }
 
     /// Points `DIR/current` at `target` (relative to DIR) in one rename.
@@ -317,6 +395,7 @@ impl Serving for LinkTree {
             });
         }
         self.build(manifest)?;
+        self.show_mtimes(manifest)?;
         self.point_at(&format!("{GENERATIONS}/{}", manifest.generation))
     }
 

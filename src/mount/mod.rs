@@ -14,6 +14,7 @@
 
 pub mod link;
 pub mod metrics;
+mod shown;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -137,6 +138,8 @@ pub fn default_cache_dir(url: &str) -> PathBuf {
 /// cleaned under a running mount) is fetched again, waiting at most `fetch_timeout`.
 struct CacheSource {
     cache: Cache,
+    /// Where the mount is (what it showed is recorded per mountpoint).
+    mountpoint: PathBuf,
     store: Arc<dyn Store>,
     runtime: tokio::runtime::Handle,
     fetch_timeout: Duration,
@@ -169,6 +172,10 @@ impl ContentSource for CacheSource {
                 ),
             )),
         }
+    }
+
+    fn record_shown(&self, shown: &dagfs_fuse::Shown) -> std::io::Result<()> {
+        shown::record(&self.cache, &self.mountpoint, shown)
     }
 }
 
@@ -493,6 +500,7 @@ pub async fn run(
     let (label, files) = tree_of(first.manifest.as_ref());
     let source = CacheSource {
         cache: cache.clone(),
+        mountpoint: mountpoint.clone(),
         store: Arc::clone(&store),
         runtime: tokio::runtime::Handle::current(),
         fetch_timeout: options.config.fetch_timeout,
@@ -502,6 +510,7 @@ pub async fn run(
         ttl: options.config.kernel_ttl,
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
+        shown_before: shown::before(&cache, &mountpoint),
     };
     let generation = label.generation;
     let fs = DagFs::new(source, fs_options, label, &files).map_err(|e| MountError::Tree {
