@@ -36,8 +36,8 @@ tests/airflow/make_dags.py "$work/airflow-dags" 200
 scripts/minidfs start --fast-close >/dev/null
 url=$(cat "$DAGFS_MINIDFS_DIR/url")
 export DAGFS_STORE_HADOOP_CONF_DIR=$DAGFS_MINIDFS_DIR/conf DAGFS_STORE_USER=$(id -un)
-"$DAGFS" -q push "$work/dags" --to "$url/dags" --no-mirror
-"$DAGFS" -q push "$work/airflow-dags" --to "$url/airflow" --no-mirror
+"$DAGFS" -q push "$work/dags" --store "$url/dags" --no-mirror
+"$DAGFS" -q push "$work/airflow-dags" --store "$url/airflow" --no-mirror
 
 now() { date +%s.%N; }
 count_files() { find "$1" -type f | wc -l; }
@@ -60,7 +60,7 @@ cold_start() {
 }
 previous=-
 if [[ -n ${PREVIOUS:-} ]]; then
-  "$PREVIOUS" -q push "$work/dags" --to "$url/dags-previous" --no-mirror
+  "$PREVIOUS" -q push "$work/dags" --store "$url/dags-previous" --no-mirror
   cold_start "$PREVIOUS" "$url/dags-previous" "$work/pmnt" "$work/pcache" >"$work/previous"
   previous=$(cat "$work/previous")
   kill "$mount_pid"; wait "$mount_pid" || true

@@ -39,7 +39,7 @@ trap cleanup EXIT
 dags=$work/dags store=$work/store mnt=$work/mnt
 benches/make_tree.py "$dags" $((FILES - 1)) >/dev/null
 echo 0 > "$dags/switch.txt"
-"$DAGFS" -q push "$dags" --to "$store" --no-mirror >/dev/null
+"$DAGFS" -q push "$dags" --store "$store" --no-mirror >/dev/null
 mkdir -p "$mnt"
 "$DAGFS" -q mount "$store" "$mnt" --cache-dir "$work/cache" 2>"$work/mount.log" &
 mount_pid=$!
@@ -73,7 +73,7 @@ for ((i = 1; i <= N; i++)); do
     mv "$f.new" "$f"
   done
   echo "$i" > "$dags/switch.txt"
-  "$DAGFS" -q push "$dags" --to "$store" --no-mirror >/dev/null
+  "$DAGFS" -q push "$dags" --store "$store" --no-mirror >/dev/null
   served "$i"
   if ((GC_EVERY > 0 && i % GC_EVERY == 0)); then
     "$DAGFS" -q gc --store "$store" --keep 2 --grace 0s >/dev/null

@@ -56,23 +56,23 @@ if command -v rclone >/dev/null; then
   fi
 fi
 # The same push with hdfs-native's own 500 ms first retry of a refused complete.
-t0=$(now); DAGFS_CONFIG=benches/close-500ms.toml "$DAGFS" -q push "$work/dags" --to "$url/dagfs-500ms" --no-mirror >/dev/null; t1=$(now)
+t0=$(now); DAGFS_CONFIG=benches/close-500ms.toml "$DAGFS" -q push "$work/dags" --store "$url/dagfs-500ms" --no-mirror >/dev/null; t1=$(now)
 push_500ms=$(elapsed "$t0" "$t1")
 rm -rf "$XDG_CACHE_HOME"
-t0=$(now); "$DAGFS" -q push "$work/dags" --to "$url/dagfs" --mirror >/dev/null; t1=$(now)
+t0=$(now); "$DAGFS" -q push "$work/dags" --store "$url/dagfs" --mirror >/dev/null; t1=$(now)
 push=$(elapsed "$t0" "$t1")
 rm -rf "$XDG_CACHE_HOME"
-t0=$(now); "$DAGFS" -q push "$work/dags" --to "$url/dagfs-nomirror" --no-mirror >/dev/null; t1=$(now)
+t0=$(now); "$DAGFS" -q push "$work/dags" --store "$url/dagfs-nomirror" --no-mirror >/dev/null; t1=$(now)
 push_nomirror=$(elapsed "$t0" "$t1")
-t0=$(now); "$DAGFS" -q push "$work/dags" --to "$url/dagfs" >/dev/null; t1=$(now)
+t0=$(now); "$DAGFS" -q push "$work/dags" --store "$url/dagfs" >/dev/null; t1=$(now)
 noop=$(elapsed "$t0" "$t1")
 rm -rf "$XDG_CACHE_HOME"
-t0=$(now); "$DAGFS" -q push "$work/dags" --to "$url/dagfs" --no-mirror >/dev/null; t1=$(now)
+t0=$(now); "$DAGFS" -q push "$work/dags" --store "$url/dagfs" --no-mirror >/dev/null; t1=$(now)
 noop_cold=$(elapsed "$t0" "$t1")
 # dagfs import of the plain folder the baseline wrote (the NFS-gateway migration), no mirror.
-t0=$(now); "$DAGFS" -q import "$url/baseline16" --to "$url/dagfs-import" --set publish.mirror=false >/dev/null; t1=$(now)
+t0=$(now); "$DAGFS" -q import "$url/baseline16" --store "$url/dagfs-import" --set publish.mirror=false >/dev/null; t1=$(now)
 import=$(elapsed "$t0" "$t1")
-t0=$(now); "$DAGFS" -q import "$url/baseline16" --to "$url/dagfs-import" --set publish.mirror=false >/dev/null; t1=$(now)
+t0=$(now); "$DAGFS" -q import "$url/baseline16" --store "$url/dagfs-import" --set publish.mirror=false >/dev/null; t1=$(now)
 import_noop=$(elapsed "$t0" "$t1")
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}x')"; }

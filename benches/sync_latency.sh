@@ -54,7 +54,7 @@ for i in $(seq 0 99); do
 done
 
 # SYNC_FLAGS adds flags to the daemon, e.g. SYNC_FLAGS=--no-mirror.
-"$DAGFS" -q sync "$work/dags" --to "$url/sync" ${SYNC_FLAGS:-} 2>"$work/sync.log" &
+"$DAGFS" -q sync "$work/dags" --store "$url/sync" ${SYNC_FLAGS:-} 2>"$work/sync.log" &
 sync_pid=$!
 mkdir -p "$work/mnt"
 "$DAGFS" -q mount "$url/sync" "$work/mnt" --poll "${MOUNT_POLL:-1s}" --cache-dir "$work/mount-cache" 2>"$work/mount.log" &
@@ -122,7 +122,7 @@ for i in range(20):
     with open(os.path.join(work, "pushed", f"dag_{i}.py"), "a") as f:
         f.write(f"# edit {i}\n")
     started = time.monotonic()
-    subprocess.run([dagfs, "-q", "push", os.path.join(work, "pushed"), "--to", push_url],
+    subprocess.run([dagfs, "-q", "push", os.path.join(work, "pushed"), "--store", push_url],
                    check=True, stdout=subprocess.DEVNULL)
     pushes.append(time.monotonic() - started)
 

@@ -27,7 +27,7 @@ scripts/minidfs start --fast-close >/dev/null
 url=$(cat "$DAGFS_MINIDFS_DIR/url")
 export DAGFS_STORE_HADOOP_CONF_DIR=$DAGFS_MINIDFS_DIR/conf DAGFS_STORE_USER=$(id -un)
 export XDG_CACHE_HOME=$work/xdg
-"$DAGFS" -q push "$work/dags" --to "$url/dags" --no-mirror >/dev/null
+"$DAGFS" -q push "$work/dags" --store "$url/dags" --no-mirror >/dev/null
 
 now() { date +%s.%N; }
 best() {  # best wall time of 3 runs of "$@"

@@ -196,3 +196,58 @@ fn the_mirror_is_opt_in_and_then_kept_up_to_date() {
     push("v5", &[]);
     assert_eq!(mirrored().as_deref(), Some("v5"));
 }
+
+/// Every command that takes a store names it `--store URL`; the older spellings (`--to` for
+/// push, sync and import, `mount URL MOUNTPOINT`) still work, and both at once are refused.
+#[test]
+fn every_command_names_its_store_with_store_and_the_old_spellings_still_work() {
+    for sub in [
+        "push", "sync", "import", "mount", "verify", "log", "diff", "rollback", "gc", "checkout",
+        "failover", "run",
+    ] {
+        let help = dagfs(&[sub, "--help"], &[]);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains("--store <URL>"),
+            "dagfs {sub} --help:\n{text}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dags = tmp.path().join("dags");
+    std::fs::create_dir(&dags).unwrap();
+    let store = tmp.path().join("store");
+    let (dags, store) = (dags.to_str().unwrap(), store.to_str().unwrap());
+    for (i, flag) in ["--store", "--to"].iter().enumerate() {
+        std::fs::write(format!("{dags}/dag.py"), format!("# {i}\n")).unwrap();
+        let out = dagfs(&["-q", "push", dags, flag, store], &[]);
+        assert!(out.status.success(), "push {flag}: {}", stderr(&out));
+    }
+    let log = dagfs(&["log", "--store", store, "--json"], &[]);
+    let generations: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
+    assert_eq!(
+        generations.as_array().map(Vec::len),
+        Some(2),
+        "{generations}"
+    );
+
+    // Both mount spellings open the store and then look at the mountpoint.
+    let missing = tmp.path().join("no-such-mountpoint");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["mount", "--store", store, missing],
+        vec!["mount", store, missing],
+    ] {
+        let out = dagfs(&args, &[]);
+        let text = stderr(&out);
+        assert!(
+            !out.status.success() && text.contains(missing) && text.contains("does not exist"),
+            "{args:?}: {text}"
+        );
+    }
+    let both = dagfs(&["mount", "--store", store, store, missing], &[]);
+    assert!(
+        !both.status.success() && stderr(&both).contains("two store URLs"),
+        "{}",
+        stderr(&both)
+    );
+}

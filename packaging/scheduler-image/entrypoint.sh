@@ -60,7 +60,7 @@ mkdir -p "$runtime" "$dir"
 [[ $(id -u) == 0 ]] && chown airflow:0 "$runtime" && chmod 775 "$runtime"
 
 # shellcheck disable=SC2086 # DAGFS_IMAGE_MOUNT_ARGS is a list of flags
-dagfs mount "$DAGFS_STORE_URL" "$dir" --cache-dir /var/cache/dagfs "${mount_flags[@]}" ${DAGFS_IMAGE_MOUNT_ARGS:-} &
+dagfs mount --store "$DAGFS_STORE_URL" "$dir" --cache-dir /var/cache/dagfs "${mount_flags[@]}" ${DAGFS_IMAGE_MOUNT_ARGS:-} &
 mount_pid=$!
 # shellcheck disable=SC2086 # flags
 "${as_airflow[@]}" dagfs failover --store "$DAGFS_STORE_URL" --mount "$dir" ${DAGFS_IMAGE_FAILOVER_ARGS:-} \

@@ -26,9 +26,9 @@ use crate::verify::{self, Report};
 pub struct PushArgs {
     /// The DAG folder to publish.
     dir: PathBuf,
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    to: Option<String>,
+    /// Store URL [default: store.url from the config]. `--to` is the older spelling.
+    #[arg(long, value_name = "URL", alias = "to")]
+    store: Option<String>,
     /// Message recorded with the generation.
     #[arg(short, long, default_value = "")]
     message: String,
@@ -65,9 +65,10 @@ so the generation equals a `dagfs push` of the same files with the same modes an
 pub struct ImportArgs {
     /// URL of the plain DAG folder to import, e.g. hdfs://nameservice/airflow/dags.
     source: String,
-    /// Store URL [default: store.url from the config]; must not overlap the folder.
-    #[arg(long, value_name = "URL")]
-    to: Option<String>,
+    /// Store URL [default: store.url from the config]; must not overlap the folder. `--to`
+    /// is the older spelling.
+    #[arg(long, value_name = "URL", alias = "to")]
+    store: Option<String>,
     /// Message recorded with the generation [default: "import of SOURCE"].
     #[arg(short, long)]
     message: Option<String>,
@@ -274,7 +275,7 @@ async fn finish_publish(
 
 /// `dagfs push`.
 pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.to.as_deref(), config, "--to").await?;
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
     let bar = progress();
     bar.set_message(format!("scanning {}", args.dir.display()));
     let dir = args.dir.clone();
@@ -305,12 +306,12 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
 
 /// `dagfs import`.
 pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
-    let target_url = args.to.as_deref().or(config.store.url.as_deref());
+    let target_url = args.store.as_deref().or(config.store.url.as_deref());
     if let Some(target_url) = target_url {
         // Before opening anything: an overlap is a usage mistake, whatever the stores hold.
         crate::import::check_separate(&args.source, target_url)?;
     }
-    let target = open_store(args.to.as_deref(), config, "--to").await?;
+    let target = open_store(args.store.as_deref(), config, "--store").await?;
     let source: std::sync::Arc<dyn Store> =
         crate::store::open(&args.source, &config.store.hdfs_options())
             .await?
@@ -379,7 +380,7 @@ pub async fn log(args: LogArgs, config: &Config) -> Result<()> {
     let numbers = generations::list(&*store).await?;
     if numbers.is_empty() && !args.json {
         println!(
-            "no generations yet in {}; publish one with `dagfs push DIR --to URL`",
+            "no generations yet in {}; publish one with `dagfs push DIR --store URL`",
             store.url()
         );
         return Ok(());

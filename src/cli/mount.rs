@@ -20,11 +20,19 @@ use crate::mount::{self, metrics::MountMetrics, state::StateDir, MountOptions};
 someone unmounts it with `fusermount3 -u MOUNTPOINT`. Its state (generation served, head, last \
 error) is in a file `dagfs status` and `dagfs failover` read."
 )]
+#[command(
+    override_usage = "dagfs mount [OPTIONS] [--store URL] MOUNTPOINT\n       \
+dagfs mount [OPTIONS] URL MOUNTPOINT    (the older spelling)"
+)]
 pub struct MountArgs {
-    /// Store URL (hdfs://..., viewfs://..., file:///... or a path).
-    url: String,
-    /// An existing empty directory to mount on.
-    mountpoint: PathBuf,
+    /// An existing empty directory to mount on; the older spelling puts the store URL
+    /// before it.
+    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
+    targets: Vec<String>,
+    /// Store URL (hdfs://..., viewfs://..., file:///... or a path) [default: store.url from
+    /// the config].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Local verified cache [default: mount.cache_dir, else one per store under
     /// /var/cache/dagfs (root) or ~/.cache/dagfs].
     #[arg(long, value_name = "DIR")]
@@ -48,10 +56,18 @@ pub struct MountArgs {
     mode: Option<crate::config::MountMode>,
 }
 
-/// `dagfs mount URL MOUNTPOINT`.
+/// `dagfs mount [--store URL] MOUNTPOINT` (or `dagfs mount URL MOUNTPOINT`).
 pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
-    let store: Arc<dyn crate::store::Store> =
-        Arc::from(open_store(Some(&args.url), config, "URL").await?);
+    let (url, mountpoint) = match (args.targets.as_slice(), &args.store) {
+        ([url, _], Some(store)) => anyhow::bail!(
+            "two store URLs given ({url} and --store {store}); pass only --store URL MOUNTPOINT"
+        ),
+        ([url, mountpoint], None) => (Some(url.as_str()), mountpoint),
+        ([mountpoint], store) => (store.as_deref(), mountpoint),
+        _ => unreachable!("clap takes one or two"),
+    };
+    let mountpoint = PathBuf::from(mountpoint);
+    let store: Arc<dyn crate::store::Store> = Arc::from(open_store(url, config, "--store").await?);
     let mut mount_config = config.mount.clone();
     if let Some(mode) = args.mode {
         mount_config.mode = mode;
@@ -80,7 +96,7 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         .map(|addr| crate::metrics::serve(addr, Arc::new(registry), health.clone()))
         .transpose()?;
     let options = MountOptions {
-        mountpoint: args.mountpoint,
+        mountpoint,
         cache_dir,
         pin: args.pin,
         allow_other: args.allow_other,

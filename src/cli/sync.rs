@@ -23,9 +23,9 @@ flight and exit 0. `dagfs status` shows what it is doing; [sync] in the config t
 pub struct SyncArgs {
     /// The DAG folder to watch and publish.
     dir: PathBuf,
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    to: Option<String>,
+    /// Store URL [default: store.url from the config]. `--to` is the older spelling.
+    #[arg(long, value_name = "URL", alias = "to")]
+    store: Option<String>,
     /// Publish the folder as this subtree of the store; other subtrees are left alone.
     #[arg(long, value_name = "PATH")]
     prefix: Option<String>,
@@ -61,7 +61,7 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
         crate::format::check_path(prefix.trim_matches('/'))
             .with_context(|| format!("invalid --prefix {prefix:?}"))?;
     }
-    let store = open_store(args.to.as_deref(), config, "--to").await?;
+    let store = open_store(args.store.as_deref(), config, "--store").await?;
     let metrics_addr = match (args.metrics, &config.sync.metrics) {
         (Some(addr), _) => Some(addr),
         // Validated with the configuration.

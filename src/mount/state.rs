@@ -74,7 +74,7 @@ impl MountState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// No state file: no mount ran at this mountpoint on this host (or it never started).
-    #[error("no dagfs mount is running at {mountpoint} (no state file {file}); start it with `dagfs mount URL {mountpoint}`")]
+    #[error("no dagfs mount is running at {mountpoint} (no state file {file}); start it with `dagfs mount --store URL {mountpoint}`")]
     NotRunning {
         /// The mountpoint asked about.
         mountpoint: String,

@@ -94,7 +94,7 @@ impl Bed {
             .unwrap();
         let child = self
             .dagfs(&["mount", "--mode", mode, "--poll", "100ms"])
-            .arg(&self.store)
+            .args(["--store", &self.store])
             .arg(self.served())
             .arg("--cache-dir")
             .arg(self.cache())
