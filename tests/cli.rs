@@ -251,3 +251,39 @@ fn every_command_names_its_store_with_store_and_the_old_spellings_still_work() {
         stderr(&both)
     );
 }
+
+/// `dagfs diff -p` shows what changed inside files between two generations: a unified diff
+/// of text, a mode change, a binary file, an added file.
+#[test]
+fn diff_p_shows_content_changes_between_generations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, store) = (tmp.path().join("dags"), tmp.path().join("store"));
+    std::fs::create_dir(&dags).unwrap();
+    let (dir, url) = (dags.to_str().unwrap(), store.to_str().unwrap());
+    let push = || {
+        let out = dagfs(&["-q", "push", dir, "--store", url], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    std::fs::write(dags.join("x.py"), "a = 1\nb = 2\nc = 3\n").unwrap();
+    std::fs::write(dags.join("blob.bin"), b"\0\x01old").unwrap();
+    push();
+    std::fs::write(dags.join("x.py"), "a = 1\nb = 20\nc = 3\n").unwrap();
+    std::fs::write(dags.join("blob.bin"), b"\0\x01new").unwrap();
+    std::fs::set_permissions(
+        dags.join("blob.bin"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(dags.join("new.py"), "x = 1\n").unwrap();
+    push();
+    let out = dagfs(&["diff", "-p", "--store", url, "1", "2"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let patch = String::from_utf8(out.stdout).unwrap();
+    for expected in [
+        "diff a/x.py b/x.py (generations 1 and 2)\n--- a/x.py\n+++ b/x.py\n@@ -1,3 +1,3 @@\n a = 1\n-b = 2\n+b = 20\n c = 3\n",
+        "diff a/blob.bin b/blob.bin (generations 1 and 2)\nold mode 644\nnew mode 755\nBinary files a/blob.bin and b/blob.bin differ\n",
+        "diff a/new.py b/new.py (generations 1 and 2)\nnew file mode 644\n--- /dev/null\n+++ b/new.py\n@@ -0,0 +1 @@\n+x = 1\n",
+    ] {
+        assert!(patch.contains(expected), "missing:\n{expected}\nin:\n{patch}");
+    }
+}

@@ -66,6 +66,27 @@ fn trial(dir: &Path, args: &[&str], env: &[(&str, String)]) {
         log.contains("dagfs run: publishing"),
         "says what it does: {log}"
     );
+    // The history hint it prints works as printed: the first generation and the edit.
+    let hint = log
+        .lines()
+        .filter_map(|line| line.split('`').nth(1))
+        .find(|command| command.starts_with("dagfs log --store "))
+        .unwrap_or_else(|| panic!("no `dagfs log --store URL` hint: {log}"));
+    let words: Vec<&str> = hint.split(' ').skip(1).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+        .args(&words)
+        .arg("--json")
+        .current_dir(dir)
+        .env_remove("DAGFS_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let generations: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{hint}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        generations.as_array().is_some_and(|g| g.len() >= 2),
+        "{hint}: {generations}"
+    );
 }
 
 #[test]

@@ -130,6 +130,10 @@ pub struct DiffArgs {
     /// Store URL [default: store.url from the config].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Show what changed inside each file: a unified diff of text files (3 lines of
+    /// context), "binary files differ" otherwise, and mode changes.
+    #[arg(short = 'p', long = "patch", conflicts_with = "json")]
+    patch: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -468,6 +472,29 @@ pub async fn diff(args: DiffArgs, config: &Config) -> Result<()> {
         .collect();
     if args.json {
         println!("{}", serde_json::to_string(&lines)?);
+    } else if args.patch {
+        let objects = crate::objects::Objects::new(None);
+        let mut out = std::io::stdout().lock();
+        for change in &changes {
+            let (before, after) = match change {
+                Change::Added(e) => (None, Some(e)),
+                Change::Changed(a, b) => (Some(a), Some(b)),
+                Change::Removed(e) => (Some(e), None),
+            };
+            let mut sides = [None, None];
+            for (side, entry) in sides.iter_mut().zip([before, after]) {
+                if let Some(entry) = entry {
+                    *side = Some(read_checked(&objects, &*store, entry).await?);
+                }
+            }
+            let [old_bytes, new_bytes] = sides;
+            let patch = file_patch(
+                change.path(),
+                (args.from, before, old_bytes),
+                (to, after, new_bytes),
+            );
+            std::io::Write::write_all(&mut out, patch.as_bytes())?;
+        }
     } else {
         for line in &lines {
             let mark = match line.change {
@@ -479,6 +506,84 @@ pub async fn diff(args: DiffArgs, config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The bytes of `entry`'s object, checked against its digest.
+async fn read_checked(
+    objects: &crate::objects::Objects,
+    store: &dyn Store,
+    entry: &crate::format::Entry,
+) -> Result<bytes::Bytes> {
+    let bytes = objects
+        .read(store, &entry.blake3)
+        .await
+        .with_context(|| format!("cannot read {} ({})", entry.path, entry.blake3))?;
+    if crate::format::Digest::of(&bytes) != entry.blake3 {
+        bail!(
+            "the object of {} ({}) is corrupt in {}; check the store with `dagfs verify --store {} --deep`",
+            entry.path,
+            entry.blake3,
+            store.url(),
+            store.url()
+        );
+    }
+    Ok(bytes)
+}
+
+/// One file's part of `dagfs diff -p`, like git's: a header naming both sides, mode changes,
+/// then a unified diff of the text or a line saying binary files differ. Each side is
+/// (generation, entry, bytes); a missing entry is an added or removed file.
+fn file_patch(
+    path: &str,
+    old: (u64, Option<&crate::format::Entry>, Option<bytes::Bytes>),
+    new: (u64, Option<&crate::format::Entry>, Option<bytes::Bytes>),
+) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "diff a/{path} b/{path} (generations {} and {})\n",
+        old.0, new.0
+    );
+    let mode = |entry: Option<&crate::format::Entry>| entry.map(|e| e.mode & 0o7777);
+    match (mode(old.1), mode(new.1)) {
+        (None, Some(m)) => writeln!(out, "new file mode {m:o}"),
+        (Some(m), None) => writeln!(out, "deleted file mode {m:o}"),
+        (Some(a), Some(b)) if a != b => writeln!(out, "old mode {a:o}\nnew mode {b:o}"),
+        _ => Ok(()),
+    }
+    .expect("writing to a String");
+    let (a, b) = (old.2.unwrap_or_default(), new.2.unwrap_or_default());
+    if a == b {
+        return out;
+    }
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .ok()
+            .filter(|t| !t.contains('\0'))
+            .map(str::to_owned)
+    };
+    match (text(&a), text(&b)) {
+        (Some(a), Some(b)) => {
+            let (from, to) = match (old.1, new.1) {
+                (None, _) => ("/dev/null".to_string(), format!("b/{path}")),
+                (_, None) => (format!("a/{path}"), "/dev/null".to_string()),
+                _ => (format!("a/{path}"), format!("b/{path}")),
+            };
+            let diff = similar::TextDiff::from_lines(&a, &b);
+            let unified = diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&from, &to)
+                .to_string();
+            out.push_str(&unified);
+            if !unified.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        _ => {
+            writeln!(out, "Binary files a/{path} and b/{path} differ").expect("writing to a String")
+        }
+    }
+    out
 }
 
 /// `dagfs gc`.

@@ -87,6 +87,7 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
         dags.display(),
         mountpoint.display()
     );
+    eprintln!("dagfs run: {}", history_hint(sync_store.url()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -141,6 +142,14 @@ pub async fn run(args: RunArgs, config: &Config) -> Result<()> {
     );
     mounted?;
     synced?;
-    eprintln!("dagfs run: stopped");
+    eprintln!("dagfs run: stopped; {}", history_hint(&url));
     Ok(())
+}
+
+/// How to look at the generations a trial made (printed when it starts and stops).
+fn history_hint(url: &str) -> String {
+    format!(
+        "the generations it published: `dagfs log --store {url}`; what generation N changed: \
+         `dagfs diff -p --store {url} N-1 N`; back to generation N: `dagfs rollback --store {url} N`"
+    )
 }
