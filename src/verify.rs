@@ -4,7 +4,7 @@
 //! A check either completes with a [`Report`] (its findings are the differences) or fails
 //! with [`VerifyError`] when it could not check at all (store unreachable, manifest corrupt).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -163,10 +163,23 @@ pub async fn verify_mount(
         None => return Err(VerifyError::Empty(store.url().to_string())),
     };
     let root = mountpoint.to_path_buf();
-    let served = match tokio::task::spawn_blocking(move || hash_tree(&root)).await {
+    let mut served = match tokio::task::spawn_blocking(move || hash_tree(&root)).await {
         Ok(served) => served?,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
+    // A mount may show a file later than its manifest mtime, never earlier (DESIGN.md, "File
+    // mtimes"): a later one is what the generation says.
+    let published: HashMap<&str, i64> = expected
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.mtime_ns))
+        .collect();
+    for entry in &mut served {
+        match published.get(entry.path.as_str()) {
+            Some(&mtime_ns) if entry.mtime_ns > mtime_ns => entry.mtime_ns = mtime_ns,
+            _ => {}
+        }
+    }
     let mut findings = tree_findings(&expected.entries, &served, "the mount");
     let shown = mountpoint.display().to_string();
     if state.generation != Some(expected.generation) {

@@ -30,6 +30,25 @@ fn write_module(bed: &Bed, value: u32, mtime: SystemTime) {
         .unwrap();
 }
 
+/// `dagfs verify --mount` of a FUSE mount: the moved mtimes are what the generation says.
+fn verify_mount(bed: &Bed, mode: &str) {
+    if mode != "fuse" {
+        return;
+    }
+    let out = bed
+        .dagfs(&["verify", "--mount"])
+        .arg(bed.served())
+        .args(["--store", &bed.store])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify --mount: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// What `import m` gives in a fresh `python3` with the bytecode cache under `root/pycache`.
 fn imported(bed: &Bed, folder: &Path) -> String {
     let out = Command::new("python3")
@@ -82,6 +101,7 @@ fn served_modules_never_run_stale_bytecode(mode: &str, extra: &[&str]) {
         "2",
         "{mode}: generation {changed} ran generation {first}'s bytecode"
     );
+    verify_mount(&bed, mode);
 
     // Deleted, then put back with other content of the same size and mtime.
     std::fs::remove_file(bed.dags().join("m.py")).unwrap();
@@ -111,6 +131,7 @@ fn served_modules_never_run_stale_bytecode(mode: &str, extra: &[&str]) {
         "{mode}: generation {while_down}, published while the mount was down, ran generation \
          {future}'s bytecode after the restart"
     );
+    verify_mount(&bed, mode);
     // A file no generation changed shows its own mtime throughout, restarts included.
     let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
     assert_eq!(
