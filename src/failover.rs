@@ -379,7 +379,7 @@ pub async fn run(
     let timing = config.timing();
     let me = Identity {
         id: options.id.clone(),
-        host: host_name(),
+        host: crate::host::host_name(),
         pid: std::process::id(),
         instance: fastrand::u64(..),
     };
@@ -434,13 +434,6 @@ pub async fn run(
         "failover controller started"
     );
     controller.run(shutdown).await
-}
-
-fn host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Sleeps until `clock` (this host's boot clock); forever for `None`.
@@ -1004,7 +997,7 @@ impl<'a> Controller<'a> {
         let state = ControllerState {
             pid: std::process::id(),
             id: self.options.id.clone(),
-            host: host_name(),
+            host: crate::host::host_name(),
             store: self.store.url().to_string(),
             mountpoint: self.options.mountpoint.clone(),
             all_active: self.all_active(),

@@ -7,6 +7,7 @@
 //! - [`format`]: the on-store format: generation manifests, digests, keys;
 //! - [`scan`]: which files of a DAG folder are published, and their digests;
 //! - [`generations`]: reading generations: the head, manifests, tree differences;
+//! - [`host`]: this host's name and user (authors, candidate ids, lock holders);
 //! - [`publish`]: the publish protocol (upload, compare-and-swap commit, rebase);
 //! - [`import`]: turning a plain DAG folder (the NFS-gateway setup) into a generation;
 //! - [`metadb`]: Airflow's metadata database: its connection (dagfs config, Airflow's), a pool;
@@ -36,6 +37,7 @@ pub mod failover;
 pub mod format;
 pub mod gc;
 pub mod generations;
+pub mod host;
 pub mod import;
 pub mod metadb;
 pub mod metrics;

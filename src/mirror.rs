@@ -154,14 +154,11 @@ fn release_local(held: Option<crate::runtime::StateFile<()>>) {
 /// What the lock file says: `host pid author [local state file]`, so a crashed holder on
 /// this host is recognised at once by its local lock (see [`crate::runtime::StateFile`]).
 fn lock_owner(local: Option<&std::path::Path>) -> Bytes {
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
     let mut owner = format!(
-        "{host} {} {}",
+        "{} {} {}",
+        crate::host::host_name(),
         std::process::id(),
-        crate::publish::default_author()
+        crate::host::author()
     );
     if let Some(local) = local {
         owner.push(' ');
@@ -182,11 +179,7 @@ async fn holder_is_gone(store: &dyn Store) -> bool {
     let (Some(host), Some(local)) = (fields.next(), fields.nth(2)) else {
         return false;
     };
-    let here = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    host == here
+    host == crate::host::host_name()
         && matches!(
             crate::runtime::owner_alive(std::path::Path::new(local)),
             Ok(false)
@@ -509,10 +502,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         publish_files(&store, dir.path(), &[("a.py", "1")]).await;
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
+        let host = crate::host::host_name();
         let local = dir.path().join("run/mirror-crashed.json");
         drop(crate::runtime::StateFile::<()>::claim(&local).unwrap());
         let dead = format!("{host} 1 someone@{host} {}", local.display());

@@ -218,7 +218,7 @@ impl Default for PublishOptions {
     fn default() -> Self {
         PublishOptions {
             message: String::new(),
-            author: default_author(),
+            author: crate::host::author(),
             prefix: None,
             force: false,
             concurrency: 16,
@@ -226,32 +226,6 @@ impl Default for PublishOptions {
             index_dir: None,
         }
     }
-}
-
-/// `user@host` of this process: the login name from `USER`/`LOGNAME`, else the passwd
-/// entry of the uid, else `uid<N>`.
-pub fn default_author() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| passwd_name(uid))
-        .unwrap_or_else(|| format!("uid{uid}"));
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    format!("{user}@{host}")
-}
-
-fn passwd_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
-    })
 }
 
 /// What a publish did.

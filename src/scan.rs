@@ -24,8 +24,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -409,33 +408,16 @@ pub struct HashedFile {
     pub stable: bool,
 }
 
-/// Hashes `paths` on all cores; results in input order.
+/// Hashes `paths` on all cores (rayon's pool); results in input order.
 pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<HashedFile>, ScanError> {
-    let results: Vec<Mutex<Option<Result<HashedFile, ScanError>>>> =
-        paths.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(paths.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = paths.get(i) else { break };
-                let result = hash_file(path).map_err(|source| ScanError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                });
-                *results[i].lock().expect("no worker panics holding it") = Some(result);
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .expect("no worker panics holding it")
-                .expect("every index was hashed")
+    use rayon::prelude::*;
+    paths
+        .par_iter()
+        .map(|path| {
+            hash_file(path).map_err(|source| ScanError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
         })
         .collect()
 }

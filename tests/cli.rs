@@ -287,3 +287,35 @@ fn diff_p_shows_content_changes_between_generations() {
         assert!(patch.contains(expected), "missing:\n{expected}\nin:\n{patch}");
     }
 }
+
+/// A publish records `user@host`; without `USER` and `LOGNAME` the user comes from the
+/// system's user database through NSS, the name `id -un` prints.
+#[test]
+fn the_author_without_user_in_the_environment_comes_from_the_user_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dags, store) = (tmp.path().join("dags"), tmp.path().join("store"));
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::write(dags.join("a.py"), "").unwrap();
+    let (dir, url) = (dags.to_str().unwrap(), store.to_str().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+        .args(["-q", "push", dir, "--store", url])
+        .env_remove("DAGFS_CONFIG")
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = dagfs(&["log", "--store", url, "--json"], &[]);
+    let generations: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
+    let id = Command::new("id").arg("-un").output().unwrap();
+    let user = String::from_utf8(id.stdout).unwrap().trim().to_string();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        generations[0]["author"],
+        format!("{user}@{host}"),
+        "{generations}"
+    );
+}

@@ -84,12 +84,7 @@ pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
         .map(|addr| crate::metrics::serve(addr, Arc::new(registry), health.clone()))
         .transpose()?;
     let options = FailoverOptions {
-        id: args.id.unwrap_or_else(|| {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        }),
+        id: args.id.unwrap_or_else(crate::host::host_name),
         mountpoint: crate::mount::state::absolute_mountpoint(&args.mount),
         commands: args.commands,
         config: FailoverConfig {
