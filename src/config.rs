@@ -761,6 +761,11 @@ fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
 }
 
 /// `DAGFS_STORE_HADOOP_CONF_DIR=x` -> `store.hadoop_conf_dir = x`.
+///
+/// Written here rather than with figment's `Env` provider: a key's section is the text up to
+/// the first `_` and only known sections count (`DAGFS_CONFIG`, `DAGFS_RUNTIME_DIR` and the
+/// like are not keys), and the environment is a parameter, so tests pass one instead of
+/// changing the process's (`Env` reads only the process environment).
 fn env_table(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
     let mut table = toml::Table::new();
     for (name, value) in env {
