@@ -9,13 +9,19 @@
 //! - `GET /healthz`: `200 ok`, or `503` and the reason while the command has marked itself
 //!   unhealthy through its [`Health`].
 //!
-//! The HTTP side is `tiny_http` on one thread of its own rather than a hand-written server or
-//! a full framework: two read-only GET routes need no async stack, no TLS, no routing layer,
-//! and a scrape must keep answering even while the async runtime is busy with a slow HDFS.
+//! The HTTP side is hyper's HTTP/1 server (the maintained core of Rust's HTTP stack) on a
+//! thread with a runtime of its own, rather than a framework: two read-only GET routes need
+//! no routing layer or TLS, and a scrape must keep answering even while the command's own
+//! runtime is busy with a slow HDFS.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
 
 pub use prometheus_client::registry::Registry;
 
@@ -65,7 +71,7 @@ impl Health {
 
 /// A running endpoint; dropping it stops the server thread.
 pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
@@ -79,7 +85,9 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -92,54 +100,85 @@ pub fn serve(
     registry: Arc<Registry>,
     health: Health,
 ) -> Result<MetricsServer, MetricsError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| MetricsError {
+    let failed = |e: std::io::Error| MetricsError {
         addr,
         detail: e.to_string(),
-    })?;
-    let bound = match server.server_addr() {
-        tiny_http::ListenAddr::IP(bound) => bound,
-        #[allow(unreachable_patterns)] // unix sockets exist only with a tiny_http feature
-        _ => addr,
     };
-    let server = Arc::new(server);
-    let serving = Arc::clone(&server);
+    let listener = std::net::TcpListener::bind(addr).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(failed)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("dagfs-metrics".into())
-        .spawn(move || {
-            for request in serving.incoming_requests() {
-                let response = respond(request.method(), request.url(), &registry, &health);
-                if let Err(e) = request.respond(response) {
-                    tracing::debug!(error = %e, "metrics client went away");
-                }
-            }
-        })
-        .map_err(|e| MetricsError {
-            addr,
-            detail: e.to_string(),
-        })?;
+        .spawn(move || runtime.block_on(accept(listener, stopped, registry, health)))
+        .map_err(failed)?;
     tracing::info!(addr = %bound, "serving metrics on /metrics and /healthz");
     Ok(MetricsServer {
-        server,
+        stop: Some(stop),
         thread: Some(thread),
         addr: bound,
     })
 }
 
+/// Serves connections until `stopped` fires (or its sender is dropped).
+async fn accept(
+    listener: std::net::TcpListener,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    registry: Arc<Registry>,
+    health: Health,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => return tracing::error!(error = %e, "cannot serve metrics"),
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics connection not accepted");
+                    continue;
+                }
+            },
+        };
+        let (registry, health) = (Arc::clone(&registry), health.clone());
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let response = respond(request.method(), request.uri().path(), &registry, &health);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics client went away");
+            }
+        });
+    }
+}
+
 fn respond(
-    method: &tiny_http::Method,
-    url: &str,
+    method: &Method,
+    path: &str,
     registry: &Registry,
     health: &Health,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let path = url.split('?').next().unwrap_or_default();
-    let text = |status: u16, body: String, content_type: &str| {
-        let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-            .expect("static header is valid");
-        tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header)
+) -> Response<Full<Bytes>> {
+    let text = |status: u16, body: String, content_type: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = StatusCode::from_u16(status).expect("a valid status code");
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        response
     };
-    if *method != tiny_http::Method::Get && *method != tiny_http::Method::Head {
+    if method != Method::GET && method != Method::HEAD {
         return text(405, "only GET\n".into(), "text/plain");
     }
     match path {
