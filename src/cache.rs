@@ -121,26 +121,12 @@ async fn write_atomically(
 ) -> Result<(), CacheError> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let parent = path.parent().expect("cache files live in directories");
-        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-        let mut file = tempfile::Builder::new()
-            .prefix(PART_PREFIX)
-            .tempfile_in(parent)
-            .map_err(io_error(parent))?;
-        std::io::Write::write_all(&mut file, &bytes).map_err(io_error(file.path()))?;
-        if durability == Durability::Now {
-            file.as_file().sync_all().map_err(io_error(file.path()))?;
-        }
-        file.persist(&path).map_err(|e| CacheError::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
-        if durability == Durability::Now {
-            std::fs::File::open(parent)
-                .and_then(|dir| dir.sync_all())
-                .map_err(io_error(parent))?;
-        }
-        Ok(())
+        let options = crate::atomic::Options {
+            durable: durability == Durability::Now,
+            world_readable: false,
+            temp_prefix: PART_PREFIX,
+        };
+        crate::atomic::write(&path, &bytes, options).map_err(io_error(&path))
     })
     .await
     .expect("cache writer does not panic")

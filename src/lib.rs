@@ -22,12 +22,14 @@
 //! - [`election`]: leader election with fencing epochs on the store alone;
 //! - [`supervise`]: running the scheduler's commands fenced, in their own process groups;
 //! - [`failover`]: the `dagfs failover` controller (election, identity gate, supervision);
+//! - [`atomic`]: local files replaced atomically (state files, caches, records);
 //! - [`runtime`]: the runtime directory where daemons publish their state files;
 //! - [`metrics`]: the optional Prometheus endpoint of the long-running commands;
 //! - [`cli`]: the command line.
 //!
 //! `docs/DESIGN.md` describes the formats and protocols; `docs/OPERATIONS.md` how to run it.
 
+pub mod atomic;
 pub mod cache;
 pub mod checkout;
 pub mod cli;

@@ -230,13 +230,7 @@ impl Objects {
     /// Writes a local copy atomically (a temporary file renamed into place); a failure only
     /// costs a read of the tail next time.
     fn keep_local(&self, path: &std::path::Path, tail: &[u8]) {
-        let dir = path.parent().expect("local copies live in a directory");
-        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut file| {
-            std::io::Write::write_all(&mut file, tail)?;
-            file.persist(path).map_err(|e| e.error)?;
-            Ok(())
-        });
-        if let Err(e) = written {
+        if let Err(e) = crate::atomic::write(path, tail, crate::atomic::Options::SCRATCH) {
             tracing::debug!(path = %path.display(), error = %e, "could not keep a local copy of a pack index");
         }
     }

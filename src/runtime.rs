@@ -110,18 +110,14 @@ fn check_private(dir: &Path) -> std::io::Result<()> {
 /// Writes `value` as JSON to `path` atomically and durably (a temporary file beside it,
 /// fsynced, renamed over it, the directory fsynced), in a checked directory.
 pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    check_dir(dir)?;
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    // Readable by every user (a temporary file is 0600): a mount running as root is read by
-    // the airflow user's controller and DAG bundle. State holds no secrets.
-    file.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    // One write: serde_json writes token by token, a syscall each when unbuffered.
-    file.write_all(&serde_json::to_vec_pretty(value)?)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    check_dir(path.parent().unwrap_or(Path::new(".")))?;
+    // Readable by every user: a mount running as root is read by the airflow user's
+    // controller and DAG bundle. State holds no secrets.
+    crate::atomic::write(
+        path,
+        &serde_json::to_vec_pretty(value)?,
+        crate::atomic::Options::STATE,
+    )
 }
 
 /// The lock file of state file `json`: the same name with `.lock` instead of `.json`.

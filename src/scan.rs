@@ -597,15 +597,9 @@ impl HashCache {
         let Some(file) = self.file.clone().filter(|_| self.dirty) else {
             return;
         };
-        let result = (|| -> io::Result<()> {
-            let dir = file.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(dir)?;
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            // One write: serde_json writes token by token, a syscall each when unbuffered.
-            io::Write::write_all(&mut tmp, &serde_json::to_vec(self)?)?;
-            tmp.persist(&file).map_err(|e| e.error)?;
-            Ok(())
-        })();
+        let result = serde_json::to_vec(self)
+            .map_err(io::Error::from)
+            .and_then(|bytes| crate::atomic::write(&file, &bytes, crate::atomic::Options::SCRATCH));
         match result {
             Ok(()) => self.dirty = false,
             Err(e) => {

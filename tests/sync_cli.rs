@@ -53,7 +53,7 @@ fn bad_input_is_one_line_and_the_right_exit_code() {
     let missing = run(runtime, &["sync", "/nonexistent/dags", "--to", "/tmp/x"]);
     assert!(one_line_error(&missing, 1).contains("/nonexistent/dags"));
     let no_store = run(runtime, &["sync", work.path().to_str().unwrap()]);
-    assert!(one_line_error(&no_store, 1).contains("--to URL"));
+    assert!(one_line_error(&no_store, 1).contains("--store URL"));
     let bad_prefix = run(
         runtime,
         &["sync", ".", "--to", "/tmp/x", "--prefix", "a/../b"],
