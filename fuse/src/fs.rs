@@ -284,6 +284,23 @@ impl View<'_> {
     }
 }
 
+/// The tree of the view of generation `label`.
+fn build_view(
+    lifecycle: &mut Lifecycle,
+    label: &TreeLabel,
+    files: &[FileSpec],
+) -> Result<Snapshot, TreeError> {
+    let now = SystemTime::now();
+    tree::build(
+        label.clone(),
+        Kind::View,
+        files,
+        &mut lifecycle.table,
+        None,
+        now,
+    )
+}
+
 fn virtual_dir(ino: Ino, mtime: SystemTime, subdirs: usize) -> Attr {
     Attr {
         ino,
@@ -395,17 +412,7 @@ impl<S: ContentSource> DagFs<S> {
         if self.view().state.unbuilt_view(ino).is_none() {
             return; // built meanwhile, or gone
         }
-        let built = {
-            let mut lifecycle = self.lock_lifecycle();
-            tree::build(
-                label.clone(),
-                Kind::View,
-                &files,
-                &mut lifecycle.table,
-                None,
-                SystemTime::now(),
-            )
-        };
+        let built = build_view(&mut self.lock_lifecycle(), &label, &files);
         match built {
             Ok(tree) if tree.root == ino => {
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -747,14 +754,7 @@ impl<S: ContentSource> DagFs<S> {
                 let entry = match current.get(&generation).filter(|v| v.label == label) {
                     Some(kept) => kept.clone(),
                     None => {
-                        let tree = tree::build(
-                            label.clone(),
-                            Kind::View,
-                            &files,
-                            &mut lifecycle.table,
-                            None,
-                            SystemTime::now(),
-                        )?;
+                        let tree = build_view(&mut lifecycle, &label, &files)?;
                         let root = tree.attr(tree.root).expect("a tree has its root");
                         ViewEntry {
                             label,

@@ -1,7 +1,6 @@
 //! `dagfs failover` and the guard process it runs around each command.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,7 +12,6 @@ use crate::election::{
 };
 use crate::failover::{self, FailoverMetrics, FailoverOptions};
 use crate::metadb::{self, MetaDb, MetadbError, PoolSettings};
-use crate::metrics::{Health, Registry};
 use crate::running::{DatabaseRecord, RunningRecord};
 use crate::runtime::runtime_dir;
 use crate::supervise;
@@ -71,18 +69,11 @@ pub struct GuardArgs {
 pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
     let shutdown = super::shutdown_signal()?;
     let store = super::commands::open_store(args.store.as_deref(), config, "--store").await?;
-    let metrics_addr = match (args.metrics, &config.failover.metrics) {
-        (Some(addr), _) => Some(addr),
-        // Validated with the configuration.
-        (None, Some(addr)) => Some(addr.parse()?),
-        (None, None) => None,
-    };
-    let mut registry = Registry::default();
-    let metrics = FailoverMetrics::register(&mut registry);
-    let health = Health::default();
-    let _server = metrics_addr
-        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), health.clone()))
-        .transpose()?;
+    let (metrics, health, _server) = super::start_metrics(
+        args.metrics,
+        config.failover.metrics.as_deref(),
+        FailoverMetrics::register,
+    )?;
     let options = FailoverOptions {
         id: args.id.unwrap_or_else(crate::host::host_name),
         mountpoint: crate::mount::state::absolute_mountpoint(&args.mount),

@@ -200,6 +200,33 @@ async fn run(command: Command, config: Config) -> ExitCode {
 
 /// Registers SIGTERM and SIGINT handlers now (from then on they mean "stop cleanly", never
 /// "die") and returns a future that resolves when either arrives.
+/// The metrics endpoint of a long-running command: the command's metrics registered (by
+/// `register`) into a new registry, served with a [`Health`] on `flag` or else on the
+/// configured address, if either is given. Keep the server alive as long as the command runs.
+fn start_metrics<M>(
+    flag: Option<std::net::SocketAddr>,
+    configured: Option<&str>,
+    register: impl FnOnce(&mut crate::metrics::Registry) -> M,
+) -> anyhow::Result<(
+    M,
+    crate::metrics::Health,
+    Option<crate::metrics::MetricsServer>,
+)> {
+    let addr = match (flag, configured) {
+        (Some(addr), _) => Some(addr),
+        // Validated with the configuration.
+        (None, Some(addr)) => Some(addr.parse()?),
+        (None, None) => None,
+    };
+    let mut registry = crate::metrics::Registry::default();
+    let metrics = register(&mut registry);
+    let health = crate::metrics::Health::default();
+    let server = addr
+        .map(|addr| crate::metrics::serve(addr, std::sync::Arc::new(registry), health.clone()))
+        .transpose()?;
+    Ok((metrics, health, server))
+}
+
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use anyhow::Context;
     use tokio::signal::unix::{signal, SignalKind};

@@ -10,7 +10,6 @@ use clap::Args;
 
 use super::commands::open_store;
 use crate::config::Config;
-use crate::metrics::{Health, Registry};
 use crate::mount::{self, metrics::MountMetrics, state::StateDir, MountOptions};
 
 /// Arguments of `dagfs mount`.
@@ -83,18 +82,11 @@ pub async fn mount(args: MountArgs, config: &Config) -> Result<()> {
         .cache_dir
         .or_else(|| config.mount.cache_dir.clone())
         .unwrap_or_else(|| mount::default_cache_dir(store.url()));
-    let metrics_addr = match (args.metrics, &config.mount.metrics) {
-        (Some(addr), _) => Some(addr),
-        // Validated with the configuration.
-        (None, Some(addr)) => Some(addr.parse()?),
-        (None, None) => None,
-    };
-    let mut registry = Registry::default();
-    let metrics = MountMetrics::register(&mut registry);
-    let health = Health::default();
-    let _server = metrics_addr
-        .map(|addr| crate::metrics::serve(addr, Arc::new(registry), health.clone()))
-        .transpose()?;
+    let (metrics, health, _server) = super::start_metrics(
+        args.metrics,
+        config.mount.metrics.as_deref(),
+        MountMetrics::register,
+    )?;
     let options = MountOptions {
         mountpoint,
         cache_dir,

@@ -2,14 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::commands::open_store;
 use crate::config::Config;
-use crate::metrics::{self, Health, Registry};
 use crate::publish::PublishOptions;
 use crate::sync::{self, SyncMetrics, SyncOptions};
 
@@ -62,18 +60,11 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
             .with_context(|| format!("invalid --prefix {prefix:?}"))?;
     }
     let store = open_store(args.store.as_deref(), config, "--store").await?;
-    let metrics_addr = match (args.metrics, &config.sync.metrics) {
-        (Some(addr), _) => Some(addr),
-        // Validated with the configuration.
-        (None, Some(addr)) => Some(addr.parse()?),
-        (None, None) => None,
-    };
-    let mut registry = Registry::default();
-    let sync_metrics = SyncMetrics::register(&mut registry);
-    let health = Health::default();
-    let server = metrics_addr
-        .map(|addr| metrics::serve(addr, Arc::new(registry), health.clone()))
-        .transpose()?;
+    let (sync_metrics, health, server) = super::start_metrics(
+        args.metrics,
+        config.sync.metrics.as_deref(),
+        SyncMetrics::register,
+    )?;
     let message = args
         .message
         .unwrap_or_else(|| format!("dagfs sync of {}", dir.display()));
