@@ -221,7 +221,7 @@ fn expected_entries(manifest: &Manifest) -> Vec<crate::format::Entry> {
 
 /// Whether the files in `dir` (marker aside) are exactly `manifest`'s, re-hashed from disk.
 fn matches(dir: &Path, manifest: &Manifest) -> Result<bool, CheckoutError> {
-    let mut on_disk = crate::verify::hash_tree(dir)?;
+    let mut on_disk = crate::scan::hash_tree(dir)?;
     on_disk.retain(|e| e.path != MARKER);
     Ok(tree_id(&on_disk) == tree_id(&expected_entries(manifest)))
 }

@@ -195,17 +195,6 @@ impl Default for FailoverConfig {
 }
 
 impl FailoverConfig {
-    /// The election's timing.
-    pub fn timing(&self) -> crate::election::Timing {
-        crate::election::Timing {
-            interval: self.interval,
-            fence_after: self.fence_after,
-            kill_grace: self.kill_grace,
-            safety_margin: self.safety_margin,
-            takeover_after: self.takeover_after,
-        }
-    }
-
     /// Checks the timing inequalities the protocol's safety rests on; the error is one line
     /// naming the keys and a fix.
     pub fn validate(&self) -> Result<(), String> {
@@ -360,15 +349,6 @@ impl Default for PublishConfig {
             concurrency: 16,
         }
     }
-}
-
-/// This user's dagfs cache directory: `$XDG_CACHE_HOME/dagfs`, else `~/.cache/dagfs`.
-pub fn user_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|base| base.join("dagfs"))
 }
 
 /// The `[mount]` section.

@@ -376,7 +376,7 @@ pub async fn run(
         return Err(FailoverError::NoCommand);
     }
     let config = &options.config;
-    let timing = config.timing();
+    let timing = crate::election::Timing::from(config);
     let me = Identity {
         id: options.id.clone(),
         host: crate::host::host_name(),

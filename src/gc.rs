@@ -30,21 +30,16 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-
 use crate::format::{object_key, Digest};
 use crate::generations::{self, GenerationError};
-use crate::mirror::store_now;
-use crate::objects::{ListedPack, Objects, TrashedPack};
+use crate::objects::{trash_key, trashed_pack_key, ListedPack, Objects, TrashedPack, TRASH_DIR};
 use crate::pack::{pack_key, PackBuilder, PackIndex, PACKS_DIR};
 use crate::store::{
-    list_if_exists, EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR,
+    list_if_exists, store_now, EntryKind, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR,
 };
 
 /// Directory of the pins publishers hold while they publish.
 pub const PINS_DIR: &str = ".dagfs-pins";
-/// Directory where gc runs move the objects they are about to delete.
-pub const TRASH_DIR: &str = ".dagfs-trash";
 /// A pin older than this (by the store's clock) belongs to a publisher that crashed: gc
 /// deletes it, and a publisher whose pin was deleted does not commit.
 pub const PIN_EXPIRY: Duration = Duration::from_secs(3600);
@@ -143,11 +138,6 @@ impl Pin {
     }
 }
 
-/// The trash key of `digest` in run directory `run`.
-fn trash_key(run: &str, digest: &Digest) -> String {
-    format!("{run}/{digest}")
-}
-
 /// The trash directories of gc runs (usually none).
 pub async fn trash_runs(store: &dyn Store) -> Result<Vec<String>, StoreError> {
     Ok(list_if_exists(store, TRASH_DIR)
@@ -222,30 +212,6 @@ pub async fn restore_pack_from_runs(
         }
     }
     Ok(false)
-}
-
-/// The trash key of pack `name` in run directory `run`.
-pub fn trashed_pack_key(run: &str, name: &Digest) -> String {
-    format!("{run}/pack-{name}")
-}
-
-/// Reads loose object `digest`: from `objects/`, or, while a gc run has it moved aside, from
-/// the trash (an object a running gc is about to put back is never unreadable). Packed
-/// objects are read through [`crate::objects::Objects`].
-pub async fn read_loose(store: &dyn Store, digest: &Digest) -> Result<Bytes, StoreError> {
-    let key = object_key(digest);
-    match store.read(&key).await {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        other => return other,
-    }
-    for run in list_if_exists(store, TRASH_DIR).await? {
-        match store.read(&trash_key(&run.key, digest)).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            other => return other,
-        }
-    }
-    // Put back between the two reads?
-    store.read(&key).await
 }
 
 /// A file moved aside: a loose object, or a pack (named by `digest`, with its index).

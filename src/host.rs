@@ -31,3 +31,12 @@ pub fn user_name() -> String {
 pub fn author() -> String {
     format!("{}@{}", user_name(), host_name())
 }
+
+/// This user's dagfs cache directory: `$XDG_CACHE_HOME/dagfs`, else `~/.cache/dagfs`.
+pub fn user_cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|base| base.join("dagfs"))
+}

@@ -14,7 +14,7 @@
 //!   paths it may have touched, so an update interrupted by a crash is finished by the next.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -360,7 +360,7 @@ async fn acquire(store: &dyn Store, owner: &Bytes) -> Result<bool, MirrorError> 
             Err(e) if e.kind() == ErrorKind::NotFound => continue, // released meanwhile
             Err(e) => return Err(e.into()),
         };
-        let age = store_now(store)
+        let age = crate::store::store_now(store)
             .await?
             .duration_since(held_since)
             .unwrap_or_default();
@@ -379,16 +379,6 @@ async fn acquire(store: &dyn Store, owner: &Bytes) -> Result<bool, MirrorError> 
         }
     }
     Ok(false)
-}
-
-/// The store's own idea of "now" (the NameNode's clock on HDFS), read from a file it just
-/// created: ages of store files are measured against it, never against this host's clock.
-pub async fn store_now(store: &dyn Store) -> Result<SystemTime, StoreError> {
-    let probe = format!("{STAGING_DIR}/clock-{}", uuid::Uuid::new_v4());
-    store.create_exclusive(&probe, Bytes::new()).await?;
-    let stat = store.stat(&probe).await;
-    store.delete(&probe, false).await?;
-    Ok(stat?.modified)
 }
 
 #[cfg(test)]
@@ -528,7 +518,7 @@ mod tests {
             .create_exclusive(LOCK_KEY, Bytes::from_static(b"crashed"))
             .await
             .unwrap();
-        let old = SystemTime::now() - STALE_LOCK_AFTER - Duration::from_secs(1);
+        let old = std::time::SystemTime::now() - STALE_LOCK_AFTER - Duration::from_secs(1);
         std::fs::File::options()
             .write(true)
             .open(store.root().join(LOCK_KEY))

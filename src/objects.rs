@@ -16,7 +16,6 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::format::{object_key, Digest};
-use crate::gc::TRASH_DIR;
 use crate::pack::{pack_key, Footer, PackIndex, Span, PACKS_DIR, TAIL_GUESS};
 use crate::store::{
     list_if_exists, EntryInfo, EntryKind, ErrorKind, Store, StoreError, StoreResult,
@@ -373,7 +372,7 @@ impl Objects {
     pub async fn read(&self, store: &dyn Store, digest: &Digest) -> StoreResult<Bytes> {
         let mut packed = self.locate(digest);
         if packed.is_none() {
-            match crate::gc::read_loose(store, digest).await {
+            match read_loose(store, digest).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     packed = self.relist(store).await?.get(digest).copied();
                 }
@@ -381,7 +380,7 @@ impl Objects {
             }
         }
         let Some(packed) = packed else {
-            return match crate::gc::read_loose(store, digest).await {
+            return match read_loose(store, digest).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     self.read_trashed_pack(store, digest).await?.ok_or(e)
                 }
@@ -400,7 +399,7 @@ impl Objects {
             other => other?,
         };
         if Digest::of(&bytes) != *digest {
-            if let Ok(loose) = crate::gc::read_loose(store, digest).await {
+            if let Ok(loose) = read_loose(store, digest).await {
                 if Digest::of(&loose) == *digest {
                     return Ok(loose);
                 }
@@ -444,7 +443,7 @@ async fn read_packed(store: &dyn Store, packed: Packed) -> StoreResult<Bytes> {
         other => return other,
     }
     for run in list_if_exists(store, TRASH_DIR).await? {
-        let trashed = crate::gc::trashed_pack_key(&run.key, &packed.pack);
+        let trashed = trashed_pack_key(&run.key, &packed.pack);
         match read_span(store, &trashed, packed.span).await {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             other => return other,
@@ -458,7 +457,7 @@ async fn read_packed(store: &dyn Store, packed: Packed) -> StoreResult<Bytes> {
 /// `$XDG_CACHE_HOME/dagfs/packs-<16 hex digits of the URL's blake3>`.
 pub fn index_dir(url: &str) -> Option<PathBuf> {
     let id = Digest::of(url.as_bytes()).to_string();
-    crate::config::user_cache_dir().map(|dir| dir.join(format!("packs-{}", &id[..16])))
+    crate::host::user_cache_dir().map(|dir| dir.join(format!("packs-{}", &id[..16])))
 }
 
 /// Reads `span` of `key`; fewer bytes than the span (a damaged or replaced file) is
@@ -521,6 +520,39 @@ async fn read_tail(
         }
     });
     Ok((tail, parsed))
+}
+
+/// Directory where gc runs move the objects they are about to delete (objects there are
+/// still readable: [`read_loose`], [`Objects::read`]).
+pub const TRASH_DIR: &str = ".dagfs-trash";
+
+/// The trash key of `digest` in run directory `run`.
+pub fn trash_key(run: &str, digest: &Digest) -> String {
+    format!("{run}/{digest}")
+}
+
+/// The trash key of pack `name` in run directory `run`.
+pub fn trashed_pack_key(run: &str, name: &Digest) -> String {
+    format!("{run}/pack-{name}")
+}
+
+/// Reads loose object `digest`: from `objects/`, or, while a gc run has it moved aside, from
+/// the trash (an object a running gc is about to put back is never unreadable). Packed
+/// objects are read through [`Objects`].
+pub async fn read_loose(store: &dyn Store, digest: &Digest) -> Result<Bytes, StoreError> {
+    let key = object_key(digest);
+    match store.read(&key).await {
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        other => return other,
+    }
+    for run in list_if_exists(store, TRASH_DIR).await? {
+        match store.read(&trash_key(&run.key, digest)).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            other => return other,
+        }
+    }
+    // Put back between the two reads?
+    store.read(&key).await
 }
 
 #[cfg(test)]

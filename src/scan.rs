@@ -409,7 +409,7 @@ pub struct HashedFile {
 }
 
 /// Hashes `paths` on all cores (rayon's pool); results in input order.
-pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<HashedFile>, ScanError> {
+fn hash_all(paths: Vec<&Path>) -> Result<Vec<HashedFile>, ScanError> {
     use rayon::prelude::*;
     paths
         .par_iter()
@@ -420,6 +420,37 @@ pub(crate) fn hash_all(paths: Vec<&Path>) -> Result<Vec<HashedFile>, ScanError> 
             })
         })
         .collect()
+}
+
+/// Every regular file under `root` as a manifest entry (sorted by path), its bytes read and
+/// hashed on all cores: what a mount or a checkout really holds.
+pub fn hash_tree(root: &Path) -> Result<Vec<Entry>, ScanError> {
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.map_err(|e| ScanError::Io {
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+        if entry.file_type().is_file() {
+            files.push(entry.into_path());
+        }
+    }
+    let hashed = hash_all(files.iter().map(PathBuf::as_path).collect())?;
+    let mut entries = Vec::with_capacity(files.len());
+    for (path, read) in files.iter().zip(hashed) {
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir yields paths under its root");
+        entries.push(Entry {
+            path: rel.to_string_lossy().into_owned(),
+            mode: read.mode,
+            size: read.stamp.size(),
+            mtime_ns: read.stamp.mtime_ns(),
+            blake3: read.digest,
+        });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
 }
 
 /// Reads a file once through one open descriptor: `fstat`, hash while counting the bytes,
@@ -554,7 +585,7 @@ impl HashCache {
     /// Where the cache for DAG folder `dir` lives: `$XDG_CACHE_HOME/dagfs` (or
     /// `~/.cache/dagfs`), one file per folder.
     pub fn default_location(dir: &Path) -> Option<PathBuf> {
-        let base = crate::config::user_cache_dir()?;
+        let base = crate::host::user_cache_dir()?;
         let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let id = Digest::of(canonical.as_os_str().as_encoded_bytes());
         Some(base.join(format!("hashes-{}.json", &id.to_string()[..16])))

@@ -5,7 +5,7 @@
 //! with [`VerifyError`] when it could not check at all (store unreachable, manifest corrupt).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -15,7 +15,7 @@ use crate::generations::{self, diff, Change, GenerationError};
 use crate::mirror::MIRROR_DIR;
 use crate::mount::state::{StateDir, StateError};
 use crate::objects::Objects;
-use crate::scan::{hash_all, scan_cached, ScanError, ScanOptions};
+use crate::scan::{scan_cached, ScanError, ScanOptions};
 use crate::store::{files_under, ErrorKind, Store, StoreError};
 
 /// Objects checked at once.
@@ -163,7 +163,8 @@ pub async fn verify_mount(
         None => return Err(VerifyError::Empty(store.url().to_string())),
     };
     let root = mountpoint.to_path_buf();
-    let mut served = match tokio::task::spawn_blocking(move || hash_tree(&root)).await {
+    let mut served = match tokio::task::spawn_blocking(move || crate::scan::hash_tree(&root)).await
+    {
         Ok(served) => served?,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
@@ -216,37 +217,6 @@ pub async fn verify_mount(
         findings,
         orphans: 0,
     })
-}
-
-/// Every regular file under `root` as a manifest entry (sorted by path), its bytes read and
-/// hashed on all cores: what a mount or a checkout really holds.
-pub(crate) fn hash_tree(root: &Path) -> Result<Vec<Entry>, ScanError> {
-    let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(root) {
-        let entry = entry.map_err(|e| ScanError::Io {
-            path: root.to_path_buf(),
-            source: e.into(),
-        })?;
-        if entry.file_type().is_file() {
-            files.push(entry.into_path());
-        }
-    }
-    let hashed = hash_all(files.iter().map(PathBuf::as_path).collect())?;
-    let mut entries = Vec::with_capacity(files.len());
-    for (path, read) in files.iter().zip(hashed) {
-        let rel = path
-            .strip_prefix(root)
-            .expect("walkdir yields paths under its root");
-        entries.push(Entry {
-            path: rel.to_string_lossy().into_owned(),
-            mode: read.mode,
-            size: read.stamp.size(),
-            mtime_ns: read.stamp.mtime_ns(),
-            blake3: read.digest,
-        });
-    }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(entries)
 }
 
 fn finding(kind: FindingKind, path: &str, detail: &str) -> Finding {

@@ -67,6 +67,18 @@ pub struct Timing {
     pub takeover_after: Duration,
 }
 
+impl From<&crate::config::FailoverConfig> for Timing {
+    fn from(config: &crate::config::FailoverConfig) -> Timing {
+        Timing {
+            interval: config.interval,
+            fence_after: config.fence_after,
+            kill_grace: config.kill_grace,
+            safety_margin: config.safety_margin,
+            takeover_after: config.takeover_after,
+        }
+    }
+}
+
 impl Timing {
     /// How often a standby looks at the register: twice per interval, so it notices a new
     /// beat at most half an interval late.

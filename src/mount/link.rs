@@ -173,7 +173,7 @@ impl LinkTree {
     /// Whether the files under `dir` are exactly `manifest`'s paths, lengths and bytes,
     /// re-hashed from disk.
     fn matches(&self, dir: &Path, manifest: &Manifest) -> bool {
-        let Ok(on_disk) = crate::verify::hash_tree(dir) else {
+        let Ok(on_disk) = crate::scan::hash_tree(dir) else {
             return false;
         };
         on_disk.len() == manifest.entries.len()

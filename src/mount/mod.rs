@@ -128,7 +128,7 @@ pub fn default_cache_dir(url: &str) -> PathBuf {
     let base = if rustix::process::getuid().is_root() {
         Some(PathBuf::from("/var/cache/dagfs"))
     } else {
-        crate::config::user_cache_dir()
+        crate::host::user_cache_dir()
     };
     base.unwrap_or_else(|| std::env::temp_dir().join("dagfs-cache"))
         .join(name)

@@ -168,3 +168,13 @@ pub async fn open(url: &str, hdfs: &HdfsOptions) -> StoreResult<Box<dyn Store>> 
         }
     }
 }
+
+/// The store's own idea of "now" (the NameNode's clock on HDFS), read from a file it just
+/// created: ages of store files are measured against it, never against this host's clock.
+pub async fn store_now(store: &dyn Store) -> Result<std::time::SystemTime, StoreError> {
+    let probe = format!("{STAGING_DIR}/clock-{}", uuid::Uuid::new_v4());
+    store.create_exclusive(&probe, bytes::Bytes::new()).await?;
+    let stat = store.stat(&probe).await;
+    store.delete(&probe, false).await?;
+    Ok(stat?.modified)
+}
