@@ -531,7 +531,7 @@ async fn sleep_until(clock: &Arc<Mutex<Clock>>, until: Clock) {
     .await
 }
 
-/// The controller of `dagfs failover` as `src/failover.rs` runs it, over the real election:
+/// The controller of `dagfs failover` as `src/ha/failover.rs` runs it, over the real election:
 /// standby steps every half interval and exactly at the takeover time; a leader starts the
 /// unit with its lease, renews every interval (a quarter after a failure), kills the unit
 /// at once when deposed, and lets the guard fence it when the lease runs out.

@@ -1,33 +1,47 @@
-//! The library's modules depend on each other without cycles: a module's `crate::other`
-//! paths (outside comments and its tests) are its dependencies, and no module reaches
-//! itself through them. The CLI, which uses everything, is left out.
+//! The library's architecture, as the tree shows it: `src/<layer>/<module>`, layers in the
+//! order sys, base, authoring, serving, ha, each module using only modules of its own layer
+//! or of layers before it, and no module reaching itself through others. A module's
+//! dependencies are the `crate::name` paths in its code (comments and tests left out); the
+//! CLI, which uses everything, is left out.
+
+/// The layers, bottom first.
+const LAYERS: [&str; 5] = ["sys", "base", "authoring", "serving", "ha"];
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Top-level module -> the top-level modules its code names.
-fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
+/// Module -> (its layer, the modules or layers its code names).
+fn dependencies() -> BTreeMap<String, (String, BTreeSet<String>)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut deps: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
     for entry in walkdir::WalkDir::new(&src) {
         let entry = entry.unwrap();
         if entry.path().extension().is_none_or(|e| e != "rs") {
             continue;
         }
         let rel = entry.path().strip_prefix(&src).unwrap();
-        let first = rel
+        let parts: Vec<String> = rel
             .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy();
-        let module = first.trim_end_matches(".rs").to_string();
-        if ["cli", "lib", "main"].contains(&module.as_str()) {
-            continue;
-        }
+            .map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            })
+            .collect();
+        let (layer, module) = match parts.as_slice() {
+            [layer, module, ..] if LAYERS.contains(&layer.as_str()) && module != "mod" => {
+                (layer.clone(), module.clone())
+            }
+            [layer, ..] if LAYERS.contains(&layer.as_str()) => continue, // the layer's mod.rs
+            [top, ..] if ["cli", "lib", "main", "testutil"].contains(&top.as_str()) => continue,
+            _ => panic!("{}: not in a layer ({LAYERS:?})", rel.display()),
+        };
         let text = std::fs::read_to_string(entry.path()).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap();
-        let named = deps.entry(module.clone()).or_default();
+        let (_, named) = deps
+            .entry(module.clone())
+            .or_insert_with(|| (layer, BTreeSet::new()));
         for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
             for (at, _) in line.match_indices("crate::") {
                 let rest = &line[at + "crate::".len()..];
@@ -45,12 +59,15 @@ fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 /// A path `from` -> ... -> `from`, if there is one.
-fn cycle_through(deps: &BTreeMap<String, BTreeSet<String>>, from: &str) -> Option<Vec<String>> {
+fn cycle_through(
+    deps: &BTreeMap<String, (String, BTreeSet<String>)>,
+    from: &str,
+) -> Option<Vec<String>> {
     let mut stack = vec![vec![from.to_string()]];
     let mut seen = BTreeSet::new();
     while let Some(path) = stack.pop() {
         let last = path.last().unwrap();
-        for next in deps.get(last).into_iter().flatten() {
+        for next in deps.get(last).into_iter().flat_map(|(_, named)| named) {
             if next == from {
                 let mut cycle = path.clone();
                 cycle.push(from.to_string());
@@ -64,6 +81,34 @@ fn cycle_through(deps: &BTreeMap<String, BTreeSet<String>>, from: &str) -> Optio
         }
     }
     None
+}
+
+#[test]
+fn every_module_uses_only_its_layer_and_those_before_it() {
+    let deps = dependencies();
+    let rank = |layer: &str| LAYERS.iter().position(|l| *l == layer);
+    let mut problems = Vec::new();
+    for (module, (layer, named)) in &deps {
+        for name in named {
+            // `crate::store` (a module, re-exported at the root) or `crate::base` (a layer).
+            let used = deps
+                .get(name)
+                .map(|(l, _)| l.as_str())
+                .or(rank(name).map(|_| name.as_str()));
+            let Some(used) = used else {
+                problems.push(format!(
+                    "{module} names crate::{name}, which is no module of a layer"
+                ));
+                continue;
+            };
+            if rank(used) > rank(layer) {
+                problems.push(format!(
+                    "{layer}::{module} uses {used}::{name}, a layer above it"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]

@@ -978,7 +978,7 @@ mod tests {
     /// mentions every key the configuration has.
     #[test]
     fn example_file_documents_every_key() {
-        let example = include_str!("../packaging/dagfs.toml.example");
+        let example = include_str!("../../packaging/dagfs.toml.example");
         let uncommented: String = example
             .lines()
             .map(|line| match line.strip_prefix("# ") {
