@@ -75,6 +75,8 @@ impl Env {
                 format!("http://127.0.0.1:{port}/execution/"),
             ),
             ("PYTHONPYCACHEPREFIX", s(&tmp.join("pycache"))),
+            // Bytecode written as in production (empty: Python's "not set").
+            ("PYTHONDONTWRITEBYTECODE", String::new()),
             ("DAGFS_WITNESS_DIR", s(&tmp.join("witness"))),
             ("DAGFS_RUNTIME_DIR", s(&tmp.join("run"))),
             ("DAGFS_STORE_HADOOP_CONF_DIR", s(cluster.conf_dir())),

@@ -21,6 +21,7 @@ fn airflow_json(bin: &Path, home: &Path, vars: &[(&str, String)], args: &[&str])
         .env("AIRFLOW_HOME", home)
         .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
         .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
+        .env_remove("PYTHONDONTWRITEBYTECODE")
         .envs(vars.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();

@@ -56,7 +56,8 @@ impl Candidate {
             .env("AIRFLOW__CORE__HOSTNAME_CALLABLE", "dagfs_host.name")
             .env("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", db.url())
             .env("PYTHONPATH", python)
-            .env("PYTHONPYCACHEPREFIX", self.home.join("pycache"));
+            .env("PYTHONPYCACHEPREFIX", self.home.join("pycache"))
+            .env_remove("PYTHONDONTWRITEBYTECODE");
         set_candidate(command, &self.name);
     }
 

@@ -36,8 +36,10 @@ fn airflow(bin: &Path, home: &Path, dags: &Path) -> Command {
         .env("AIRFLOW_HOME", home)
         .env("AIRFLOW__CORE__DAGS_FOLDER", dags)
         .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        // A read-only mount cannot hold __pycache__: what operators set (OPERATIONS.md).
-        .env("PYTHONPYCACHEPREFIX", home.join("pycache"));
+        // A read-only mount cannot hold __pycache__: what operators set (OPERATIONS.md), and
+        // bytecode written as in production (a developer's shell may say otherwise).
+        .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
+        .env_remove("PYTHONDONTWRITEBYTECODE");
     command
 }
 
@@ -138,5 +140,35 @@ fn airflow_parses_the_mount_like_a_local_copy() {
     assert_eq!(local_errors.len(), 2, "{local_errors:?}");
     assert_eq!(mount_ids, local_ids);
     assert_eq!(mount_errors, local_errors);
+
+    // A DAG file rewritten with the same size and mtime (two saves in one second, a build
+    // pinning mtimes): Airflow, with the bytecode cache operators set, must parse the new one.
+    let probe = dags.join("probe.py");
+    let pinned = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+    for (generation, dag_id) in [(2, "probe_a"), (3, "probe_b")] {
+        std::fs::write(
+            &probe,
+            format!(
+                "import pendulum\nfrom airflow import DAG\n\nwith DAG({dag_id:?}, \
+                 start_date=pendulum.datetime(2026, 1, 1), schedule=None):\n    pass\n"
+            ),
+        )
+        .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&probe)
+            .unwrap()
+            .set_modified(pinned)
+            .unwrap();
+        push(cluster, &runtime, &dags, &url);
+        mount.serving(generation);
+        let (ids, _) = parsed(&bin, &home, &mnt);
+        let probes: Vec<&String> = ids.iter().filter(|id| id.starts_with("probe_")).collect();
+        assert_eq!(
+            probes,
+            [dag_id],
+            "generation {generation}: Airflow parsed another version of probe.py"
+        );
+    }
     mount.stop();
 }

@@ -90,6 +90,7 @@ impl Shared {
             )
             .env("PYTHONPATH", &self.python)
             .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
+            .env_remove("PYTHONDONTWRITEBYTECODE")
             .env("DAGFS_WITNESS_DIR", &self.witness);
         set_candidate(command, name);
     }
