@@ -17,7 +17,7 @@ use serde_json::Value;
 use support::airflow::{repo, venv_bin};
 use support::minidfs::{superuser, MiniDfs, MiniDfsOptions};
 use support::mount::{push, Mount};
-use support::{free_port, outage};
+use support::{free_port, outage, run_stdout};
 
 /// Everything Airflow and the bundle need, as environment variables.
 #[derive(Clone)]
@@ -110,27 +110,11 @@ impl Env {
 
     /// Runs `python -c script` in the venv; its standard output.
     fn python(&self, script: &str) -> String {
-        let out = self
-            .command("python")
-            .args(["-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run_stdout(self.command("python").args(["-c", script]))
     }
 
     fn airflow(&self, args: &[&str]) -> String {
-        let out = self.command("airflow").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "airflow {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run_stdout(self.command("airflow").args(args))
     }
 
     /// `airflow ... -o json`: the JSON line of its output.

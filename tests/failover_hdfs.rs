@@ -22,6 +22,7 @@ use dagfs::runtime::now_ms;
 
 use support::database::{Kind, Server};
 use support::minidfs::{superuser, MiniDfs};
+use support::run;
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
@@ -96,18 +97,11 @@ flock -n -E 99 "$(dirname "$0")/alive.lock" sh -c '
     }
 
     fn push(&self, dags: &Path) {
-        let out = Command::new(env!("CARGO_BIN_EXE_dagfs"))
+        run(Command::new(env!("CARGO_BIN_EXE_dagfs"))
             .args(["push", "--no-mirror", "--to", &self.url])
             .arg(dags)
             .env_remove("DAGFS_CONFIG")
-            .env("DAGFS_STORE_USER", superuser())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .env("DAGFS_STORE_USER", superuser()));
     }
 
     fn witness_path(&self) -> PathBuf {
@@ -480,15 +474,8 @@ impl Drop for Partition {
 }
 
 fn nft(args: &[&str]) {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .expect("nft (nftables, installed by scripts/install-deps) must be available; the partition tests run as root");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // nftables comes from scripts/install-deps; the partition tests run as root.
+    run(Command::new("nft").args(args));
 }
 
 /// A small deterministic generator for the trials (seeded, printed, reproducible).

@@ -11,6 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dagfs::store::{HdfsOptions, Overwrite};
 
+use support::run_stdout;
+
 fn script(state: &Path, args: &[&str]) -> String {
     let output = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/minidfs"))
@@ -135,14 +137,7 @@ fn dagfs_with_exports(started: &str, scratch: &Path, args: &[&str]) -> String {
             .unwrap_or_else(|| panic!("not KEY=VALUE: {export:?} in:\n{started}"));
         command.env(key, value);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "dagfs {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    run_stdout(&mut command)
 }
 
 #[test]

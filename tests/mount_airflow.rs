@@ -11,6 +11,7 @@ use serde_json::Value;
 use support::airflow::{make_dags, venv_bin};
 use support::minidfs::MiniDfs;
 use support::mount::{push, Folders, Mount};
+use support::run;
 
 /// `airflow ARGS` with `dags_folder` set, returning parsed JSON stdout.
 fn airflow_json(bin: &Path, home: &Path, dags: &Path, args: &[&str]) -> Value {
@@ -124,15 +125,7 @@ fn airflow_parses_the_mount_like_a_local_copy() {
     let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
     mount.serving(1);
 
-    let migrated = airflow(&bin, &home, &dags)
-        .args(["db", "migrate"])
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "airflow db migrate: {}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    run(airflow(&bin, &home, &dags).args(["db", "migrate"]));
 
     let (local_ids, local_errors) = parsed(&bin, &home, &dags);
     let (mount_ids, mount_errors) = parsed(&bin, &home, &mnt);

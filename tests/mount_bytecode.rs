@@ -16,6 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use support::run;
 use support::served::Bed;
 
 /// Writes `dags/m.py` as `X = value` with mtime `mtime` (the content's size never changes).
@@ -35,35 +36,20 @@ fn verify_mount(bed: &Bed, mode: &str) {
     if mode != "fuse" {
         return;
     }
-    let out = bed
+    run(bed
         .dagfs(&["verify", "--mount"])
         .arg(bed.served())
-        .args(["--store", &bed.store])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "verify --mount: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--store", &bed.store]));
 }
 
 /// What `import m` gives in a fresh `python3` with the bytecode cache under `root/pycache`.
 fn imported(bed: &Bed, folder: &Path) -> String {
-    let out = Command::new("python3")
+    let out = run(Command::new("python3")
         .arg("-c")
         .arg("import sys; sys.path.insert(0, sys.argv[1]); import m; print(m.X)")
         .arg(folder)
         .env("PYTHONPYCACHEPREFIX", bed.root.join("pycache"))
-        .env_remove("PYTHONDONTWRITEBYTECODE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env_remove("PYTHONDONTWRITEBYTECODE"));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 

@@ -26,7 +26,7 @@ use support::airflow::{airflow_processes_of, hostname_module, set_candidate, ven
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
-use support::{free_port, outage, wait_for};
+use support::{free_port, outage, run, wait_for};
 
 /// Airflow's processes of both tests on 2 cores would starve each other: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -316,12 +316,7 @@ impl Bed {
         let mut migrate = Command::new(shared.bin.join("airflow"));
         migrate.args(["db", "migrate"]);
         shared.airflow_env(&mut migrate, &tmp.path().join("home-api"), &dags, "api");
-        let out = migrate.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(&mut migrate);
         let api = ApiServer::start(&shared);
         let bed = Bed {
             pusher: tmp.path().join("pusher"),

@@ -12,6 +12,7 @@ use dagfs::store::{Overwrite, Store};
 
 use support::minidfs::MiniDfs;
 use support::mount::{dagfs, push, Mount};
+use support::run;
 
 fn verify(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> (i32, String) {
     let out: Output = dagfs(cluster, runtime, &["verify"])
@@ -51,16 +52,9 @@ fn finds_every_kind_of_drift_by_hash() {
         std::fs::create_dir_all(dags.join(path).parent().unwrap()).unwrap();
         std::fs::write(dags.join(path), text).unwrap();
     }
-    let out = dagfs(cluster, &runtime, &["push", "-q", "--mirror"])
+    run(dagfs(cluster, &runtime, &["push", "-q", "--mirror"])
         .arg(&dags)
-        .args(["--to", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--to", &url]));
     let local = dags.to_str().unwrap();
 
     let (code, text) = verify(

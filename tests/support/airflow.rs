@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::run;
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,15 +18,7 @@ pub fn venv_bin() -> PathBuf {
 /// The bin directory of the venv of another pinned Airflow
 /// (`tests/airflow/requirements-VARIANT.txt`), or the default one.
 pub fn venv_bin_of(variant: Option<&str>) -> PathBuf {
-    let out = Command::new(repo().join("scripts/airflow-venv"))
-        .args(variant)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/airflow-venv: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(Command::new(repo().join("scripts/airflow-venv")).args(variant));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin")
 }
 

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::postgres::psql_command;
+use super::run;
+
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -29,19 +32,6 @@ pub struct Server {
     dir: tempfile::TempDir,
     child: Child,
     stdin: Option<ChildStdin>,
-}
-
-fn run(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The directory of Debian's PostgreSQL binaries (the newest installed version).
@@ -195,18 +185,15 @@ impl Server {
     fn try_admin(&self, database: &str, sql: &str) -> Result<String, String> {
         let mut command = match self.kind {
             Kind::Postgres => {
-                let mut c = Command::new("runuser");
-                c.args([
-                    "-u",
-                    "postgres",
-                    "--",
-                    "psql",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-tA",
-                ])
-                .args(["-h", self.dir.path().to_str().unwrap()])
-                .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]);
+                let mut c = psql_command();
+                c.args(["-h", self.dir.path().to_str().unwrap()]).args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-d",
+                    database,
+                    "-c",
+                    sql,
+                ]);
                 c
             }
             Kind::MariaDb => {

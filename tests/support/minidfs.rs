@@ -100,20 +100,15 @@ impl Kerberos {
 
     /// `kinit -k -t KEYTAB [-l LIFETIME] PRINCIPAL` into `ccache`, as a person would.
     pub fn kinit(&self, ccache: &Path, lifetime: Option<&str>) {
-        let out = Command::new("kinit")
-            .args(lifetime.map(|l| ["-l", l]).into_iter().flatten())
-            .arg("-k")
-            .arg("-t")
-            .arg(&self.keytab)
-            .arg(&self.principal)
-            .env("KRB5_CONFIG", &self.krb5_conf)
-            .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
-            .output()
-            .expect("run kinit (scripts/install-deps installs krb5-user)");
-        assert!(
-            out.status.success(),
-            "kinit: {}",
-            String::from_utf8_lossy(&out.stderr)
+        super::run(
+            Command::new("kinit")
+                .args(lifetime.map(|l| ["-l", l]).into_iter().flatten())
+                .arg("-k")
+                .arg("-t")
+                .arg(&self.keytab)
+                .arg(&self.principal)
+                .env("KRB5_CONFIG", &self.krb5_conf)
+                .env("KRB5CCNAME", format!("FILE:{}", ccache.display())),
         );
     }
 

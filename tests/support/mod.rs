@@ -131,9 +131,11 @@ pub fn outage(default_secs: u64) -> std::time::Duration {
     std::time::Duration::from_secs(secs)
 }
 
-/// Runs `command`; fails the test with its output unless it succeeds.
+/// Runs `command`; fails the test with its output unless it starts and succeeds.
 pub fn run(command: &mut std::process::Command) -> std::process::Output {
-    let out = command.output().unwrap();
+    let out = command.output().unwrap_or_else(|e| {
+        panic!("cannot start {command:?}: {e} (scripts/install-deps installs the test tools)")
+    });
     assert!(
         out.status.success(),
         "{command:?}: {}{}",
@@ -141,4 +143,9 @@ pub fn run(command: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs `command` as [`run`] does; its standard output as text.
+pub fn run_stdout(command: &mut std::process::Command) -> String {
+    String::from_utf8_lossy(&run(command).stdout).into_owned()
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use dagfs::mount::state::{MountState, StateDir};
 
 use super::minidfs::{superuser, MiniDfs};
+use super::run;
 
 /// `dagfs ARGS` against `cluster`, with state files in `runtime`.
 pub fn dagfs(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> Command {
@@ -31,16 +32,9 @@ pub fn dagfs(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> Command {
 }
 
 pub fn push(cluster: &MiniDfs, runtime: &Path, dir: &Path, url: &str) {
-    let out = dagfs(cluster, runtime, &["push", "-q", "--no-mirror"])
+    run(dagfs(cluster, runtime, &["push", "-q", "--no-mirror"])
         .arg(dir)
-        .args(["--to", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--to", url]));
 }
 
 /// A running `dagfs mount`, killed and unmounted on drop.

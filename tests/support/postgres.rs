@@ -3,23 +3,28 @@
 
 use std::process::Command;
 
-use super::run;
+use super::{run, run_stdout};
 
-/// `psql` as the postgres superuser.
-pub fn psql(database: &str, sql: &str) -> String {
-    let out = run(Command::new("runuser").args([
+/// `psql` as the postgres superuser, stopping at the first error, printing bare values.
+pub fn psql_command() -> Command {
+    let mut command = Command::new("runuser");
+    command.args([
         "-u",
         "postgres",
         "--",
         "psql",
         "-v",
         "ON_ERROR_STOP=1",
-        "-tAd",
-        database,
-        "-c",
-        sql,
-    ]));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+        "-tA",
+    ]);
+    command
+}
+
+/// Runs `sql` in `database` on the local cluster as the postgres superuser; its output.
+pub fn psql(database: &str, sql: &str) -> String {
+    run_stdout(psql_command().args(["-d", database, "-c", sql]))
+        .trim()
+        .to_string()
 }
 
 /// A database of its own on the local PostgreSQL cluster (started if it is not running),

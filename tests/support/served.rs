@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use dagfs::mount::state::{MountState, StateDir};
 
 use super::minidfs::MiniDfs;
+use super::run;
 
 /// One test's folders: `root/dags` (pushed), `root/served` (the mountpoint or link
 /// directory), `root/served-cache`, `root/run` (runtime directory and logs).
@@ -71,17 +72,10 @@ impl Bed {
     }
 
     pub fn push(&self) {
-        let out = self
+        run(self
             .dagfs(&["push", "-q", "--no-mirror"])
             .arg(self.dags())
-            .args(["--to", &self.store])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(["--to", &self.store]));
     }
 
     /// Starts `dagfs mount --mode MODE` (`fuse` or `link`) with `extra` flags.
