@@ -283,22 +283,14 @@ impl Host {
     fn set_mount(&self, generation: Option<u64>, head: Option<u64>) {
         let states = StateDir::at(&self.runtime);
         states
-            .write(&MountState {
-                pid: std::process::id(),
-                mountpoint: self.mountpoint.clone(),
-                store: "test".into(),
-                generation,
-                tree_id: None,
-                manifest_id: None,
-                head,
-                pinned: None,
-                online: true,
-                last_poll_ok_ms: Some(now_ms()),
-                last_error: None,
-                poll_interval_ms: 1000,
-                started_ms: now_ms(),
-                updated_ms: now_ms(),
-                views: Vec::new(),
+            .write(&{
+                let poll = Duration::from_secs(1);
+                let mut state = MountState::started(self.mountpoint.clone(), "test".into(), poll);
+                state.generation = generation;
+                state.head = head;
+                state.poll_succeeded();
+                state.updated_ms = now_ms();
+                state
             })
             .unwrap();
         std::fs::set_permissions(
@@ -446,8 +438,11 @@ impl Partition {
         Partition { table }
     }
 
-    fn cut(&self, uid: u32) {
-        nft(&[
+    /// Drops what `uid` sends: everything, or only what goes to TCP `port`.
+    fn cut(&self, uid: u32, port: Option<u16>) {
+        let uid = uid.to_string();
+        let port = port.map(|p| p.to_string());
+        let mut rule = vec![
             "add",
             "rule",
             "inet",
@@ -455,9 +450,13 @@ impl Partition {
             "out",
             "meta",
             "skuid",
-            &uid.to_string(),
-            "drop",
-        ]);
+            &uid,
+        ];
+        if let Some(port) = &port {
+            rule.extend(["tcp", "dport", port]);
+        }
+        rule.push("drop");
+        nft(&rule);
     }
 
     fn heal(&self) {
@@ -578,53 +577,7 @@ fn a_leader_cut_off_from_hdfs_or_paused_fences_itself_before_a_standby_starts() 
     hosts[0].start(&world, &[]);
     world.wait_start("a", 1, Duration::from_secs(60));
     hosts[1].start(&world, &[]);
-    let seed = now_secs() as u64;
-    eprintln!("partition trials, seed {seed}");
-    let mut random = Lcg(seed);
-    let uids = [uid_a, uid_b];
-    let trials = 20;
-    for trial in 0..trials {
-        let leader = hosts
-            .iter()
-            .position(|h| h.role() == Some(Role::Running))
-            .unwrap_or_else(|| panic!("no leader before trial {trial}"));
-        // Cut at a random point of the heartbeat cycle, for a random time around the
-        // takeover timeout; every fourth trial pauses the controller instead.
-        std::thread::sleep(Duration::from_millis(random.below(1000)));
-        let outage = Duration::from_millis(1_000 + random.below(6_000));
-        let pause = trial % 4 == 3;
-        if pause {
-            hosts[leader].signal("STOP");
-        } else {
-            partition.cut(uids[leader]);
-        }
-        std::thread::sleep(outage);
-        if pause {
-            hosts[leader].signal("CONT");
-        } else {
-            partition.heal();
-        }
-        let healed_ms = now_ms();
-        world.assert_no_overlap();
-        // Someone leads again (the old leader after a short outage, or the standby), as
-        // its state written after the outage says.
-        world.wait_for("a leader after the outage", Duration::from_secs(30), || {
-            hosts.iter().any(|h| {
-                h.state()
-                    .is_some_and(|s| s.role == Role::Running && s.updated_ms > healed_ms)
-            })
-        });
-        let now_leading = hosts
-            .iter()
-            .find(|h| h.role() == Some(Role::Running))
-            .map_or("?", |h| &h.name);
-        eprintln!(
-            "trial {trial}: {} {} for {:.1} s, leader now {now_leading}",
-            if pause { "paused" } else { "cut off" },
-            hosts[leader].name,
-            outage.as_secs_f64(),
-        );
-    }
+    outage_trials(&world, &hosts, &partition, None, "DAGFS_PARTITION", 20);
     world.assert_no_overlap();
     let moved = world
         .starts()
@@ -848,47 +801,65 @@ const DEFAULT_TIMING: [(&str, &str); 5] = [
 #[ignore = "benchmark (about 6 minutes): run with --ignored --nocapture"]
 fn bench_takeover_time_and_idle_rpc_rate() {
     let _serial = serial();
-    for (label, timing, rounds, window) in [
-        ("1s", &[][..], 3, Duration::from_secs(20)),
-        ("10s", &DEFAULT_TIMING[..], 2, Duration::from_secs(60)),
-    ] {
+    for (label, timing, rounds, window) in BENCH_TIMINGS {
         let world = World::new("bench");
         let rpcs = NameNodeRpcs::find(world.cluster);
-        let baseline = rpcs.rate(window);
-        let mut hosts = [world.host("a", None, timing), world.host("b", None, timing)];
-        hosts[0].start(&world, &[]);
-        world.wait_start("a", 1, Duration::from_secs(120));
-        let leader_rate = rpcs.rate(window) - baseline;
-        hosts[1].start(&world, &[]);
-        world.wait_for("b to follow", Duration::from_secs(60), || {
-            hosts[1].state().and_then(|s| s.leader).is_some()
-        });
-        let standby_rate = rpcs.rate(window) - baseline - leader_rate;
-        eprintln!(
-            "interval {label}: NameNode RPC/s: baseline {baseline:.2}, leader +{leader_rate:.2}, standby +{standby_rate:.2}"
-        );
-        let mut leader = 0;
-        for round in 0..rounds {
-            let standby = 1 - leader;
-            let name = hosts[standby].name.clone();
-            let before = world.starts().iter().filter(|(h, _)| *h == name).count();
-            let killed = now_secs();
-            hosts[leader].kill9();
-            let started = world.wait_start(&name, before + 1, Duration::from_secs(180));
-            eprintln!(
-                "interval {label}: takeover {round}: {:.2} s after kill -9",
-                started - killed
-            );
-            hosts[leader].start(&world, &[]);
-            world.wait_for(
-                "the restarted host to follow",
-                Duration::from_secs(60),
-                || hosts[leader].state().and_then(|s| s.leader).is_some(),
-            );
-            leader = standby;
-        }
-        world.assert_no_overlap();
+        let rate = |window| rpcs.rate(window);
+        let label = format!("NameNode (RPCs), interval {label}");
+        bench_takeover(&world, &label, timing, rounds, window, &rate);
     }
+}
+
+/// The timings the benchmarks run at: label, settings, kill -9 rounds, rate window.
+const BENCH_TIMINGS: [(&str, &[(&str, &str)], usize, Duration); 2] = [
+    ("1s", &[], 3, Duration::from_secs(20)),
+    ("10s", &DEFAULT_TIMING, 2, Duration::from_secs(60)),
+];
+
+/// One benchmark round on `world` with `env`: the load (`rate` over a window, per second)
+/// an idle leader and an idle standby add, then `rounds` takeovers after kill -9, timed.
+fn bench_takeover(
+    world: &World,
+    label: &str,
+    env: &[(&str, &str)],
+    rounds: usize,
+    window: Duration,
+    rate: &dyn Fn(Duration) -> f64,
+) {
+    let baseline = rate(window);
+    let mut hosts = [world.host("a", None, env), world.host("b", None, env)];
+    hosts[0].start(world, &[]);
+    world.wait_start("a", 1, Duration::from_secs(120));
+    let leader_rate = rate(window) - baseline;
+    hosts[1].start(world, &[]);
+    world.wait_for("b to follow", Duration::from_secs(60), || {
+        hosts[1].state().and_then(|s| s.leader).is_some()
+    });
+    let standby_rate = rate(window) - baseline - leader_rate;
+    eprintln!(
+        "{label}: per second: baseline {baseline:.2}, leader +{leader_rate:.2}, standby +{standby_rate:.2}"
+    );
+    let mut leader = 0;
+    for round in 0..rounds {
+        let standby = 1 - leader;
+        let name = hosts[standby].name.clone();
+        let before = world.starts().iter().filter(|(h, _)| *h == name).count();
+        let killed = now_secs();
+        hosts[leader].kill9();
+        let started = world.wait_start(&name, before + 1, Duration::from_secs(180));
+        eprintln!(
+            "{label}: takeover {round}: {:.2} s after kill -9",
+            started - killed
+        );
+        hosts[leader].start(world, &[]);
+        world.wait_for(
+            "the restarted host to follow",
+            Duration::from_secs(60),
+            || hosts[leader].state().and_then(|s| s.leader).is_some(),
+        );
+        leader = standby;
+    }
+    world.assert_no_overlap();
 }
 
 /// Bug 1 of the failover-safety issue, the operator's way: `failover/beats` emptied while a
@@ -1098,10 +1069,7 @@ fn statement_rate(server: &Server, window: Duration) -> f64 {
 #[ignore = "benchmark (about 5 minutes): run with --ignored --nocapture"]
 fn bench_database_coordinator_takeover_time_and_idle_query_rate() {
     let _serial = serial();
-    for (label, timing, rounds, window) in [
-        ("1s", &[][..], 3, Duration::from_secs(20)),
-        ("10s", &DEFAULT_TIMING[..], 2, Duration::from_secs(60)),
-    ] {
+    for (label, timing, rounds, window) in BENCH_TIMINGS {
         let world = World::new("bench-db");
         let server = Server::start(Kind::Postgres);
         let url = server.sqlalchemy_url();
@@ -1110,40 +1078,9 @@ fn bench_database_coordinator_takeover_time_and_idle_query_rate() {
             ("DAGFS_DATABASE_URL", url.as_str()),
         ];
         env.extend_from_slice(timing);
-        let baseline = statement_rate(&server, window);
-        let mut hosts = [world.host("a", None, &env), world.host("b", None, &env)];
-        hosts[0].start(&world, &[]);
-        world.wait_start("a", 1, Duration::from_secs(120));
-        let leader_rate = statement_rate(&server, window) - baseline;
-        hosts[1].start(&world, &[]);
-        world.wait_for("b to follow", Duration::from_secs(60), || {
-            hosts[1].state().and_then(|s| s.leader).is_some()
-        });
-        let standby_rate = statement_rate(&server, window) - baseline - leader_rate;
-        eprintln!(
-            "database, interval {label}: statements/s: baseline {baseline:.2}, leader +{leader_rate:.2}, standby +{standby_rate:.2}"
-        );
-        let mut leader = 0;
-        for round in 0..rounds {
-            let standby = 1 - leader;
-            let name = hosts[standby].name.clone();
-            let before = world.starts().iter().filter(|(h, _)| *h == name).count();
-            let killed = now_secs();
-            hosts[leader].kill9();
-            let started = world.wait_start(&name, before + 1, Duration::from_secs(180));
-            eprintln!(
-                "database, interval {label}: takeover {round}: {:.2} s after kill -9",
-                started - killed
-            );
-            hosts[leader].start(&world, &[]);
-            world.wait_for(
-                "the restarted host to follow",
-                Duration::from_secs(60),
-                || hosts[leader].state().and_then(|s| s.leader).is_some(),
-            );
-            leader = standby;
-        }
-        world.assert_no_overlap();
+        let rate = |window| statement_rate(&server, window);
+        let label = format!("database (statements), interval {label}");
+        bench_takeover(&world, &label, &env, rounds, window, &rate);
     }
 }
 
@@ -1184,15 +1121,30 @@ fn database_coordinator_trials(kind: Kind, uids: [u32; 2]) {
             .and_then(|s| s.leader)
             .is_some_and(|l| l.id == "b")
     });
-    let trials: u64 = std::env::var("DAGFS_DB_TRIALS")
-        .ok()
-        .map_or(4, |v| v.parse().expect("DAGFS_DB_TRIALS is a number"));
-    let seed = std::env::var("DAGFS_DB_SEED")
-        .ok()
-        .map_or(now_secs() as u64, |v| {
-            v.parse().expect("DAGFS_DB_SEED is a number")
-        });
-    eprintln!("{kind:?}: {trials} partition trials, seed {seed} (DAGFS_DB_SEED replays)");
+    outage_trials(&world, &hosts, &partition, Some(server.port), "DAGFS_DB", 4);
+}
+
+/// Randomized trials against the leader of `hosts`, `{env}_TRIALS` of them (else
+/// `default_trials`), seeded by `{env}_SEED` (else the clock; printed, so a failure replays):
+/// at a random point of the heartbeat cycle the leader's uid is cut off (from everything, or
+/// from `port` alone) for 1 to 7 s, or, every fourth trial, its controller is paused
+/// (SIGSTOP) instead. Never two units alive, and a leader again after each trial.
+fn outage_trials(
+    world: &World,
+    hosts: &[Host; 2],
+    partition: &Partition,
+    port: Option<u16>,
+    env: &str,
+    default_trials: u64,
+) {
+    let number = |name: String, default: u64| {
+        std::env::var(&name).ok().map_or(default, |v| {
+            v.parse().unwrap_or_else(|_| panic!("{name} is a number"))
+        })
+    };
+    let trials = number(format!("{env}_TRIALS"), default_trials);
+    let seed = number(format!("{env}_SEED"), now_secs() as u64);
+    eprintln!("{trials} outage trials, seed {seed} ({env}_SEED={seed} replays)");
     let mut random = Lcg(seed);
     for trial in 0..trials {
         let leader = hosts
@@ -1205,20 +1157,10 @@ fn database_coordinator_trials(kind: Kind, uids: [u32; 2]) {
         if pause {
             hosts[leader].signal("STOP");
         } else {
-            nft(&[
-                "add",
-                "rule",
-                "inet",
-                &partition.table,
-                "out",
-                "meta",
-                "skuid",
-                &uids[leader].to_string(),
-                "tcp",
-                "dport",
-                &server.port.to_string(),
-                "drop",
-            ]);
+            partition.cut(
+                hosts[leader].uid.expect("trial hosts run as their own uid"),
+                port,
+            );
         }
         std::thread::sleep(outage);
         if pause {
@@ -1228,6 +1170,8 @@ fn database_coordinator_trials(kind: Kind, uids: [u32; 2]) {
         }
         let healed_ms = now_ms();
         world.assert_no_overlap();
+        // Someone leads again (the old leader after a short outage, or the standby), as
+        // its state written after the outage says.
         world.wait_for("a leader after the outage", Duration::from_secs(30), || {
             hosts.iter().any(|h| {
                 h.state()
@@ -1239,12 +1183,8 @@ fn database_coordinator_trials(kind: Kind, uids: [u32; 2]) {
             .find(|h| h.role() == Some(Role::Running))
             .map_or("?", |h| &h.name);
         eprintln!(
-            "{kind:?} trial {trial}: {} {} for {:.1} s, leader now {now_leading}",
-            if pause {
-                "paused"
-            } else {
-                "cut off the database"
-            },
+            "trial {trial}: {} {} for {:.1} s, leader now {now_leading}",
+            if pause { "paused" } else { "cut off" },
             hosts[leader].name,
             outage.as_secs_f64(),
         );

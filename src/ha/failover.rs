@@ -1073,23 +1073,14 @@ mod tests {
     use crate::store::LocalStore;
 
     fn mount_state(mountpoint: &Path, generation: Option<u64>, head: Option<u64>) -> MountState {
-        MountState {
-            pid: std::process::id(),
-            mountpoint: mountpoint.to_path_buf(),
-            store: "file:///x".into(),
-            generation,
-            tree_id: generation.map(|g| format!("{g:064}")),
-            manifest_id: None,
-            head,
-            pinned: None,
-            online: true,
-            last_poll_ok_ms: Some(now_ms()),
-            last_error: None,
-            poll_interval_ms: 1000,
-            started_ms: now_ms(),
-            updated_ms: now_ms(),
-            views: Vec::new(),
-        }
+        let store = "file:///x".to_string();
+        let mut state = MountState::started(mountpoint.into(), store, Duration::from_secs(1));
+        state.generation = generation;
+        state.tree_id = generation.map(|g| format!("{g:064}"));
+        state.head = head;
+        state.poll_succeeded();
+        state.updated_ms = now_ms();
+        state
     }
 
     #[tokio::test]

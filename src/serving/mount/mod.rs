@@ -464,24 +464,20 @@ pub async fn run(
         Some((manifest, unservable)) => (Some(manifest), unservable),
         None => (None, Vec::new()),
     };
+    let mut state = MountState::started(
+        mountpoint.clone(),
+        store.url().to_string(),
+        options.config.poll,
+    );
+    state.set_served(manifest.as_ref());
+    state.head = head;
+    state.pinned = options.pin;
+    match error {
+        None => state.poll_succeeded(),
+        Some(error) => state.poll_failed(error),
+    }
     let first = Served {
-        state: MountState {
-            pid: std::process::id(),
-            mountpoint: mountpoint.clone(),
-            store: store.url().to_string(),
-            generation: manifest.as_ref().map(|m| m.generation),
-            tree_id: manifest.as_ref().map(|m| m.tree_id.to_string()),
-            manifest_id: manifest.as_ref().map(|m| m.manifest_id.to_string()),
-            head,
-            pinned: options.pin,
-            online: error.is_none(),
-            last_poll_ok_ms: error.is_none().then(crate::runtime::now_ms),
-            last_error: error,
-            poll_interval_ms: options.config.poll.as_millis() as u64,
-            started_ms: crate::runtime::now_ms(),
-            updated_ms: 0,
-            views: Vec::new(),
-        },
+        state,
         manifest,
         unservable,
         left: BTreeMap::new(),
@@ -662,9 +658,7 @@ async fn poll_loop(
                 if !state.online {
                     tracing::info!(generation = ?state.generation, "store reachable again");
                 }
-                state.online = true;
-                state.last_poll_ok_ms = Some(crate::runtime::now_ms());
-                state.last_error = None;
+                state.poll_succeeded();
             }
             Err(e) => {
                 let line = e.to_string();
@@ -675,8 +669,7 @@ async fn poll_loop(
                 // Any failed poll: a store that answers but refuses (an expired ticket),
                 // lists nothing or serves a corrupt head is no more usable than one that is
                 // down, and the failover gate must treat the mount as behind.
-                state.online = false;
-                state.last_error = Some(line);
+                state.poll_failed(line);
                 metrics
                     .errors
                     .get_or_create(&KindLabels { kind: e.kind() })
@@ -751,10 +744,7 @@ async fn poll_once(
     if let Some(previous) = served.generation() {
         served.left.insert(previous, Instant::now());
     }
-    let state = &mut served.state;
-    state.generation = manifest.as_ref().map(|m| m.generation);
-    state.tree_id = manifest.as_ref().map(|m| m.tree_id.to_string());
-    state.manifest_id = manifest.as_ref().map(|m| m.manifest_id.to_string());
+    served.state.set_served(manifest.as_ref());
     served.manifest = manifest;
     served.unservable = unservable;
     if let Some(generation) = served.generation() {

@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{runtime_dir, ClaimError, StateFile};
+use crate::format::Manifest;
+use crate::runtime::{now_ms, runtime_dir, ClaimError, StateFile};
 
 /// What a mount reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,48 @@ pub struct ViewState {
 }
 
 impl MountState {
+    /// The state of a mount of `store` at `mountpoint` started now by this process, polling
+    /// every `poll_interval`: serving nothing, and offline until a poll succeeds.
+    pub fn started(mountpoint: PathBuf, store: String, poll_interval: Duration) -> MountState {
+        MountState {
+            pid: std::process::id(),
+            mountpoint,
+            store,
+            generation: None,
+            tree_id: None,
+            manifest_id: None,
+            head: None,
+            pinned: None,
+            online: false,
+            last_poll_ok_ms: None,
+            last_error: None,
+            poll_interval_ms: poll_interval.as_millis() as u64,
+            started_ms: now_ms(),
+            updated_ms: 0,
+            views: Vec::new(),
+        }
+    }
+
+    /// Records that the mount now serves `manifest`'s generation (or nothing).
+    pub fn set_served(&mut self, manifest: Option<&Manifest>) {
+        self.generation = manifest.map(|m| m.generation);
+        self.tree_id = manifest.map(|m| m.tree_id.to_string());
+        self.manifest_id = manifest.map(|m| m.manifest_id.to_string());
+    }
+
+    /// Records a poll that reached the store and served what it named.
+    pub fn poll_succeeded(&mut self) {
+        self.online = true;
+        self.last_poll_ok_ms = Some(now_ms());
+        self.last_error = None;
+    }
+
+    /// Records a failed poll and its one-line reason: the mount counts as behind.
+    pub fn poll_failed(&mut self, error: String) {
+        self.online = false;
+        self.last_error = Some(error);
+    }
+
     /// Whether the mount serves the head generation as of its last successful poll: online,
     /// not pinned elsewhere, and the generation served is the head it saw.
     pub fn is_current(&self) -> bool {
@@ -234,29 +278,21 @@ fn escape_path(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::now_ms;
 
     fn sample(mountpoint: &Path) -> MountState {
-        MountState {
-            pid: std::process::id(),
-            mountpoint: mountpoint.to_path_buf(),
-            store: "file:///tmp/store".into(),
-            generation: Some(3),
-            tree_id: Some("ab".repeat(32)),
-            manifest_id: Some("cd".repeat(32)),
-            head: Some(3),
-            pinned: None,
-            online: true,
-            last_poll_ok_ms: Some(now_ms()),
-            last_error: None,
-            poll_interval_ms: 1000,
-            started_ms: now_ms(),
-            updated_ms: now_ms(),
-            views: vec![ViewState {
-                generation: 3,
-                tree_id: "ab".repeat(32),
-            }],
-        }
+        let store = "file:///tmp/store".to_string();
+        let mut state = MountState::started(mountpoint.into(), store, Duration::from_secs(1));
+        state.generation = Some(3);
+        state.tree_id = Some("ab".repeat(32));
+        state.manifest_id = Some("cd".repeat(32));
+        state.head = Some(3);
+        state.poll_succeeded();
+        state.updated_ms = now_ms();
+        state.views = vec![ViewState {
+            generation: 3,
+            tree_id: "ab".repeat(32),
+        }];
+        state
     }
 
     #[test]
