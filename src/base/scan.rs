@@ -650,8 +650,28 @@ mod tests {
         fs::write(path, text).unwrap();
     }
 
-    fn paths(root: &Path, options: &ScanOptions) -> Vec<String> {
-        scan(root, options, &mut HashCache::in_memory())
+    fn set_mtime(path: &Path, mtime: SystemTime) {
+        let file = fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(mtime).unwrap();
+    }
+
+    /// A temporary directory holding a file `x` at each of `paths`.
+    fn files_named(paths: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for path in paths {
+            write(dir.path(), path, "x");
+        }
+        dir
+    }
+
+    /// Scans `root` with the default options and a fresh in-memory hash cache.
+    fn scan_default(root: &Path) -> Result<Vec<ScannedFile>, ScanError> {
+        scan(root, &ScanOptions::default(), &mut HashCache::in_memory())
+    }
+
+    /// The paths a default scan of `root` publishes, in order.
+    fn paths(root: &Path) -> Vec<String> {
+        scan_default(root)
             .unwrap()
             .into_iter()
             .map(|f| f.entry.path)
@@ -660,8 +680,7 @@ mod tests {
 
     #[test]
     fn skips_debris_and_editor_temporaries() {
-        let dir = tempfile::tempdir().unwrap();
-        for rel in [
+        let dir = files_named(&[
             "etl.py",
             "sub/load.py",
             "__pycache__/etl.cpython-311.pyc",
@@ -674,38 +693,24 @@ mod tests {
             "#etl.py#",
             "etl.py___jb_tmp___",
             "sql/q.sql",
-        ] {
-            write(dir.path(), rel, "x");
-        }
-        assert_eq!(
-            paths(dir.path(), &ScanOptions::default()),
-            ["etl.py", "sql/q.sql", "sub/load.py"]
-        );
+        ]);
+        assert_eq!(paths(dir.path()), ["etl.py", "sql/q.sql", "sub/load.py"]);
     }
 
     #[test]
     fn airflowignore_files_are_published_with_what_they_list() {
         // A common layout: helper modules kept out of Airflow's parsing, imported by DAGs.
-        let dir = tempfile::tempdir().unwrap();
-        for rel in ["etl.py", "common/helpers.py", "scratch/wip.py"] {
-            write(dir.path(), rel, "x");
-        }
+        let dir = files_named(&["etl.py", "common/helpers.py", "scratch/wip.py"]);
         write(dir.path(), ".airflowignore", "common/\nscratch\n");
         assert_eq!(
-            paths(dir.path(), &ScanOptions::default()),
-            [
-                ".airflowignore",
-                "common/helpers.py",
-                "etl.py",
-                "scratch/wip.py"
-            ]
+            paths(dir.path()).join(" "),
+            ".airflowignore common/helpers.py etl.py scratch/wip.py"
         );
     }
 
     #[test]
     fn dagfsignore_is_gitignore_per_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        for rel in [
+        let dir = files_named(&[
             "a.py",
             "data/big.csv",
             "notes.md",
@@ -717,9 +722,7 @@ mod tests {
             "sub/important.env",
             "other/x.tmp",
             "other/readme.md",
-        ] {
-            write(dir.path(), rel, "x");
-        }
+        ]);
         // Root rules apply everywhere below; `/notes.md` is anchored to the root only.
         write(
             dir.path(),
@@ -729,28 +732,13 @@ mod tests {
         // A deeper file adds rules and overrides its parents' (`!` re-includes).
         write(dir.path(), "sub/.dagfsignore", "*.tmp\n!important.env\n");
         assert_eq!(
-            paths(dir.path(), &ScanOptions::default()),
-            [
-                ".dagfsignore",
-                "a.py",
-                "notes.md",
-                "other/readme.md",
-                "other/x.tmp",
-                "sub/.dagfsignore",
-                "sub/deep/y.py",
-                "sub/important.env",
-                "sub/keep.py"
-            ]
+            paths(dir.path()).join(" "),
+            ".dagfsignore a.py notes.md other/readme.md other/x.tmp sub/.dagfsignore sub/deep/y.py sub/important.env sub/keep.py"
         );
         // An unparseable pattern fails the scan: publishing what it meant to exclude could
         // leak it.
         write(dir.path(), ".dagfsignore", "*.py\\\n");
-        let err = scan(
-            dir.path(),
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap_err();
+        let err = scan_default(dir.path()).unwrap_err();
         assert!(err.to_string().contains(".dagfsignore"), "{err}");
     }
 
@@ -760,12 +748,7 @@ mod tests {
         write(dir.path(), "real/a.py", "print(1)\n");
         std::os::unix::fs::symlink(dir.path().join("real/a.py"), dir.path().join("link.py"))
             .unwrap();
-        let files = scan(
-            dir.path(),
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap();
+        let files = scan_default(dir.path()).unwrap();
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].entry.path, "link.py");
         assert_eq!(files[0].entry.blake3, Digest::of(b"print(1)\n"));
@@ -774,21 +757,11 @@ mod tests {
 
         std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling.py"))
             .unwrap();
-        let err = scan(
-            dir.path(),
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap_err();
+        let err = scan_default(dir.path()).unwrap_err();
         assert!(matches!(err, ScanError::BadSymlink { .. }), "{err}");
         fs::remove_file(dir.path().join("dangling.py")).unwrap();
         std::os::unix::fs::symlink(dir.path(), dir.path().join("real/loop")).unwrap();
-        let err = scan(
-            dir.path(),
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap_err();
+        let err = scan_default(dir.path()).unwrap_err();
         assert!(err.to_string().contains("loop"), "{err}");
     }
 
@@ -798,12 +771,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = std::ffi::OsStr::from_bytes(b"bad\xffname.py");
         fs::write(dir.path().join(name), "x").unwrap();
-        let err = scan(
-            dir.path(),
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap_err();
+        let err = scan_default(dir.path()).unwrap_err();
         assert!(matches!(err, ScanError::NonUtf8(_)), "{err}");
         assert!(err.to_string().contains("rename it"), "{err}");
     }
@@ -813,12 +781,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.py", "one");
         let old = SystemTime::now() - Duration::from_secs(60);
-        fs::File::options()
-            .write(true)
-            .open(dir.path().join("a.py"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_mtime(&dir.path().join("a.py"), old);
         let cache_file = dir.path().join("../cache.json");
         let mut cache = HashCache::load(cache_file.clone());
         scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
@@ -828,12 +791,7 @@ mod tests {
 
         // Same size, same mtime, new content: the ctime (and so the stamp) moves on.
         fs::write(dir.path().join("a.py"), "two").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(dir.path().join("a.py"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_mtime(&dir.path().join("a.py"), old);
         let files = scan(dir.path(), &ScanOptions::default(), &mut cache).unwrap();
         assert_eq!(files[0].entry.blake3, Digest::of(b"two"));
 
@@ -848,18 +806,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "future.py", "x");
         let year_2300 = UNIX_EPOCH + Duration::from_secs(10_413_792_000);
-        fs::File::options()
-            .write(true)
-            .open(dir.path().join("future.py"))
-            .unwrap()
-            .set_modified(year_2300)
-            .unwrap();
-        let err = scan(
-            dir.path(),
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap_err();
+        set_mtime(&dir.path().join("future.py"), year_2300);
+        let err = scan_default(dir.path()).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("future.py") && text.contains("touch"),

@@ -65,6 +65,7 @@ fn candidate<'a>(
 struct Bed {
     _dir: tempfile::TempDir,
     store: FaultyStore,
+    clock: FakeClock,
 }
 
 impl Bed {
@@ -74,7 +75,13 @@ impl Bed {
         Bed {
             _dir: dir,
             store: FaultyStore::new(Arc::new(local)),
+            clock: FakeClock::default(),
         }
+    }
+
+    /// The store (its faults under the test's control), a coordinator on it, the clock.
+    fn parts(&self) -> (&FaultyStore, StoreCoordinator<'_>, &FakeClock) {
+        (&self.store, StoreCoordinator::new(&self.store), &self.clock)
     }
 }
 
@@ -130,9 +137,7 @@ async fn seqs(store: &dyn Store) -> Vec<u64> {
 #[tokio::test]
 async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
 
@@ -176,9 +181,7 @@ async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
 #[tokio::test]
 async fn release_hands_over_at_once_and_racing_standbys_elect_one() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (_, coordinator, clock) = bed.parts();
     let (mut a, term) = first_leader(&coordinator, TIMING, &clock).await;
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     let mut c = candidate(&coordinator, "c", TIMING, &clock);
@@ -203,9 +206,7 @@ async fn release_hands_over_at_once_and_racing_standbys_elect_one() {
 #[tokio::test]
 async fn a_stale_claim_of_a_deleted_name_loses() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
     let stale = coordinator.read().await.unwrap();
     for t in 6..12 {
@@ -233,9 +234,7 @@ async fn a_stale_claim_of_a_deleted_name_loses() {
 #[tokio::test]
 async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     a.standby_step(true).await.unwrap();
@@ -269,9 +268,7 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
 #[tokio::test]
 async fn a_standby_honours_the_leaders_advertised_lease() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (_, coordinator, clock) = bed.parts();
     let (_a, _term) = first_leader(&coordinator, SLOW, &clock).await;
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     assert!(is_following(&mut b).await);
@@ -292,9 +289,7 @@ async fn a_standby_honours_the_leaders_advertised_lease() {
 #[tokio::test]
 async fn a_renewal_whose_reply_was_lost_carries_on() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term, mut b) = leader_and_follower(&coordinator, TIMING, &clock).await;
     store.add(Rule::fail_after(Op::Put, 1, ErrorKind::Timeout).on(BEATS_DIR));
     clock.set(6);
@@ -332,9 +327,7 @@ async fn a_renewal_whose_reply_was_lost_carries_on() {
 #[tokio::test]
 async fn a_failed_read_back_or_verification_is_an_error_not_a_deposition() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
     clock.set(6);
     for (fault, what) in [
@@ -374,9 +367,7 @@ async fn a_failed_read_back_or_verification_is_an_error_not_a_deposition() {
 #[tokio::test]
 async fn a_renewal_cut_off_mid_write_leaves_no_empty_beat() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term, mut b) = leader_and_follower(&coordinator, TIMING, &clock).await;
     let never = Arc::new(tokio::sync::Notify::new());
     // A staged write's first RPC creates the staging file: nothing under the beat's name.
@@ -420,9 +411,7 @@ async fn a_renewal_cut_off_mid_write_leaves_no_empty_beat() {
 #[tokio::test]
 async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_leader() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term, mut b) = leader_and_follower(&coordinator, SLOW, &clock).await;
     store
         .put(&beat_key(1), Bytes::new(), Overwrite::Allow)
@@ -453,9 +442,7 @@ async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_
 #[tokio::test]
 async fn epochs_never_repeat_over_unreadable_beats() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term) = first_leader(&coordinator, TIMING, &clock).await;
     for t in 6..9 {
         clock.set(t);
@@ -483,9 +470,7 @@ async fn epochs_never_repeat_over_unreadable_beats() {
 #[tokio::test]
 async fn a_beat_named_with_the_largest_number_is_ignored() {
     let bed = Bed::new().await;
-    let store = &bed.store;
-    let coordinator = StoreCoordinator::new(store);
-    let clock = FakeClock::default();
+    let (store, coordinator, clock) = bed.parts();
     store
         .put(
             &format!("{BEATS_DIR}/{}", u64::MAX),
