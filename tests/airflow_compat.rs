@@ -11,7 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use support::airflow::{make_dags, venv_bin_of};
-use support::minidfs::{superuser, MiniDfs};
+use support::minidfs::superuser;
 use support::mount::{push, Folders, Mount};
 
 /// `bin/airflow ARGS` in `home` with `vars`, its JSON output line.
@@ -48,13 +48,11 @@ fn airflow_json(bin: &Path, home: &Path, vars: &[(&str, String)], args: &[&str])
 #[test]
 fn the_bundle_works_on_airflow_3_0() {
     let bin = venv_bin_of(Some("3.0"));
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("compat-3-0");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("compat-3-0");
     let (dags, mnt, runtime, home) = folders.paths();
     make_dags(&dags, 5);
     push(cluster, &runtime, &dags, &url);
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.cache());
     let tree = mount.serving(1).tree_id.unwrap();
     let version = format!("1-{}", &tree[..16]);
     let dagfs = env!("CARGO_BIN_EXE_dagfs");
@@ -186,9 +184,7 @@ fn parsed_2_10(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<String
 #[test]
 fn airflow_2_10_parses_the_mount_like_a_local_copy() {
     let bin = venv_bin_of(Some("2.10"));
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("compat-2-10");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("compat-2-10");
     let (dags, mnt, runtime, home) = folders.paths();
     // The 3.x DAG files import airflow.sdk; Airflow 2 DAGs import airflow.
     make_dags(&dags, 20);
@@ -210,7 +206,7 @@ fn airflow_2_10_parses_the_mount_like_a_local_copy() {
         }
     }
     push(cluster, &runtime, &dags, &url);
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.cache());
     mount.serving(1);
     airflow_json(&bin, &home, &[], &["db", "migrate"]);
     let (local_ids, local_errors) = parsed_2_10(&bin, &home, &dags);

@@ -9,7 +9,6 @@ use std::process::Command;
 use serde_json::Value;
 
 use support::airflow::{make_dags, venv_bin};
-use support::minidfs::MiniDfs;
 use support::mount::{push, Folders, Mount};
 use support::run;
 
@@ -116,13 +115,11 @@ fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, St
 #[test]
 fn airflow_parses_the_mount_like_a_local_copy() {
     let bin = venv_bin();
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("mount-airflow");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("mount-airflow");
     let (dags, mnt, runtime, home) = folders.paths();
     make_dags(&dags, 60);
     push(cluster, &runtime, &dags, &url);
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.cache());
     mount.serving(1);
 
     run(airflow(&bin, &home, &dags).args(["db", "migrate"]));

@@ -12,32 +12,12 @@ use std::time::{Duration, Instant};
 
 use dagfs::format::Digest;
 
+use support::generations::{content, rel, write_generation};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{push, Folders, Mount};
 
 /// The bound the mount promises for any filesystem call while HDFS is down.
 const CALL_BOUND: Duration = Duration::from_secs(2);
-
-/// Content of file `i` in generation `generation`: a header naming both, then filler.
-fn content(generation: u64, i: usize) -> Vec<u8> {
-    let mut text = format!("# gen={generation} file={i}\n");
-    while text.len() < 200 + (i * 397) % 12_000 {
-        text.push_str(&format!("x_{i} = {generation}  # filler\n"));
-    }
-    text.into_bytes()
-}
-
-fn rel(i: usize) -> String {
-    format!("team{}/dag_{i:03}.py", i % 7)
-}
-
-fn write_generation(dir: &Path, generation: u64, files: usize) {
-    for i in 0..files {
-        let path = dir.join(rel(i));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content(generation, i)).unwrap();
-    }
-}
 
 /// blake3 of every file under `root`, by relative path.
 fn hashes(root: &Path) -> BTreeMap<String, Digest> {
@@ -61,9 +41,7 @@ fn hashes(root: &Path) -> BTreeMap<String, Digest> {
 
 #[test]
 fn serves_identical_bytes_and_switches_atomically() {
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("mount-atomic");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("mount-atomic");
     let (dags, mnt, runtime, _) = folders.paths();
     const FILES: usize = 100;
     write_generation(&dags, 1, FILES);
@@ -86,7 +64,7 @@ fn serves_identical_bytes_and_switches_atomically() {
         &runtime,
         &url,
         &mnt,
-        &folders.root.join("cache"),
+        &folders.cache(),
         &["--metrics", &metrics],
     );
     let state = mount.serving(1);
@@ -124,9 +102,9 @@ fn serves_identical_bytes_and_switches_atomically() {
                 }
                 for i in 0..FILES {
                     let bytes = std::fs::read(mnt.join(rel(i))).unwrap();
-                    let generation = if bytes == content(1, i) {
+                    let generation = if bytes == content(1, i).as_bytes() {
                         1
-                    } else if bytes == content(2, i) {
+                    } else if bytes == content(2, i).as_bytes() {
                         2
                     } else {
                         panic!(
@@ -173,9 +151,7 @@ fn serves_identical_bytes_and_switches_atomically() {
 
 #[test]
 fn corrupt_object_reads_as_eio_never_wrong_bytes() {
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("mount-corrupt");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("mount-corrupt");
     let (dags, mnt, runtime, _) = folders.paths();
     std::fs::create_dir_all(&dags).unwrap();
     std::fs::write(dags.join("good.py"), "good = 1\n").unwrap();
@@ -185,7 +161,7 @@ fn corrupt_object_reads_as_eio_never_wrong_bytes() {
     // Same size, other bytes: only the hash can tell.
     support::corrupt_object(cluster, &url, b"bad = 1\n", b"bad = 2\n");
 
-    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.root.join("cache"));
+    let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &folders.cache());
     mount.serving(1);
     assert_eq!(std::fs::read(mnt.join("good.py")).unwrap(), b"good = 1\n");
     let err = std::fs::read(mnt.join("bad.py")).unwrap_err();
@@ -203,7 +179,7 @@ fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
     let url = format!("{}/dags-offline", cluster.url());
     let folders = Folders::new();
     let (dags, mnt, runtime, _) = folders.paths();
-    let cache = folders.root.join("cache");
+    let cache = folders.cache();
     write_generation(&dags, 1, 40);
     push(&cluster, &runtime, &dags, &url);
     let mut mount = Mount::start(&cluster, &runtime, &url, &mnt, &cache);
@@ -249,11 +225,9 @@ fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
 
 #[test]
 fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("mount-lifecycle");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("mount-lifecycle");
     let (dags, mnt, runtime, _) = folders.paths();
-    let cache = folders.root.join("cache");
+    let cache = folders.cache();
     write_generation(&dags, 1, 5);
     push(cluster, &runtime, &dags, &url);
 
@@ -291,9 +265,7 @@ fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
 
 #[test]
 fn every_recently_served_generation_is_readable_under_dagfs_generations() {
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("mount-views");
-    let folders = Folders::new();
+    let (cluster, url, folders) = Folders::on_shared_cluster("mount-views");
     let (dags, mnt, runtime, _) = folders.paths();
     const FILES: usize = 20;
     write_generation(&dags, 1, FILES);
@@ -304,7 +276,7 @@ fn every_recently_served_generation_is_readable_under_dagfs_generations() {
         &runtime,
         &url,
         &mnt,
-        &folders.root.join("cache"),
+        &folders.cache(),
         &[
             "--set",
             "mount.keep_generations=1",
@@ -332,7 +304,7 @@ fn every_recently_served_generation_is_readable_under_dagfs_generations() {
         let view = mnt.join(format!(".dagfs/generations/{generation}"));
         for i in 0..FILES {
             assert_eq!(
-                std::fs::read(view.join(rel(i))).unwrap(),
+                std::fs::read_to_string(view.join(rel(i))).unwrap(),
                 content(generation, i)
             );
         }

@@ -14,32 +14,14 @@ use std::time::{Duration, Instant};
 
 use dagfs::format::Digest;
 
+use support::generations::{content, rel, write_generation};
 use support::minidfs::MiniDfs;
 use support::served::Bed;
 
-/// Content of file `i` in generation `generation`: a header naming both, then filler, so a
-/// partial file or a file of another generation is recognised from its bytes alone.
-fn content(generation: u64, i: usize) -> String {
-    let mut text = format!("# gen={generation} file={i}\n");
-    while text.len() < 300 + (i * 397) % 8_000 {
-        text.push_str(&format!("x_{i} = {generation}  # filler\n"));
-    }
-    text.push_str("# end\n");
-    text
-}
-
-fn rel(i: usize) -> String {
-    format!("team{}/dag_{i:03}.py", i % 7)
-}
-
 /// Rewrites `dir` as generation `generation`: `files` files, plus one file that exists only
 /// in odd generations (a mix would show it with an even generation's files).
-fn write_generation(dir: &Path, generation: u64, files: usize) {
-    for i in 0..files {
-        let path = dir.join(rel(i));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content(generation, i)).unwrap();
-    }
+fn write_generation_with_odd(dir: &Path, generation: u64, files: usize) {
+    write_generation(dir, generation, files);
     let odd = dir.join("odd_only.py");
     if generation % 2 == 1 {
         std::fs::write(&odd, content(generation, 999)).unwrap();
@@ -165,7 +147,7 @@ fn seed() -> u64 {
 fn readers_racing_switches_see_whole_generations_and_one_cut() {
     const FILES: usize = 120;
     let bed = Bed::local();
-    write_generation(&bed.dags(), 1, FILES);
+    write_generation_with_odd(&bed.dags(), 1, FILES);
     bed.push();
     let mut server = bed.serve("link", &[]);
     server.serving(1);
@@ -209,7 +191,7 @@ fn readers_racing_switches_see_whole_generations_and_one_cut() {
         })
     };
     for generation in 2..=13 {
-        write_generation(&bed.dags(), generation, FILES);
+        write_generation_with_odd(&bed.dags(), generation, FILES);
         bed.push();
         server.serving(generation);
     }
@@ -243,12 +225,12 @@ fn kill_9_during_switches_leaves_a_complete_generation_and_a_restart_cleans_up()
     const MAX_KILLS: u64 = 40;
     let mut rng = fastrand::Rng::with_seed(seed());
     let bed = Bed::local();
-    write_generation(&bed.dags(), 1, FILES);
+    write_generation_with_odd(&bed.dags(), 1, FILES);
     bed.push();
     let mut server = bed.serve("link", &[]);
     server.serving(1);
     // How long building a generation takes here: the kills are spread over it.
-    write_generation(&bed.dags(), 2, FILES);
+    write_generation_with_odd(&bed.dags(), 2, FILES);
     bed.push();
     let building = until_building(&bed.served());
     server.serving(2);
@@ -258,7 +240,7 @@ fn kill_9_during_switches_leaves_a_complete_generation_and_a_restart_cleans_up()
     while mid_switch < MID_SWITCH && kills < MAX_KILLS {
         generation += 1;
         kills += 1;
-        write_generation(&bed.dags(), generation, FILES);
+        write_generation_with_odd(&bed.dags(), generation, FILES);
         bed.push();
         until_building(&bed.served());
         std::thread::sleep(Duration::from_millis(rng.u64(0..=window / 2)));
@@ -295,7 +277,7 @@ fn a_writer_cannot_corrupt_the_cache() {
         return;
     }
     let bed = Bed::local();
-    write_generation(&bed.dags(), 1, 3);
+    write_generation_with_odd(&bed.dags(), 1, 3);
     bed.push();
     let original = content(1, 0);
     let digest = Digest::of(original.as_bytes()).to_string();
@@ -362,7 +344,7 @@ fn a_writer_cannot_corrupt_the_cache() {
         original,
         "the cache is intact"
     );
-    write_generation(&bed.dags(), 2, 3);
+    write_generation_with_odd(&bed.dags(), 2, 3);
     bed.push();
     server.serving(2);
     assert_eq!(check_tree(&bed.served().join("current"), 3), Ok(2));
@@ -384,7 +366,7 @@ fn link_mode_on_minidfs_serves_the_head_with_the_mounts_state() {
     let mut bed = Bed::local();
     bed.cluster = Some(cluster);
     bed.store = cluster.unique_root("link");
-    write_generation(&bed.dags(), 1, 20);
+    write_generation_with_odd(&bed.dags(), 1, 20);
     bed.push();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -396,7 +378,7 @@ fn link_mode_on_minidfs_serves_the_head_with_the_mounts_state() {
     assert!(state.is_current(), "{state:?}");
     assert_eq!(check_tree(&bed.served().join("current"), 20), Ok(1));
     assert_eq!(healthz(&metrics), 200);
-    write_generation(&bed.dags(), 2, 20);
+    write_generation_with_odd(&bed.dags(), 2, 20);
     bed.push();
     let state = server.serving(2);
     assert_eq!(check_tree(&bed.served().join("current"), 20), Ok(2));

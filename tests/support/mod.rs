@@ -3,6 +3,7 @@
 
 pub mod airflow;
 pub mod database;
+pub mod generations;
 pub mod host;
 pub mod minidfs;
 pub mod mount;

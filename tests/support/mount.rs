@@ -56,6 +56,18 @@ impl Folders {
         }
     }
 
+    /// A test's folders, and a root of its own (`name`, made unique) on the shared cluster:
+    /// (cluster, store URL, folders).
+    pub fn on_shared_cluster(name: &str) -> (&'static MiniDfs, String, Folders) {
+        let cluster = MiniDfs::shared();
+        (cluster, cluster.unique_root(name), Folders::new())
+    }
+
+    /// The mount's cache directory.
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
     /// (dags, mnt, run, home).
     pub fn paths(&self) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         let at = |name| self.root.join(name);
