@@ -319,3 +319,30 @@ fn the_author_without_user_in_the_environment_comes_from_the_user_database() {
         "{generations}"
     );
 }
+
+/// Every command that reads a generation, pointed at a store with none, says so in one line
+/// naming the store and how to publish, and exits non-zero: verify, checkout and diff alike.
+#[test]
+fn an_empty_store_is_named_with_how_to_publish_by_every_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let (store, target) = (store.to_str().unwrap(), dir.path().join("checkout"));
+    let env = [("XDG_CACHE_HOME", dir.path().to_str().unwrap())];
+    for args in [
+        vec!["verify", "--local", dir.path().to_str().unwrap(), "--store", store],
+        vec!["checkout", target.to_str().unwrap(), "--store", store],
+        vec!["diff", "1", "--store", store],
+    ] {
+        let output = dagfs(&args, &env);
+        let text = stderr(&output);
+        assert!(!output.status.success(), "{args:?}: {text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{args:?}: {text}");
+        assert!(
+            text.contains(store)
+                && text.contains("has no generations yet; publish one with `dagfs push`"),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(!target.exists(), "a failed checkout leaves nothing behind");
+}

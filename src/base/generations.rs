@@ -33,6 +33,12 @@ pub enum GenerationError {
         /// The newest generation, if any.
         head: Option<u64>,
     },
+    /// The store has no generations.
+    #[error("{url} has no generations yet; publish one with `dagfs push`")]
+    Empty {
+        /// The store.
+        url: String,
+    },
 }
 
 fn hint(head: &Option<u64>) -> String {
@@ -61,6 +67,19 @@ pub async fn list(store: &dyn Store) -> Result<Vec<u64>, StoreError> {
 /// The newest generation's number, or `None` for an empty store.
 pub async fn head(store: &dyn Store) -> Result<Option<u64>, StoreError> {
     Ok(list(store).await?.last().copied())
+}
+
+/// `generation`, or the head when it is `None`; [`GenerationError::Empty`] for an empty store.
+pub async fn given_or_head(
+    store: &dyn Store,
+    generation: Option<u64>,
+) -> Result<u64, GenerationError> {
+    match generation {
+        Some(generation) => Ok(generation),
+        None => head(store).await?.ok_or_else(|| GenerationError::Empty {
+            url: store.url().to_string(),
+        }),
+    }
 }
 
 /// Reads and validates generation `generation`.

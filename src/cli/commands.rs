@@ -450,12 +450,7 @@ struct DiffLine<'a> {
 /// `dagfs diff`.
 pub async fn diff(args: DiffArgs, config: &Config) -> Result<()> {
     let store = open_store(args.store.as_deref(), config, "--store").await?;
-    let to = match args.to {
-        Some(to) => to,
-        None => generations::head(&*store)
-            .await?
-            .context("the store has no generations yet")?,
-    };
+    let to = generations::given_or_head(&*store, args.to).await?;
     let old = generations::load(&*store, args.from).await?;
     let new = generations::load(&*store, to).await?;
     let changes = generations::diff(&old.entries, &new.entries);

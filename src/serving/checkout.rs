@@ -37,9 +37,6 @@ pub enum CheckoutError {
     /// The generation could not be read.
     #[error(transparent)]
     Generation(#[from] GenerationError),
-    /// The store has no generations.
-    #[error("{0} has no generations yet; publish one with `dagfs push`")]
-    Empty(String),
     /// Some files cannot be served: corrupt bytes in the store, or a content whose length is
     /// not the one the generation records.
     #[error("generation {generation} cannot be checked out: {}; `dagfs verify --store URL --deep` checks every object", .files.join("; "))]
@@ -127,12 +124,7 @@ async fn cached_generation(
             }
         }
     }
-    let generation = match generation {
-        Some(g) => g,
-        None => generations::head(store)
-            .await?
-            .ok_or_else(|| CheckoutError::Empty(store.url().to_string()))?,
-    };
+    let generation = generations::given_or_head(store, generation).await?;
     let cached = cache
         .fetch_generation(store, generation, concurrency)
         .await?;

@@ -36,9 +36,6 @@ pub enum VerifyError {
     /// The mount's state could not be read (not running, exited).
     #[error(transparent)]
     Mount(#[from] StateError),
-    /// The store has no generation to check against.
-    #[error("{0} has no generations yet; publish one with `dagfs push`")]
-    Empty(String),
 }
 
 /// One difference found.
@@ -94,12 +91,8 @@ pub struct Report {
 }
 
 async fn target(store: &dyn Store, generation: Option<u64>) -> Result<Manifest, VerifyError> {
-    match generation {
-        Some(g) => Ok(generations::load(store, g).await?),
-        None => generations::load_head(store)
-            .await?
-            .ok_or_else(|| VerifyError::Empty(store.url().to_string())),
-    }
+    let generation = generations::given_or_head(store, generation).await?;
+    Ok(generations::load(store, generation).await?)
 }
 
 /// The folder `dir` against generation `generation` (the head by default), with the same
@@ -158,10 +151,8 @@ pub async fn verify_mount(
 ) -> Result<Report, VerifyError> {
     let state = states.read(mountpoint)?;
     let head = generations::head(store).await?;
-    let expected = match generation.or(state.generation) {
-        Some(g) => generations::load(store, g).await?,
-        None => return Err(VerifyError::Empty(store.url().to_string())),
-    };
+    let expected = generations::given_or_head(store, generation.or(state.generation)).await?;
+    let expected = generations::load(store, expected).await?;
     let root = mountpoint.to_path_buf();
     let mut served = match tokio::task::spawn_blocking(move || crate::scan::hash_tree(&root)).await
     {
