@@ -330,7 +330,13 @@ fn an_empty_store_is_named_with_how_to_publish_by_every_reader() {
     let (store, target) = (store.to_str().unwrap(), dir.path().join("checkout"));
     let env = [("XDG_CACHE_HOME", dir.path().to_str().unwrap())];
     for args in [
-        vec!["verify", "--local", dir.path().to_str().unwrap(), "--store", store],
+        vec![
+            "verify",
+            "--local",
+            dir.path().to_str().unwrap(),
+            "--store",
+            store,
+        ],
         vec!["checkout", target.to_str().unwrap(), "--store", store],
         vec!["diff", "1", "--store", store],
     ] {

@@ -434,6 +434,28 @@ pub enum Pool {
     MySql(MySqlPool),
 }
 
+/// Runs one statement on a [`Pool`] of either dialect: `on_pool!(pool, |p, sql = (PG, MY)|
+/// body)` evaluates `body` with `p` the dialect's pool and `sql` its text of the statement.
+///
+/// A macro rather than a generic function: sqlx's query types differ per driver, and the
+/// bounds a generic binder needs (`Encode + Type` for every bound value, per driver) would be
+/// longer than the two match arms it replaces.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident, $sql:ident = ($pg:expr, $my:expr)| $body:expr) => {
+        match $pool {
+            $crate::metadb::Pool::Postgres($p) => {
+                let $sql = $pg;
+                $body
+            }
+            $crate::metadb::Pool::MySql($p) => {
+                let $sql = $my;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
 /// An open metadata database: its pool and where it came from.
 #[derive(Clone, Debug)]
 pub struct MetaDb {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::metadb::{MetaDb, Pool};
+use crate::metadb::{on_pool, MetaDb};
 
 /// The newest generation a host recorded running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,10 +96,9 @@ impl DatabaseRecord {
              updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
              PRIMARY KEY (store_key, candidate))"
         );
-        let created = match &record.db.pool {
-            Pool::Postgres(pool) => sqlx::query(&ddl).execute(pool).await.map(drop),
-            Pool::MySql(pool) => sqlx::query(&ddl).execute(pool).await.map(drop),
-        };
+        let created = on_pool!(&record.db.pool, |pool, ddl = (&ddl, &ddl)| {
+            sqlx::query(ddl).execute(pool).await.map(drop)
+        });
         match created {
             Ok(()) => Ok(record),
             // Two PostgreSQL sessions creating the same table at once: one wins, the other
@@ -132,60 +131,46 @@ impl RunningRecord for DatabaseRecord {
                 "generation {generation} does not fit the database's BIGINT"
             ))
         })?;
-        let done = match &self.db.pool {
-            Pool::Postgres(pool) => sqlx::query(&format!(
-                "INSERT INTO {TABLE} (store_key, candidate, store, generation, tree_id, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (store_key, candidate) DO UPDATE \
-                 SET store = EXCLUDED.store, generation = EXCLUDED.generation, \
-                 tree_id = EXCLUDED.tree_id, updated_at = now()"
-            ))
-            .bind(&self.store_key)
-            .bind(candidate)
-            .bind(&self.store)
-            .bind(generation)
-            .bind(tree_id)
-            .execute(pool)
-            .await
-            .map(drop),
-            Pool::MySql(pool) => sqlx::query(&format!(
-                "INSERT INTO {TABLE} (store_key, candidate, store, generation, tree_id, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP) ON DUPLICATE KEY UPDATE \
-                 store = VALUES(store), generation = VALUES(generation), \
-                 tree_id = VALUES(tree_id), updated_at = CURRENT_TIMESTAMP"
-            ))
-            .bind(&self.store_key)
-            .bind(candidate)
-            .bind(&self.store)
-            .bind(generation)
-            .bind(tree_id)
-            .execute(pool)
-            .await
-            .map(drop),
-        };
+        let pg = format!(
+            "INSERT INTO {TABLE} (store_key, candidate, store, generation, tree_id, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (store_key, candidate) DO UPDATE \
+             SET store = EXCLUDED.store, generation = EXCLUDED.generation, \
+             tree_id = EXCLUDED.tree_id, updated_at = now()"
+        );
+        let my = format!(
+            "INSERT INTO {TABLE} (store_key, candidate, store, generation, tree_id, updated_at) \
+             VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP) ON DUPLICATE KEY UPDATE \
+             store = VALUES(store), generation = VALUES(generation), \
+             tree_id = VALUES(tree_id), updated_at = CURRENT_TIMESTAMP"
+        );
+        let done = on_pool!(&self.db.pool, |pool, sql = (&pg, &my)| {
+            sqlx::query(sql)
+                .bind(&self.store_key)
+                .bind(candidate)
+                .bind(&self.store)
+                .bind(generation)
+                .bind(tree_id)
+                .execute(pool)
+                .await
+                .map(drop)
+        });
         done.map_err(|e| self.error(e))
     }
 
     async fn floor(&self) -> Result<Option<Floor>, RecordError> {
-        let row: Option<(String, i64)> = match &self.db.pool {
-            Pool::Postgres(pool) => {
-                sqlx::query_as(&format!(
-                    "SELECT candidate, generation FROM {TABLE} WHERE store_key = $1 \
+        let select = |placeholder| {
+            format!(
+                "SELECT candidate, generation FROM {TABLE} WHERE store_key = {placeholder} \
                  ORDER BY generation DESC, candidate LIMIT 1"
-                ))
+            )
+        };
+        let (pg, my) = (select("$1"), select("?"));
+        let row: Option<(String, i64)> = on_pool!(&self.db.pool, |pool, sql = (&pg, &my)| {
+            sqlx::query_as(sql)
                 .bind(&self.store_key)
                 .fetch_optional(pool)
                 .await
-            }
-            Pool::MySql(pool) => {
-                sqlx::query_as(&format!(
-                    "SELECT candidate, generation FROM {TABLE} WHERE store_key = ? \
-                 ORDER BY generation DESC, candidate LIMIT 1"
-                ))
-                .bind(&self.store_key)
-                .fetch_optional(pool)
-                .await
-            }
-        }
+        })
         .map_err(|e| self.error(e))?;
         Ok(row.map(|(candidate, generation)| Floor {
             generation: generation.max(0) as u64,

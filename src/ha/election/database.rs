@@ -27,7 +27,7 @@
 use async_trait::async_trait;
 
 use super::coordinator::{Beat, Claimed, Coordinator, CoordinatorError, Snapshot, Version};
-use crate::metadb::{MetaDb, MetadbError, Pool};
+use crate::metadb::{on_pool, MetaDb, MetadbError};
 
 /// The table's name.
 pub const LEASE_TABLE: &str = "dagfs_failover_lease";
@@ -198,10 +198,9 @@ impl SqlLeaseTable {
         if table.select_row().await.is_ok() {
             return Ok(table);
         }
-        let created = match &table.db.pool {
-            Pool::Postgres(pool) => sqlx::query(LEASE_TABLE_DDL).execute(pool).await.map(drop),
-            Pool::MySql(pool) => sqlx::query(LEASE_TABLE_DDL).execute(pool).await.map(drop),
-        };
+        let created = on_pool!(&table.db.pool, |pool, ddl = (LEASE_TABLE_DDL, LEASE_TABLE_DDL)| {
+            sqlx::query(ddl).execute(pool).await.map(drop)
+        });
         // Concurrent creators: PostgreSQL's CREATE TABLE IF NOT EXISTS can still fail
         // with a unique violation on its catalog when another creator wins; what counts is
         // that the table is there now.
@@ -221,20 +220,12 @@ impl SqlLeaseTable {
     async fn select_row(&self) -> Result<Option<LeaseRow>, sqlx::Error> {
         const PG: &str = "SELECT seq, tag, beat FROM dagfs_failover_lease WHERE group_key = $1";
         const MY: &str = "SELECT seq, tag, beat FROM dagfs_failover_lease WHERE group_key = ?";
-        let row: Option<(i64, i64, String)> = match &self.db.pool {
-            Pool::Postgres(pool) => {
-                sqlx::query_as(PG)
-                    .bind(&self.group)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Pool::MySql(pool) => {
-                sqlx::query_as(MY)
-                    .bind(&self.group)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let row: Option<(i64, i64, String)> = on_pool!(&self.db.pool, |pool, sql = (PG, MY)| {
+            sqlx::query_as(sql)
+                .bind(&self.group)
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(row.map(|(seq, tag, beat)| LeaseRow {
             seq: seq as u64,
             tag: tag as u64,
@@ -262,24 +253,16 @@ impl LeaseTable for SqlLeaseTable {
             "INSERT INTO dagfs_failover_lease (group_key, seq, tag, beat) VALUES ($1, $2, $3, $4)";
         const MY: &str =
             "INSERT INTO dagfs_failover_lease (group_key, seq, tag, beat) VALUES (?, ?, ?, ?)";
-        let done = match &self.db.pool {
-            Pool::Postgres(pool) => sqlx::query(PG)
+        let done = on_pool!(&self.db.pool, |pool, sql = (PG, MY)| {
+            sqlx::query(sql)
                 .bind(&self.group)
                 .bind(row.seq as i64)
                 .bind(row.tag as i64)
                 .bind(&row.beat)
                 .execute(pool)
                 .await
-                .map(drop),
-            Pool::MySql(pool) => sqlx::query(MY)
-                .bind(&self.group)
-                .bind(row.seq as i64)
-                .bind(row.tag as i64)
-                .bind(&row.beat)
-                .execute(pool)
-                .await
-                .map(drop),
-        };
+                .map(drop)
+        });
         match done {
             Ok(()) => Ok(true),
             Err(e) if duplicate(&e) => Ok(false),
@@ -292,8 +275,8 @@ impl LeaseTable for SqlLeaseTable {
 written_at = CURRENT_TIMESTAMP WHERE group_key = $4 AND seq = $5 AND tag = $6";
         const MY: &str = "UPDATE dagfs_failover_lease SET seq = ?, tag = ?, beat = ?, \
 written_at = CURRENT_TIMESTAMP WHERE group_key = ? AND seq = ? AND tag = ?";
-        let affected = match &self.db.pool {
-            Pool::Postgres(pool) => sqlx::query(PG)
+        let affected = on_pool!(&self.db.pool, |pool, sql = (PG, MY)| {
+            sqlx::query(sql)
                 .bind(row.seq as i64)
                 .bind(row.tag as i64)
                 .bind(&row.beat)
@@ -302,18 +285,8 @@ written_at = CURRENT_TIMESTAMP WHERE group_key = ? AND seq = ? AND tag = ?";
                 .bind(expected.tag as i64)
                 .execute(pool)
                 .await
-                .map(|r| r.rows_affected()),
-            Pool::MySql(pool) => sqlx::query(MY)
-                .bind(row.seq as i64)
-                .bind(row.tag as i64)
-                .bind(&row.beat)
-                .bind(&self.group)
-                .bind(expected.seq as i64)
-                .bind(expected.tag as i64)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-        };
+                .map(|r| r.rows_affected())
+        });
         affected.map(|n| n == 1).map_err(|e| self.error(e))
     }
 }
