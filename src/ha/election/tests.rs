@@ -111,6 +111,18 @@ async fn leader_and_follower<'a>(
     (a, term, b)
 }
 
+/// Whether `candidate` follows when it looks at `secs`.
+async fn following_at(candidate: &mut Candidate<'_>, clock: &FakeClock, secs: u64) -> bool {
+    clock.set(secs);
+    is_following(candidate).await
+}
+
+/// `candidate`'s term, elected when it looks at `secs`.
+async fn elected_at(candidate: &mut Candidate<'_>, clock: &FakeClock, secs: u64) -> Term {
+    clock.set(secs);
+    elect(candidate).await
+}
+
 async fn elect(candidate: &mut Candidate<'_>) -> Term {
     match candidate.standby_step(true).await.unwrap() {
         Standing::Elected(term) => term,
@@ -144,8 +156,7 @@ async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
     // Even an empty register is taken over only after a full wait: a leader may be renewing
     // right now into a directory an operator just emptied.
     assert!(is_following(&mut a).await);
-    clock.set(5);
-    let mut term = elect(&mut a).await;
+    let mut term = elected_at(&mut a, &clock, 5).await;
     assert_eq!((term.epoch, term.version.seq), (1, 1));
     assert!(is_following(&mut b).await);
     for t in 6..15 {
@@ -159,8 +170,7 @@ async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
     }
     assert_eq!(seqs(store).await.len(), 4, "old beats are pruned");
     // Silence: b takes over 5 s after it last saw a change, with the claim's number as epoch.
-    clock.set(18);
-    assert!(is_following(&mut b).await);
+    assert!(following_at(&mut b, &clock, 18).await);
     clock.set(19);
     assert!(matches!(
         b.standby_step(false).await.unwrap(),
@@ -238,8 +248,7 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     a.standby_step(true).await.unwrap();
-    clock.set(5);
-    let mut term = elect(&mut a).await;
+    let mut term = elected_at(&mut a, &clock, 5).await;
     for t in 6..10 {
         clock.set(t);
         a.renew(&mut term, None, None).await.unwrap();
@@ -254,12 +263,9 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
     ));
     assert!(seqs(store).await.is_empty(), "the deposed claim is removed");
     // Removing it changed the directory: b's wait starts again from its next look.
-    clock.set(14);
-    assert!(is_following(&mut b).await);
-    clock.set(18);
-    assert!(is_following(&mut b).await);
-    clock.set(19);
-    let b_term = elect(&mut b).await;
+    assert!(following_at(&mut b, &clock, 14).await);
+    assert!(following_at(&mut b, &clock, 18).await);
+    let b_term = elected_at(&mut b, &clock, 19).await;
     assert!(b_term.epoch > term.epoch, "epochs never repeat: {b_term:?}");
 }
 
@@ -273,8 +279,7 @@ async fn a_standby_honours_the_leaders_advertised_lease() {
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     assert!(is_following(&mut b).await);
     // b's own takeover_after (5 s) has long passed; a's lease + grace + b's margin has not.
-    clock.set(85);
-    assert!(is_following(&mut b).await);
+    assert!(following_at(&mut b, &clock, 85).await);
     clock.set(86);
     assert!(matches!(
         b.standby_step(true).await.unwrap(),
@@ -314,8 +319,7 @@ async fn a_renewal_whose_reply_was_lost_carries_on() {
     // a dies now. b saw beat 3 at 7: its wait is max(5, 3 + 1 + 1) = 5 s, which covers a's
     // lease and grace (10 + 1), and it takes over at 7 + 5, not later.
     assert!(is_following(&mut b).await);
-    clock.set(11);
-    assert!(is_following(&mut b).await);
+    assert!(following_at(&mut b, &clock, 11).await);
     clock.set(12);
     assert_eq!(elect(&mut b).await.epoch, 4);
 }
@@ -417,8 +421,7 @@ async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_
         .put(&beat_key(1), Bytes::new(), Overwrite::Allow)
         .await
         .unwrap();
-    clock.set(46);
-    assert!(is_following(&mut b).await);
+    assert!(following_at(&mut b, &clock, 46).await);
     assert_eq!(b.seen().unwrap().beat, None);
     // b's own takeover_after (5 s) is over; a's lease + grace (40 s) + b's margin is not.
     clock.set(51);
@@ -431,8 +434,7 @@ async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_
     // Removing the deposed claim's orphan changed the directory, so b may wait afresh from
     // 52 (the directory's time may not have moved, on a coarse clock); either way, 41 s.
     assert!(is_following(&mut b).await);
-    clock.set(86);
-    assert!(is_following(&mut b).await);
+    assert!(following_at(&mut b, &clock, 86).await);
     clock.set(93);
     assert!(elect(&mut b).await.epoch > term.epoch);
 }
@@ -460,8 +462,7 @@ async fn epochs_never_repeat_over_unreadable_beats() {
     }
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     assert!(is_following(&mut b).await);
-    clock.set(20);
-    let b_term = elect(&mut b).await;
+    let b_term = elected_at(&mut b, &clock, 20).await;
     assert!(b_term.epoch > term.epoch, "{b_term:?} after {term:?}");
 }
 
@@ -481,8 +482,7 @@ async fn a_beat_named_with_the_largest_number_is_ignored() {
         .unwrap();
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     assert!(is_following(&mut a).await);
-    clock.set(5);
-    let mut term = elect(&mut a).await;
+    let mut term = elected_at(&mut a, &clock, 5).await;
     assert_eq!(term.epoch, 1);
     clock.set(6);
     assert_eq!(
@@ -546,8 +546,7 @@ async fn a_candidate_whose_term_ended_waits_again_over_a_row_deleted_by_hand() {
     a.renew(&mut a_term, None, None).await.unwrap();
     assert!(is_following(&mut b).await);
     // a is cut off: its lease ends at 9, its guard fences it; b takes over at 6 + 5.
-    clock.set(11);
-    let mut b_term = elect(&mut b).await;
+    let mut b_term = elected_at(&mut b, &clock, 11).await;
     // An operator deletes the row; a, back in standby, looks.
     *row.0.lock().unwrap() = None;
     clock.set(12);
@@ -559,8 +558,7 @@ async fn a_candidate_whose_term_ended_waits_again_over_a_row_deleted_by_hand() {
         b.renew(&mut b_term, None, None).await.unwrap(),
         Renewal::Deposed(None)
     ));
-    clock.set(16);
-    assert!(is_following(&mut a).await);
+    assert!(following_at(&mut a, &clock, 16).await);
     clock.set(17);
     elect(&mut a).await;
 }
