@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -269,21 +269,56 @@ fn run_succeeds(container: &Container, dag_id: &str, run_id: &str) {
     );
 }
 
+/// A container test's world: a DAG folder with `probe_1` pushed to a root of its own on the
+/// shared cluster, a database of its own, and the site's settings naming both.
+struct Published {
+    cluster: &'static MiniDfs,
+    url: String,
+    dags: PathBuf,
+    site: Site,
+    _db: Database,
+    tmp: tempfile::TempDir,
+}
+
+impl Published {
+    /// `name` names the store root and the database; the database gets Airflow's schema, by
+    /// the image as a one-off command runner.
+    fn new(image: String, name: &str) -> Published {
+        let cluster = MiniDfs::shared();
+        let url = cluster.unique_root(name);
+        let db = Database::create(&format!("airflow_{}", name.replace('-', "_")));
+        let tmp = tempfile::tempdir().unwrap();
+        let dags = tmp.path().join("dags");
+        std::fs::create_dir_all(&dags).unwrap();
+        std::fs::write(dags.join("probe_1.py"), dag("probe_1")).unwrap();
+        let site = Site::new(image, cluster, &url, &db, free_port());
+        let published = Published {
+            cluster,
+            url,
+            dags,
+            site,
+            _db: db,
+            tmp,
+        };
+        published.push();
+        run(&mut published
+            .site
+            .command(&["--rm"], &["airflow", "db", "migrate"]));
+        published
+    }
+
+    /// Publishes the DAG folder as it is now.
+    fn push(&self) {
+        let runtime = self.tmp.path().join("run");
+        push(self.cluster, &runtime, &self.dags, &self.url);
+    }
+}
+
 #[test]
 fn the_scheduler_image_serves_published_dags_to_airflow_with_fuse_and_in_link_mode() {
     let (image, _one_at_a_time) = image();
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("container");
-    let db = Database::create("airflow_container");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, runtime) = (tmp.path().join("dags"), tmp.path().join("run"));
-    std::fs::create_dir_all(&dags).unwrap();
-    std::fs::write(dags.join("probe_1.py"), dag("probe_1")).unwrap();
-    push(cluster, &runtime, &dags, &url);
-    let site = Site::new(image, cluster, &url, &db, free_port());
-
-    // The image as a one-off command runner: the metadata database's schema.
-    run(&mut site.command(&["--rm"], &["airflow", "db", "migrate"]));
+    let published = Published::new(image, "container");
+    let site = &published.site;
     let _api = site.start("api", &[], &["airflow", "api-server"]);
 
     // FUSE as the image's user needs /dev/fuse open to all (0666, the usual); where it is not
@@ -320,8 +355,8 @@ fn the_scheduler_image_serves_published_dags_to_airflow_with_fuse_and_in_link_mo
 
         // A second publish reaches Airflow in the container.
         let id = format!("probe_{generation}");
-        std::fs::write(dags.join(format!("{id}.py")), dag(&id)).unwrap();
-        push(cluster, &runtime, &dags, &url);
+        std::fs::write(published.dags.join(format!("{id}.py")), dag(&id)).unwrap();
+        published.push();
         let published = Instant::now();
         scheduler.until(&format!("{id} parsed"), Duration::from_secs(180), |c| {
             c.lists_dag(&id)
@@ -365,16 +400,8 @@ fn runs_scheduler(container: &Container) -> bool {
 #[test]
 fn two_scheduler_containers_never_run_two_units() {
     let (image, _one_at_a_time) = image();
-    let cluster = MiniDfs::shared();
-    let url = cluster.unique_root("container-pair");
-    let db = Database::create("airflow_container_pair");
-    let tmp = tempfile::tempdir().unwrap();
-    let (dags, runtime) = (tmp.path().join("dags"), tmp.path().join("run"));
-    std::fs::create_dir_all(&dags).unwrap();
-    std::fs::write(dags.join("probe_1.py"), dag("probe_1")).unwrap();
-    push(cluster, &runtime, &dags, &url);
-    let site = Site::new(image, cluster, &url, &db, free_port());
-    run(&mut site.command(&["--rm"], &["airflow", "db", "migrate"]));
+    let published = Published::new(image, "container-pair");
+    let site = &published.site;
     let pair: Vec<Container> = ["a", "b"]
         .iter()
         .map(|id| {
