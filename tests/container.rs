@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::airflow::FAILOVER_TIMING;
 use support::minidfs::{superuser, MiniDfs};
 use support::mount::push;
 use support::postgres::Database;
@@ -173,11 +174,6 @@ impl Site {
             ("DAGFS_STORE_TIMEOUT", "5s".into()),
             ("DAGFS_MOUNT_POLL", "500ms".into()),
             ("DAGFS_FAILOVER_MODE", "single-active".into()),
-            ("DAGFS_FAILOVER_INTERVAL", "2s".into()),
-            ("DAGFS_FAILOVER_FENCE_AFTER", "6s".into()),
-            ("DAGFS_FAILOVER_KILL_GRACE", "5s".into()),
-            ("DAGFS_FAILOVER_SAFETY_MARGIN", "2s".into()),
-            ("DAGFS_FAILOVER_TAKEOVER_AFTER", "13s".into()),
             ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", db.url()),
             ("AIRFLOW__CORE__EXECUTOR", "LocalExecutor".into()),
             ("AIRFLOW__CORE__LOAD_EXAMPLES", "False".into()),
@@ -202,6 +198,7 @@ impl Site {
             ),
         ]
         .into_iter()
+        .chain(FAILOVER_TIMING.map(|(k, v)| (k, v.to_string())))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         Site {

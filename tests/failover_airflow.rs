@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::{airflow_processes_of, set_candidate};
+use support::airflow::{airflow_processes_of, set_candidate, FAILOVER_TIMING};
 use support::minidfs::MiniDfs;
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
-use support::{run, wait_for};
+use support::{run, tail, terminate, wait_for};
 
 const DAG: &str = r#"from datetime import datetime
 
@@ -77,11 +77,7 @@ impl Candidate {
                 "--run",
                 "airflow dag-processor",
             ])
-            .env("DAGFS_FAILOVER_INTERVAL", "2s")
-            .env("DAGFS_FAILOVER_FENCE_AFTER", "6s")
-            .env("DAGFS_FAILOVER_KILL_GRACE", "5s")
-            .env("DAGFS_FAILOVER_SAFETY_MARGIN", "2s")
-            .env("DAGFS_FAILOVER_TAKEOVER_AFTER", "13s")
+            .envs(FAILOVER_TIMING)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -97,9 +93,7 @@ impl Candidate {
     }
 
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.runtime.join("failover.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        tail(&self.runtime.join("failover.log"), 60)
     }
 
     /// `airflow jobs check --job-type SchedulerJob --hostname NAME` passes.
@@ -120,11 +114,8 @@ impl Candidate {
 
 impl Drop for Candidate {
     fn drop(&mut self) {
-        if let Some(mut child) = self.controller.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.controller.take() {
+            terminate(child);
         }
     }
 }

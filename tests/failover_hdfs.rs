@@ -22,7 +22,7 @@ use dagfs::runtime::now_ms;
 
 use support::database::{Kind, Server};
 use support::minidfs::{superuser, MiniDfs};
-use support::run;
+use support::{run, terminate};
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
@@ -405,14 +405,8 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
     }
 }

@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::{airflow_processes_of, hostname_module, set_candidate, venv_bin};
+use support::airflow::{
+    airflow_processes_of, hostname_module, set_candidate, venv_bin, FAILOVER_TIMING,
+};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, push, Mount};
 use support::postgres::{psql, Database};
-use support::{free_port, outage, run, wait_for};
+use support::{free_port, outage, run, tail, terminate, wait_for};
 
 /// Airflow's processes of both tests on 2 cores would starve each other: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -227,11 +229,7 @@ impl Host {
                 "--run",
                 "airflow triggerer",
             ])
-            .env("DAGFS_FAILOVER_INTERVAL", "2s")
-            .env("DAGFS_FAILOVER_FENCE_AFTER", "6s")
-            .env("DAGFS_FAILOVER_KILL_GRACE", "5s")
-            .env("DAGFS_FAILOVER_SAFETY_MARGIN", "2s")
-            .env("DAGFS_FAILOVER_TAKEOVER_AFTER", "13s")
+            .envs(FAILOVER_TIMING)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -251,9 +249,7 @@ impl Host {
     }
 
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.runtime.join("failover.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.runtime.join("failover.log"), 40)
     }
 
     fn kill_controller(&mut self) {
@@ -265,11 +261,8 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if let Some(mut child) = self.controller.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.controller.take() {
+            terminate(child);
         }
     }
 }

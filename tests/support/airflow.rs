@@ -5,6 +5,16 @@ use std::process::Command;
 
 use super::run;
 
+/// The failover timing of the Airflow tests: a standby takes over 13 s after the leader's
+/// last renewal, and a leader cut off fences itself within 6 s.
+pub const FAILOVER_TIMING: [(&str, &str); 5] = [
+    ("DAGFS_FAILOVER_INTERVAL", "2s"),
+    ("DAGFS_FAILOVER_FENCE_AFTER", "6s"),
+    ("DAGFS_FAILOVER_KILL_GRACE", "5s"),
+    ("DAGFS_FAILOVER_SAFETY_MARGIN", "2s"),
+    ("DAGFS_FAILOVER_TAKEOVER_AFTER", "13s"),
+];
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -220,7 +220,7 @@ impl MiniDfs {
                 panic!(
                     "MiniDFS did not start ({e:?}); log: {}\n{}",
                     log.display(),
-                    tail(&log)
+                    super::tail(&log, 40)
                 );
             }
         };
@@ -303,7 +303,7 @@ impl MiniDfs {
                 panic!(
                     "launcher died; log: {}\n{}",
                     self.log.display(),
-                    tail(&self.log)
+                    super::tail(&self.log, 40)
                 )
             }
         }
@@ -382,10 +382,4 @@ pub fn superuser() -> String {
             let out = Command::new("id").arg("-un").output().expect("id -un");
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         })
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }

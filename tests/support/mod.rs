@@ -95,6 +95,23 @@ pub async fn read_object(store: &dyn Store, digest: &dagfs::format::Digest) -> b
     objects.read(store, digest).await.unwrap()
 }
 
+/// The last `lines` lines of the file at `path` (empty when it cannot be read).
+pub fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Stops `child` as a service manager would: SIGCONT (it may be paused), SIGTERM, and waits.
+pub fn terminate(mut child: std::process::Child) {
+    for signal in ["-CONT", "-TERM"] {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+    }
+    let _ = child.wait();
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
