@@ -7,14 +7,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::{airflow_processes_of, set_candidate, FAILOVER_TIMING};
+use support::airflow::{airflow_processes_of, failover, set_candidate};
 use support::minidfs::MiniDfs;
-use support::mount::{dagfs, push, Mount};
+use support::mount::{push, Mount};
 use support::postgres::{psql, Database};
 use support::{run, tail, terminate, wait_for};
 
@@ -62,25 +62,15 @@ impl Candidate {
     }
 
     fn start(&mut self, cluster: &MiniDfs, url: &str, bin: &Path, db: &Database, py: &Path) {
-        let log = std::fs::File::create(self.runtime.join("failover.log")).unwrap();
-        let mut command = dagfs(
+        let mut command = failover(
             cluster,
             &self.runtime,
-            &["failover", "--single-active", "--store", url],
+            url,
+            &["--single-active"],
+            &self.name,
+            &self.mountpoint,
+            &["scheduler", "dag-processor"],
         );
-        command
-            .args(["--id", &self.name, "--mount"])
-            .arg(&self.mountpoint)
-            .args([
-                "--run",
-                "airflow scheduler",
-                "--run",
-                "airflow dag-processor",
-            ])
-            .envs(FAILOVER_TIMING)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
         self.airflow_env(&mut command, bin, db, py);
         self.controller = Some(command.spawn().unwrap());
     }

@@ -16,17 +16,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dagfs::failover::{ControllerState, Role};
 
-use support::airflow::{
-    airflow_processes_of, hostname_module, set_candidate, venv_bin, FAILOVER_TIMING,
-};
+use support::airflow::{airflow_processes_of, failover, hostname_module, set_candidate, venv_bin};
 use support::minidfs::{MiniDfs, MiniDfsOptions};
-use support::mount::{dagfs, push, Mount};
+use support::mount::{push, Mount};
 use support::postgres::{psql, Database};
 use support::{free_port, outage, run, tail, terminate, wait_for};
 
@@ -215,24 +213,16 @@ impl Host {
     }
 
     fn start(&mut self, cluster: &MiniDfs, url: &str, shared: &Shared, mode: &[&str]) {
-        let log = std::fs::File::create(self.runtime.join("failover.log")).unwrap();
-        let mut command = dagfs(cluster, &self.runtime, &["failover", "--store", url]);
-        command
-            .args(mode)
-            .args(["--id", &self.name, "--mount"])
-            .arg(&self.mountpoint)
-            .args([
-                "--run",
-                "airflow scheduler",
-                "--run",
-                "airflow dag-processor",
-                "--run",
-                "airflow triggerer",
-            ])
-            .envs(FAILOVER_TIMING)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        let units = ["scheduler", "dag-processor", "triggerer"];
+        let mut command = failover(
+            cluster,
+            &self.runtime,
+            url,
+            mode,
+            &self.name,
+            &self.mountpoint,
+            &units,
+        );
         shared.airflow_env(&mut command, &self.home, &self.mountpoint, &self.name);
         self.controller = Some(command.spawn().unwrap());
     }

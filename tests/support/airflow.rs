@@ -1,8 +1,10 @@
 //! Apache Airflow for the tests: the pinned venv of `scripts/airflow-venv`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+use super::minidfs::MiniDfs;
+use super::mount::dagfs;
 use super::run;
 
 /// The failover timing of the Airflow tests: a standby takes over 13 s after the leader's
@@ -14,6 +16,36 @@ pub const FAILOVER_TIMING: [(&str, &str); 5] = [
     ("DAGFS_FAILOVER_SAFETY_MARGIN", "2s"),
     ("DAGFS_FAILOVER_TAKEOVER_AFTER", "13s"),
 ];
+
+/// `dagfs failover` (with `mode`'s flags) as candidate `name` on the host of `runtime`,
+/// gated on the mount at `mountpoint`, supervising `airflow UNIT` for each of `units`, with
+/// [`FAILOVER_TIMING`]; its output goes to `runtime/failover.log`.
+pub fn failover(
+    cluster: &MiniDfs,
+    runtime: &Path,
+    url: &str,
+    mode: &[&str],
+    name: &str,
+    mountpoint: &Path,
+    units: &[&str],
+) -> Command {
+    let log = std::fs::File::create(runtime.join("failover.log")).unwrap();
+    let mut command = dagfs(cluster, runtime, &["failover", "--store", url]);
+    command
+        .args(mode)
+        .args(["--id", name, "--mount"])
+        .arg(mountpoint)
+        .args(
+            units
+                .iter()
+                .flat_map(|unit| ["--run".to_string(), format!("airflow {unit}")]),
+        )
+        .envs(FAILOVER_TIMING)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    command
+}
 
 /// The repository root.
 pub fn repo() -> &'static Path {
