@@ -10,39 +10,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use support::airflow::{make_dags, venv_bin_of};
+use support::airflow::{airflow_command, dag_ids, import_errors, json_of, make_dags, venv_bin_of};
 use support::minidfs::superuser;
 use support::mount::{push, Folders, Mount};
 
 /// `bin/airflow ARGS` in `home` with `vars`, its JSON output line.
 fn airflow_json(bin: &Path, home: &Path, vars: &[(&str, String)], args: &[&str]) -> Value {
-    let out = Command::new(bin.join("airflow"))
-        .args(args)
-        .env("AIRFLOW_HOME", home)
-        .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
-        .env_remove("PYTHONDONTWRITEBYTECODE")
-        .envs(vars.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // The JSON document is the last line that parses; log lines may start with '[' too.
-    let json = stdout
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| !v.is_number())
-        })
-        .unwrap_or(Value::Null);
-    // `list-import-errors` exits 1 when it lists errors: its JSON is the answer.
-    assert!(
-        out.status.success() || !json.is_null(),
-        "airflow {args:?}: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json
+    let vars = vars.iter().map(|(k, v)| (k, v));
+    json_of(airflow_command(bin, home).envs(vars).args(args))
 }
 
 #[test]
@@ -151,34 +126,17 @@ fn parsed_2_10(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<String
         ("AIRFLOW__CORE__DAG_IGNORE_FILE_SYNTAX", "glob".into()),
     ];
     let listed = airflow_json(bin, home, &vars, &["dags", "list", "-o", "json"]);
-    let mut ids: Vec<String> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["dag_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
+    let ids = dag_ids(&listed);
     let errors = airflow_json(
         bin,
         home,
         &vars,
         &["dags", "list-import-errors", "-o", "json"],
     );
-    let prefix = format!("{}/", dags.display());
-    let mut files: Vec<String> = errors
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            e["filepath"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches(&prefix)
-                .to_string()
-        })
-        .collect();
-    files.sort();
-    (ids, files)
+    let files = import_errors(&errors, dags)
+        .into_iter()
+        .map(|(path, _)| path);
+    (ids, files.collect())
 }
 
 #[test]

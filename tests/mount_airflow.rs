@@ -8,38 +8,18 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use support::airflow::{make_dags, venv_bin};
+use support::airflow::{airflow_command, dag_ids, import_errors, json_of, make_dags, venv_bin};
 use support::mount::{push, Folders, Mount};
 use support::run;
 
 /// `airflow ARGS` with `dags_folder` set, returning parsed JSON stdout.
 fn airflow_json(bin: &Path, home: &Path, dags: &Path, args: &[&str]) -> Value {
-    let out = airflow(bin, home, dags).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // The JSON document is the last line; warnings may come before it.
-    let json = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('['))
-        .unwrap_or_else(|| {
-            panic!(
-                "airflow {args:?} printed no JSON: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    serde_json::from_str(json).unwrap()
+    json_of(airflow(bin, home, dags).args(args))
 }
 
 fn airflow(bin: &Path, home: &Path, dags: &Path) -> Command {
-    let mut command = Command::new(bin.join("airflow"));
-    command
-        .env("AIRFLOW_HOME", home)
-        .env("AIRFLOW__CORE__DAGS_FOLDER", dags)
-        .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        // A read-only mount cannot hold __pycache__: what operators set (OPERATIONS.md), and
-        // bytecode written as in production (a developer's shell may say otherwise).
-        .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
-        .env_remove("PYTHONDONTWRITEBYTECODE");
+    let mut command = airflow_command(bin, home);
+    command.env("AIRFLOW__CORE__DAGS_FOLDER", dags);
     command
 }
 
@@ -65,13 +45,7 @@ fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, St
             "dag_id",
         ],
     );
-    let mut ids: Vec<String> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["dag_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
+    let ids = dag_ids(&listed);
     let errors = airflow_json(
         bin,
         home,
@@ -86,30 +60,7 @@ fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, St
             "json",
         ],
     );
-    let prefix = format!("{}/", dags.display());
-    let mut errors: Vec<(String, String)> = errors
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let path = e["filepath"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches(&prefix)
-                .to_string();
-            let last = e["error"]
-                .as_str()
-                .unwrap()
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
-            (path, last)
-        })
-        .collect();
-    errors.sort();
-    (ids, errors)
+    (ids, import_errors(&errors, dags))
 }
 
 #[test]

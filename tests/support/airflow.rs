@@ -47,6 +47,73 @@ pub fn failover(
     command
 }
 
+/// `airflow` from the venv at `bin` with `AIRFLOW_HOME` `home`, no example DAGs, and bytecode
+/// written as in production: under `home/pycache` (a read-only mount cannot hold
+/// `__pycache__`; OPERATIONS.md), whatever a developer's shell says.
+pub fn airflow_command(bin: &Path, home: &Path) -> Command {
+    let mut command = Command::new(bin.join("airflow"));
+    command
+        .env("AIRFLOW_HOME", home)
+        .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        .env("PYTHONPYCACHEPREFIX", home.join("pycache"))
+        .env_remove("PYTHONDONTWRITEBYTECODE");
+    command
+}
+
+/// Runs an `airflow ... -o json` command: the JSON document it printed, the last line that
+/// parses (log lines may come after it, and may start with `[` too). Fails the test unless
+/// the command succeeded or printed one (`list-import-errors` exits 1 when it lists errors).
+pub fn json_of(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| !v.is_number())
+        })
+        .unwrap_or(serde_json::Value::Null);
+    assert!(
+        out.status.success() || !json.is_null(),
+        "{command:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json
+}
+
+/// The DAG ids of `airflow dags list -o json` output, sorted.
+pub fn dag_ids(listed: &serde_json::Value) -> Vec<String> {
+    let mut ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dag_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The import errors of `airflow dags list-import-errors -o json` output, sorted: each as
+/// (the file's path relative to `dags`, the last line of its error).
+pub fn import_errors(errors: &serde_json::Value, dags: &Path) -> Vec<(String, String)> {
+    let prefix = format!("{}/", dags.display());
+    let mut errors: Vec<(String, String)> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let path = e["filepath"].as_str().unwrap().trim_start_matches(&prefix);
+            let error = e["error"].as_str().unwrap().trim();
+            let last = error.lines().last().unwrap_or("");
+            (path.to_string(), last.to_string())
+        })
+        .collect();
+    errors.sort();
+    errors
+}
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
