@@ -4,7 +4,6 @@ use std::path::Path;
 
 use crate::format::{Digest, Entry};
 use crate::publish::{publish, Desired, Outcome, PublishOptions};
-use crate::scan::{scan, HashCache};
 use crate::store::Store;
 
 /// An entry for `content` at `path` (mode 644, mtime 1 ns).
@@ -30,14 +29,10 @@ pub(crate) async fn publish_files(
         std::fs::create_dir_all(local.parent().unwrap()).unwrap();
         std::fs::write(&local, content).unwrap();
     }
-    let files = scan(&src, &Default::default(), &mut HashCache::in_memory()).unwrap();
-    publish(
-        store,
-        &Desired::from_scan(&files),
-        &PublishOptions::default(),
-    )
-    .await
-    .unwrap()
+    let desired = Desired::from_folder(&src, &Default::default()).unwrap();
+    publish(store, &desired, &PublishOptions::default())
+        .await
+        .unwrap()
 }
 
 /// The length of object `digest` where readers find it without the trash (in a pack under

@@ -703,19 +703,7 @@ fn all_active_runs_on_every_host_whose_mount_is_current() {
 
 /// `GET path` on 127.0.0.1:`port`, the body; `None` on any failure.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
+    support::http_get(&format!("127.0.0.1:{port}"), path).map(|(_, body)| body)
 }
 
 /// The NameNode's count of client RPCs processed, from its JMX servlet. The launcher does not

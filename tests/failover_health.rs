@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::host::{free_addr, http_get, Daemon, DEADLINE};
+use support::host::{free_addr, Daemon, DEADLINE};
+use support::http_get;
 
 /// `dagfs failover` on the local store `store`, serving metrics on `metrics`.
 fn controller(dir: &Path, store: &Path, metrics: &str) -> Command {

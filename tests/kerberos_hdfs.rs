@@ -21,7 +21,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
-use support::host::{http_get, until, write, Host};
+use support::host::{until, write, Host};
+use support::http_get;
 use support::minidfs::{Kerberos, MiniDfs, MiniDfsOptions};
 use support::mount::{dagfs, Folders};
 /// The ticket lifetime of the short-ticket cluster, in seconds.

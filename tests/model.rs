@@ -29,7 +29,7 @@ use dagfs::gc::{gc, GcOptions};
 use dagfs::generations;
 use dagfs::objects::Objects;
 use dagfs::publish::{publish, Desired, PublishOptions};
-use dagfs::scan::{scan, HashCache, ScanOptions};
+use dagfs::scan::ScanOptions;
 use dagfs::store::faulty::{Action, FaultyStore, Op, Rule};
 use dagfs::store::{ErrorKind, LocalStore, Store};
 use proptest::prelude::*;
@@ -188,8 +188,7 @@ impl World {
             self.contents.insert(Digest::of(&bytes), bytes.clone());
             std::fs::write(path, bytes).unwrap();
         }
-        let scanned = scan(&root, &ScanOptions::default(), &mut HashCache::in_memory()).unwrap();
-        Desired::from_scan(&scanned)
+        Desired::from_folder(&root, &ScanOptions::default()).unwrap()
     }
 
     /// Arms `faults`; returns the trees injected rollbacks may commit.

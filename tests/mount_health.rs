@@ -6,6 +6,8 @@
 //! in the store). A mount whose store refuses it at start (PermissionDenied: an expired
 //! Kerberos ticket at boot) serves the newest complete generation in its cache.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,6 @@ use dagfs::mount::metrics::MountMetrics;
 use dagfs::mount::state::StateDir;
 use dagfs::mount::{MountError, MountOptions};
 use dagfs::publish::{publish, Desired, PublishOptions};
-use dagfs::scan::{scan, HashCache};
 use dagfs::store::faulty::{FaultyStore, Op, Rule};
 use dagfs::store::{ErrorKind, LocalStore, Overwrite, Store};
 
@@ -27,29 +28,14 @@ async fn push(store: &dyn Store, dir: &Path, files: &[(&str, &str)]) {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join(path), content).unwrap();
     }
-    let scanned = scan(&src, &Default::default(), &mut HashCache::in_memory()).unwrap();
-    publish(
-        store,
-        &Desired::from_scan(&scanned),
-        &PublishOptions::default(),
-    )
-    .await
-    .unwrap();
+    let desired = Desired::from_folder(&src, &Default::default()).unwrap();
+    publish(store, &desired, &PublishOptions::default())
+        .await
+        .unwrap();
 }
 
 fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (code, body)
+    support::http_get(&addr.to_string(), path).expect("GET")
 }
 
 /// Polls `/healthz` until its answer satisfies `check`.

@@ -76,16 +76,7 @@ fn header(text: &str) -> Option<(u64, usize)> {
 /// One test's directories and the `dagfs` commands run against its store.
 /// The status code of `GET /healthz` at `addr`.
 fn healthz(addr: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response[9..12].parse().unwrap()
+    support::http_get(addr, "/healthz").expect("GET /healthz").0
 }
 
 /// Names of half-built or half-removed things a switch can leave.

@@ -22,7 +22,7 @@
 //! after the commit can fail.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,7 +36,7 @@ use crate::format::{
 use crate::generations::{self, apply, diff, Change, GenerationError};
 use crate::objects::Objects;
 use crate::pack::{PackBuilder, MAX_PACKED_OBJECT};
-use crate::scan::ScannedFile;
+use crate::scan::{ScanError, ScanOptions, ScannedFile};
 use crate::store::{list_if_exists, ErrorKind, Overwrite, Store, StoreError, STAGING_DIR};
 
 /// How many commit races a publish survives before giving up.
@@ -183,6 +183,13 @@ impl Desired {
                 .map(|f| (f.entry.blake3, Source::File(f.local.clone())))
                 .collect(),
         }
+    }
+
+    /// The desired tree of the folder `dir` as it is now: scanned with `options`, every file
+    /// hashed (no hash cache).
+    pub fn from_folder(dir: &Path, options: &ScanOptions) -> Result<Desired, ScanError> {
+        let files = crate::scan::scan(dir, options, &mut crate::scan::HashCache::in_memory())?;
+        Ok(Desired::from_scan(&files))
     }
 
     /// The desired tree of an existing generation: its entries, whose objects are in the store.

@@ -374,20 +374,11 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("a.py"), "A").unwrap();
         std::fs::set_permissions(src.join("a.py"), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let files = crate::scan::scan(
-            &src,
-            &Default::default(),
-            &mut crate::scan::HashCache::in_memory(),
-        )
-        .unwrap();
-        assert_eq!(files[0].entry.mode, 0o777);
-        crate::publish::publish(
-            &store,
-            &crate::publish::Desired::from_scan(&files),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        let desired = crate::publish::Desired::from_folder(&src, &Default::default()).unwrap();
+        assert_eq!(desired.entries[0].mode, 0o777);
+        crate::publish::publish(&store, &desired, &Default::default())
+            .await
+            .unwrap();
         let cache = Cache::open(&tmp.path().join("cache")).unwrap();
         let dir = tmp.path().join("versions/1");
         checkout(&store, &cache, &dir, Some(1), 4).await.unwrap();

@@ -460,7 +460,7 @@ async fn check_mirror(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::{scan, HashCache};
+    use crate::publish::Desired;
     use crate::store::{LocalStore, Overwrite};
     use crate::testutil::publish_files;
     use bytes::Bytes;
@@ -530,19 +530,10 @@ mod tests {
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("a.py"), "1").unwrap();
         std::fs::write(folder.join("b.py"), "2").unwrap();
-        let files = scan(
-            &folder,
-            &ScanOptions::default(),
-            &mut HashCache::in_memory(),
-        )
-        .unwrap();
-        crate::publish::publish(
-            &store,
-            &crate::publish::Desired::from_scan(&files),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        let desired = Desired::from_folder(&folder, &ScanOptions::default()).unwrap();
+        crate::publish::publish(&store, &desired, &Default::default())
+            .await
+            .unwrap();
         assert!(verify_local(&store, &folder, None, &ScanOptions::default())
             .await
             .unwrap()

@@ -18,19 +18,23 @@ pub async fn list_keys(store: &dyn Store, dir: &str) -> Vec<String> {
     entries.into_iter().map(|e| e.key).collect()
 }
 
+/// `GET path` from `addr` (`host:port`) within 5 s: (status code, body), `None` if it cannot
+/// be asked.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut response = agent.get(format!("http://{addr}{path}")).call().ok()?;
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((response.status().as_u16(), body))
+}
+
 /// `GET /metrics` from `addr`, parsed with a Prometheus text parser: samples by metric name.
 pub fn scrape_metrics(addr: &str) -> std::collections::BTreeMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    let (code, body) = http_get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
     scrape
         .samples
