@@ -1,5 +1,7 @@
 //! The filesystem logic driven through its API, without FUSE (fast).
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +16,8 @@ use dagfs_fuse::{
     ContentId, ContentSource, DagFs, FileSpec, FsError, Invalidator, MountOptions, Shown,
     ShownBefore, TreeLabel,
 };
+
+use common::{label, NoKernel};
 
 /// Contents in a temporary directory, one file per content id.
 struct DirSource {
@@ -105,13 +109,6 @@ fn options() -> MountOptions {
     }
 }
 
-fn label(generation: u64) -> TreeLabel {
-    TreeLabel {
-        generation,
-        tree_id: format!("tree-{generation}"),
-    }
-}
-
 fn resolve(fs: &DagFs<Arc<DirSource>>, path: &str) -> Result<u64, FsError> {
     resolve_from(fs, ROOT_INO, path)
 }
@@ -126,17 +123,6 @@ fn names(fs: &DagFs<Arc<DirSource>>, dir: u64) -> Vec<String> {
     let listed: Vec<Listed> = fs.readdir(fh, 0).unwrap();
     fs.release(fh);
     listed.into_iter().map(|l| l.name).collect()
-}
-
-struct NoKernel;
-
-impl Invalidator for NoKernel {
-    fn inval_entry(&self, _: u64, _: &str) -> io::Result<()> {
-        Ok(())
-    }
-    fn inval_inode(&self, _: u64) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //!
 //! Needs /dev/fuse and the right to mount (root, or fusermount3).
 
+mod common;
+
 use std::fs::File;
 use std::io;
 use std::path::Path;
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dagfs_fuse::fuse::{mount, FuseOptions, Mounted};
-use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, MountOptions, TreeLabel};
+use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, MountOptions};
+
+use common::label;
 
 /// Content `i` is the file `<dir>/<i>` holding the decimal number i.
 struct Numbers(tempfile::TempDir);
@@ -55,13 +59,6 @@ fn tree(g: u64) -> Vec<FileSpec> {
             }
         })
         .collect()
-}
-
-fn label(g: u64) -> TreeLabel {
-    TreeLabel {
-        generation: g,
-        tree_id: format!("{g:064x}"),
-    }
 }
 
 /// Mounts `fs` for real on a new temporary directory, for this user only.

@@ -6,12 +6,16 @@
 //! `DAGFS_SWITCHES` sets the number of switches (default 2,000, about 10 s; the acceptance
 //! figure of 10,000 is measured with `DAGFS_SWITCHES=10000`, see BENCHMARKS.md).
 
+mod common;
+
 use std::fs::File;
 use std::io;
 use std::time::{Duration, Instant};
 
 use dagfs_fuse::tree::ROOT_INO;
-use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, Invalidator, MountOptions, TreeLabel};
+use dagfs_fuse::{ContentId, ContentSource, DagFs, FileSpec, MountOptions};
+
+use common::{label, NoKernel};
 
 /// Every content is the same small file: memory here is about metadata.
 struct OneFile(tempfile::NamedTempFile);
@@ -22,17 +26,6 @@ impl ContentSource for OneFile {
     }
 
     fn record_shown(&self, _: &dagfs_fuse::Shown) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct NoKernel;
-
-impl Invalidator for NoKernel {
-    fn inval_entry(&self, _: u64, _: &str) -> io::Result<()> {
-        Ok(())
-    }
-    fn inval_inode(&self, _: u64) -> io::Result<()> {
         Ok(())
     }
 }
@@ -62,13 +55,6 @@ fn tree(g: u64) -> Vec<FileSpec> {
             }
         })
         .collect()
-}
-
-fn label(g: u64) -> TreeLabel {
-    TreeLabel {
-        generation: g,
-        tree_id: format!("{g:064x}"),
-    }
 }
 
 fn rss_kib() -> u64 {
