@@ -26,9 +26,8 @@ use crate::verify::{self, Report};
 pub struct PushArgs {
     /// The DAG folder to publish.
     dir: PathBuf,
-    /// Store URL [default: store.url from the config]. `--to` is the older spelling.
-    #[arg(long, value_name = "URL", alias = "to")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Message recorded with the generation.
     #[arg(short, long, default_value = "")]
     message: String,
@@ -60,15 +59,13 @@ pub struct PushArgs {
     after_help = "The folder is only read; it is imported as one consistent state (listed, hashed, \
 listed again; retried if it moved). Files keep their HDFS permission bits and modification times, \
 so the generation equals a `dagfs push` of the same files with the same modes and mtimes \
-(e.g. fetched with `hdfs dfs -get -p`)."
+(e.g. fetched with `hdfs dfs -get -p`). The store must not overlap the folder."
 )]
 pub struct ImportArgs {
     /// URL of the plain DAG folder to import, e.g. hdfs://nameservice/airflow/dags.
     source: String,
-    /// Store URL [default: store.url from the config]; must not overlap the folder. `--to`
-    /// is the older spelling.
-    #[arg(long, value_name = "URL", alias = "to")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Message recorded with the generation [default: "import of SOURCE"].
     #[arg(short, long)]
     message: Option<String>,
@@ -109,9 +106,8 @@ pub struct VerifyArgs {
 /// Arguments of `dagfs log`.
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Show at most this many generations.
     #[arg(short = 'n', long, default_value_t = 20)]
     limit: usize,
@@ -127,9 +123,8 @@ pub struct DiffArgs {
     from: u64,
     /// The newer generation [default: the head].
     to: Option<u64>,
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Show what changed inside each file: a unified diff of text files (3 lines of
     /// context), "binary files differ" otherwise, and mode changes.
     #[arg(short = 'p', long = "patch", conflicts_with = "json")]
@@ -144,9 +139,8 @@ pub struct DiffArgs {
 pub struct RollbackArgs {
     /// The generation whose content becomes the new head.
     generation: u64,
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Message recorded with the new generation [default: "rollback to generation N"].
     #[arg(short, long)]
     message: Option<String>,
@@ -172,12 +166,27 @@ pub struct GcArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = crate::gc::DEFAULT_MAX_GARBAGE,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     max_garbage: u8,
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The store a command works on: `--store URL`, else `store.url` from the config.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Store URL (hdfs://..., viewfs://..., file:///... or a path) [default: store.url from
+    /// the config]. `--to` is the older spelling.
+    #[arg(id = "store", long = "store", value_name = "URL", alias = "to")]
+    url: Option<String>,
+}
+
+impl StoreArg {
+    /// Opens the store.
+    pub(super) async fn open(&self, config: &Config) -> Result<Box<dyn Store>> {
+        open_store(self.url.as_deref(), config, "--store").await
+    }
 }
 
 /// Opens the store named by a flag, or by `store.url`.
@@ -279,7 +288,7 @@ async fn finish_publish(
 
 /// `dagfs push`.
 pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let bar = progress();
     bar.set_message(format!("scanning {}", args.dir.display()));
     let dir = args.dir.clone();
@@ -310,12 +319,12 @@ pub async fn push(args: PushArgs, config: &Config) -> Result<()> {
 
 /// `dagfs import`.
 pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
-    let target_url = args.store.as_deref().or(config.store.url.as_deref());
+    let target_url = args.store.url.as_deref().or(config.store.url.as_deref());
     if let Some(target_url) = target_url {
         // Before opening anything: an overlap is a usage mistake, whatever the stores hold.
         crate::import::check_separate(&args.source, target_url)?;
     }
-    let target = open_store(args.store.as_deref(), config, "--store").await?;
+    let target = args.store.open(config).await?;
     let source: std::sync::Arc<dyn Store> =
         crate::store::open(&args.source, &config.store.hdfs_options())
             .await?
@@ -340,7 +349,7 @@ pub async fn import(args: ImportArgs, config: &Config) -> Result<()> {
 
 /// `dagfs rollback`.
 pub async fn rollback(args: RollbackArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let target = generations::load(&*store, args.generation).await?;
     let options = PublishOptions {
         message: args
@@ -380,7 +389,7 @@ struct LogLine<'a> {
 
 /// `dagfs log`.
 pub async fn log(args: LogArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let numbers = generations::list(&*store).await?;
     if numbers.is_empty() && !args.json {
         println!(
@@ -449,7 +458,7 @@ struct DiffLine<'a> {
 
 /// `dagfs diff`.
 pub async fn diff(args: DiffArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let to = generations::given_or_head(&*store, args.to).await?;
     let old = generations::load(&*store, args.from).await?;
     let new = generations::load(&*store, to).await?;
@@ -583,7 +592,7 @@ fn file_patch(
 
 /// `dagfs gc`.
 pub async fn gc(args: GcArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let options = GcOptions {
         keep: args.keep,
         grace: args.grace,

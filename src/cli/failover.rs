@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::commands::StoreArg;
 use crate::config::{Config, CoordinatorKind, FailoverConfig, FailoverMode};
 use crate::election::{
     Clock, Coordinator, DatabaseCoordinator, SqlCoordinator, SqlLeaseTable, StoreCoordinator,
@@ -25,9 +26,8 @@ hdfs://prod-ns/airflow/dagfs --mount /srv/airflow/dags \\\n    --run 'airflow sc
 config. State: failover-*.json in the runtime directory (DAGFS_RUNTIME_DIR)."
 )]
 pub struct FailoverArgs {
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// The dagfs mount the commands read their DAGs from: they start only when it serves the
     /// head generation.
     #[arg(long, value_name = "MOUNTPOINT")]
@@ -68,7 +68,7 @@ pub struct GuardArgs {
 /// `dagfs failover`: runs until SIGTERM or SIGINT, then hands over.
 pub async fn failover(args: FailoverArgs, config: &Config) -> Result<()> {
     let shutdown = super::shutdown_signal()?;
-    let store = super::commands::open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let (metrics, health, _server) = super::start_metrics(
         args.metrics,
         config.failover.metrics.as_deref(),

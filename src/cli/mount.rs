@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use super::commands::open_store;
+use super::commands::{open_store, StoreArg};
 use crate::config::Config;
 use crate::mount::{self, metrics::MountMetrics, state::StateDir, MountOptions};
 
@@ -109,9 +109,8 @@ id, then renames it into place: DIR is either absent or complete. Running it aga
 concurrently, for the same generation and DIR is safe. Prints the generation and tree id."
 )]
 pub struct CheckoutArgs {
-    /// Store URL [default: store.url from the config].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// The generation [default: the head].
     #[arg(long, value_name = "G")]
     generation: Option<u64>,
@@ -132,7 +131,7 @@ pub struct CheckoutArgs {
 
 /// `dagfs checkout --generation N DIR`.
 pub async fn checkout(args: CheckoutArgs, config: &Config) -> Result<()> {
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let cache_dir = args
         .cache_dir
         .or_else(|| config.mount.cache_dir.clone())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::commands::open_store;
+use super::commands::StoreArg;
 use crate::config::Config;
 use crate::publish::PublishOptions;
 use crate::sync::{self, SyncMetrics, SyncOptions};
@@ -21,9 +21,8 @@ flight and exit 0. `dagfs status` shows what it is doing; [sync] in the config t
 pub struct SyncArgs {
     /// The DAG folder to watch and publish.
     dir: PathBuf,
-    /// Store URL [default: store.url from the config]. `--to` is the older spelling.
-    #[arg(long, value_name = "URL", alias = "to")]
-    store: Option<String>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Publish the folder as this subtree of the store; other subtrees are left alone.
     #[arg(long, value_name = "PATH")]
     prefix: Option<String>,
@@ -59,7 +58,7 @@ pub async fn sync(args: SyncArgs, config: &Config) -> Result<()> {
         crate::format::check_path(prefix.trim_matches('/'))
             .with_context(|| format!("invalid --prefix {prefix:?}"))?;
     }
-    let store = open_store(args.store.as_deref(), config, "--store").await?;
+    let store = args.store.open(config).await?;
     let (sync_metrics, health, server) = super::start_metrics(
         args.metrics,
         config.sync.metrics.as_deref(),
