@@ -1064,20 +1064,24 @@ mod tests {
                 unreachable!("the test tree is local")
             };
             edit(scanned);
-            let err = publish(&store, &d, &PublishOptions::default())
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, PublishError::ChangedDuringPush { .. }),
-                "{err}"
-            );
+            let err = refused_as_changed(&store, &d).await;
             assert!(err.to_string().contains(reason), "{err}");
-            assert_eq!(
-                generations::head(&store).await.unwrap(),
-                None,
-                "nothing committed"
-            );
         }
+    }
+
+    /// Publishes `desired` into the empty `store`: it must fail as changed during the push,
+    /// committing nothing.
+    async fn refused_as_changed(store: &LocalStore, desired: &Desired) -> PublishError {
+        let err = publish(store, desired, &PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::ChangedDuringPush { .. }),
+            "{err}"
+        );
+        let head = generations::head(store).await.unwrap();
+        assert_eq!(head, None, "nothing committed");
+        err
     }
 
     /// An entry whose size is not the length of its bytes (the digest right) is never
@@ -1088,14 +1092,7 @@ mod tests {
         let store = LocalStore::open(dir.path().join("store")).await.unwrap();
         let mut d = desired(dir.path(), &[("a.py", "print('a long version')\n")]);
         d.entries[0].size = 5;
-        let err = publish(&store, &d, &PublishOptions::default())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, PublishError::ChangedDuringPush { .. }),
-            "{err}"
-        );
-        assert_eq!(generations::head(&store).await.unwrap(), None);
+        refused_as_changed(&store, &d).await;
     }
 
     /// Whatever store call fails (before or after doing its work), a publish that returns an
