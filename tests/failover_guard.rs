@@ -8,6 +8,8 @@
 //! - a guard that notices late that its lease ended kills at once: the kill grace counts from
 //!   the lease, not from when it noticed.
 
+mod support;
+
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -151,11 +153,7 @@ fn a_forged_group_report_kills_nothing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let guard = unit.members()[0].guard_pid.unwrap();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(guard as i32).unwrap(),
-            rustix::process::Signal::KILL,
-        )
-        .unwrap();
+        support::send(guard, rustix::process::Signal::KILL);
         unit.exited().await;
     });
     // A SIGKILL is delivered asynchronously: watch the victim for a second.

@@ -2,6 +2,8 @@
 //! subreaper of everything it starts, kills the command's group and every orphan it adopted.
 //! Alone in its test binary: becoming a subreaper changes the whole test process.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -37,11 +39,7 @@ async fn a_guard_killed_by_hand_leaves_no_process_behind() {
     };
     assert!(alive(escaped));
     let guard = unit.members()[0].guard_pid.unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(guard as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    support::send(guard, rustix::process::Signal::KILL);
     unit.exited().await;
     assert!(!alive(escaped), "pid {escaped} outlived its killed guard");
 }

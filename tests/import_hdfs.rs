@@ -90,12 +90,7 @@ fn write(dir: &Path, rel: &str, content: &[u8], mode: u32, mtime: SystemTime) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, content).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    support::set_mtime(&path, mtime);
 }
 
 /// The acceptance check: 1,000 DAG files put into a plain HDFS folder with Hadoop's own

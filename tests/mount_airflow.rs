@@ -95,12 +95,7 @@ fn airflow_parses_the_mount_like_a_local_copy() {
             ),
         )
         .unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&probe)
-            .unwrap()
-            .set_modified(pinned)
-            .unwrap();
+        support::set_mtime(&probe, pinned);
         push(cluster, &runtime, &dags, &url);
         mount.serving(generation);
         let (ids, _) = parsed(&bin, &home, &mnt);

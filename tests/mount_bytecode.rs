@@ -23,12 +23,7 @@ use support::served::Bed;
 fn write_module(bed: &Bed, value: u32, mtime: SystemTime) {
     let path = bed.dags().join("m.py");
     std::fs::write(&path, format!("X = {value}\n")).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    support::set_mtime(&path, mtime);
 }
 
 /// `dagfs verify --mount` of a FUSE mount: the moved mtimes are what the generation says.

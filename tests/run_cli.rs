@@ -53,11 +53,7 @@ fn trial(dir: &Path, args: &[&str], env: &[(&str, String)]) {
         std::fs::read_to_string(mnt.join(example)).is_ok_and(|t| t == text)
     });
 
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
+    support::send(child.id(), rustix::process::Signal::INT);
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(dir.join("run.log")).unwrap();
     assert!(status.success(), "dagfs run exited with {status}: {log}");

@@ -71,8 +71,7 @@ impl Drop for Daemon {
 impl Daemon {
     /// Sends `signal` to the process alone (`STOP` pauses it, `CONT` resumes it).
     pub fn signal(&self, signal: rustix::process::Signal) {
-        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
-            .unwrap();
+        super::send(self.child.id(), signal);
     }
 }
 

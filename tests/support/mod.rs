@@ -106,14 +106,27 @@ pub fn tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Sends `signal` to the process `pid`; fails the test if it cannot.
+pub fn send(pid: u32, signal: rustix::process::Signal) {
+    let process = rustix::process::Pid::from_raw(pid as i32).expect("a process id");
+    rustix::process::kill_process(process, signal)
+        .unwrap_or_else(|e| panic!("cannot send {signal:?} to {pid}: {e}"));
+}
+
 /// Stops `child` as a service manager would: SIGCONT (it may be paused), SIGTERM, and waits.
 pub fn terminate(mut child: std::process::Child) {
-    for signal in ["-CONT", "-TERM"] {
-        let _ = std::process::Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status();
+    use rustix::process::Signal;
+    for signal in [Signal::CONT, Signal::TERM] {
+        let _ = rustix::process::Pid::from_raw(child.id() as i32)
+            .map(|pid| rustix::process::kill_process(pid, signal));
     }
     let _ = child.wait();
+}
+
+/// Sets the modification time of the file at `path`.
+pub fn set_mtime(path: &std::path::Path, mtime: std::time::SystemTime) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(mtime).unwrap();
 }
 
 /// A free TCP port on loopback.

@@ -179,11 +179,7 @@ impl Mount {
 
     /// SIGTERM, then wait: the mount must unmount and exit 0.
     pub fn stop(mut self) {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
+        super::send(self.child.id(), rustix::process::Signal::TERM);
         let status = self.child.wait().unwrap();
         assert!(status.success(), "dagfs mount exited with {status}");
         assert!(!is_mounted(&self.mountpoint), "still mounted after SIGTERM");
