@@ -769,22 +769,16 @@ fn worker_disk_stays_bounded_over_fifty_generations_without_a_mount() {
         push(cluster, &tmp.path().join("run"), &dags, &url);
     }
     let storage = tmp.path().join("bundles");
-    let out = Command::new(bin.join("python"))
-        .arg(repo().join("tests/airflow/worker_versions.py"))
-        .args([&url, env!("CARGO_BIN_EXE_dagfs"), &KEEP.to_string()])
-        .args((1..=GENERATIONS).map(|g| g.to_string()))
-        .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", &storage)
-        .env("AIRFLOW_HOME", tmp.path().join("home"))
-        .env("DAGFS_STORE_TIMEOUT", "3s")
-        .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
-        .env("DAGFS_STORE_USER", superuser())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_stdout(
+        Command::new(bin.join("python"))
+            .arg(repo().join("tests/airflow/worker_versions.py"))
+            .args([&url, env!("CARGO_BIN_EXE_dagfs"), &KEEP.to_string()])
+            .args((1..=GENERATIONS).map(|g| g.to_string()))
+            .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", &storage)
+            .env("AIRFLOW_HOME", tmp.path().join("home"))
+            .env("DAGFS_STORE_TIMEOUT", "3s")
+            .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
+            .env("DAGFS_STORE_USER", superuser()),
     );
     let rows: Vec<(u64, u64, usize)> = stdout
         .lines()
@@ -811,9 +805,8 @@ fn worker_disk_stays_bounded_over_fifty_generations_without_a_mount() {
     let full = at(2 * KEEP as u64).1;
     assert!(
         at(GENERATIONS).1 <= full + full / 5,
-        "disk use grew from {full} to {} bytes: {}",
-        at(GENERATIONS).1,
-        String::from_utf8_lossy(&out.stderr)
+        "disk use grew from {full} to {} bytes: {rows:?}",
+        at(GENERATIONS).1
     );
 }
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use support::airflow::{airflow_command, dag_ids, import_errors, json_of, make_dags, venv_bin_of};
 use support::minidfs::superuser;
 use support::mount::{push, Folders, Mount};
+use support::run_stdout;
 
 /// `bin/airflow ARGS` in `home` with `vars`, its JSON output line.
 fn airflow_json(bin: &Path, home: &Path, vars: &[(&str, String)], args: &[&str]) -> Value {
@@ -93,17 +94,11 @@ fn the_bundle_works_on_airflow_3_0() {
          \x20   print(b.path, (b.path / 'common' / 'helpers.py').exists(), b.view_url())\n",
         mnt = s(&mnt),
     );
-    let out = Command::new(bin.join("python"))
-        .args(["-c", &script])
-        .env("AIRFLOW_HOME", &home)
-        .envs(vars.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_stdout(
+        Command::new(bin.join("python"))
+            .args(["-c", &script])
+            .env("AIRFLOW_HOME", &home)
+            .envs(vars.iter().map(|(k, v)| (k, v))),
     );
     let lines: Vec<&str> = stdout.lines().collect();
     let link = format!("https://releases.example/{version}");
