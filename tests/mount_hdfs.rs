@@ -39,6 +39,15 @@ fn hashes(root: &Path) -> BTreeMap<String, Digest> {
         .collect()
 }
 
+/// [`Folders::on_shared_cluster`] with generation 1 of `files` numbered files pushed.
+fn published(name: &str, files: usize) -> (&'static MiniDfs, String, Folders) {
+    let (cluster, url, folders) = Folders::on_shared_cluster(name);
+    let (dags, _, runtime, _) = folders.paths();
+    write_generation(&dags, 1, files);
+    push(cluster, &runtime, &dags, &url);
+    (cluster, url, folders)
+}
+
 #[test]
 fn serves_identical_bytes_and_switches_atomically() {
     let (cluster, url, folders) = Folders::on_shared_cluster("mount-atomic");
@@ -59,14 +68,7 @@ fn serves_identical_bytes_and_switches_atomically() {
         .unwrap()
         .port();
     let metrics = format!("127.0.0.1:{port}");
-    let mut mount = Mount::start_with(
-        cluster,
-        &runtime,
-        &url,
-        &mnt,
-        &folders.cache(),
-        &["--metrics", &metrics],
-    );
+    let mut mount = folders.mount(cluster, &url, &["--metrics", &metrics]);
     let state = mount.serving(1);
     assert!(state.is_current() && state.online, "{state:?}");
     assert_eq!(
@@ -225,11 +227,9 @@ fn namenode_down_serves_from_cache_restarts_offline_and_recovers() {
 
 #[test]
 fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
-    let (cluster, url, folders) = Folders::on_shared_cluster("mount-lifecycle");
+    let (cluster, url, folders) = published("mount-lifecycle", 5);
     let (dags, mnt, runtime, _) = folders.paths();
     let cache = folders.cache();
-    write_generation(&dags, 1, 5);
-    push(cluster, &runtime, &dags, &url);
 
     // `fusermount3 -u` by an operator: the mount process notices and exits 0.
     let mut mount = Mount::start(cluster, &runtime, &url, &mnt, &cache);
@@ -265,18 +265,13 @@ fn an_operator_unmount_ends_the_mount_and_a_crashed_mount_is_replaced() {
 
 #[test]
 fn every_recently_served_generation_is_readable_under_dagfs_generations() {
-    let (cluster, url, folders) = Folders::on_shared_cluster("mount-views");
-    let (dags, mnt, runtime, _) = folders.paths();
     const FILES: usize = 20;
-    write_generation(&dags, 1, FILES);
-    push(cluster, &runtime, &dags, &url);
+    let (cluster, url, folders) = published("mount-views", FILES);
+    let (dags, mnt, runtime, _) = folders.paths();
     let keep_for = Duration::from_secs(4);
-    let mut mount = Mount::start_with(
+    let mut mount = folders.mount(
         cluster,
-        &runtime,
         &url,
-        &mnt,
-        &folders.cache(),
         &[
             "--set",
             "mount.keep_generations=1",

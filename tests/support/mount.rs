@@ -68,6 +68,12 @@ impl Folders {
         self.root.join("cache")
     }
 
+    /// [`Mount::start_with`] at this test's mountpoint, runtime and cache directories.
+    pub fn mount(&self, cluster: &MiniDfs, url: &str, extra: &[&str]) -> Mount {
+        let (_, mnt, runtime, _) = self.paths();
+        Mount::start_with(cluster, &runtime, url, &mnt, &self.cache(), extra)
+    }
+
     /// (dags, mnt, run, home).
     pub fn paths(&self) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         let at = |name| self.root.join(name);
