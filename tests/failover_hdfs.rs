@@ -152,6 +152,15 @@ flock -n -E 99 "$(dirname "$0")/alive.lock" sh -c '
         );
     }
 
+    /// [`World::assert_no_overlap`] every 100 ms for `time`.
+    fn watch_no_overlap(&self, time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            self.assert_no_overlap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A controller for host `name`; `uid` runs it as that user (to cut it off alone).
     fn host(&self, name: &str, uid: Option<u32>, extra: &[(&str, &str)]) -> Host {
         let runtime = self.dir.path().join(format!("run-{name}"));
@@ -869,11 +878,7 @@ fn emptying_the_heartbeats_never_runs_two_units() {
         );
         let emptied = now_ms();
         // Watch for three takeover timeouts: never two at once, and one leads again.
-        let until = Instant::now() + 3 * TAKEOVER_AFTER;
-        while Instant::now() < until {
-            world.assert_no_overlap();
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        world.watch_no_overlap(3 * TAKEOVER_AFTER);
         world.wait_for("one leader again", Duration::from_secs(30), || {
             [&a, &b].iter().any(|h| {
                 h.state()
@@ -912,11 +917,7 @@ fn mixed_timings_across_hosts_never_run_two_units() {
     a.start(&world, &[]);
     world.wait_start("a", 1, Duration::from_secs(60));
     b.start(&world, &[]);
-    let until = Instant::now() + Duration::from_secs(25);
-    while Instant::now() < until {
-        world.assert_no_overlap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    world.watch_no_overlap(Duration::from_secs(25));
     assert!(
         !world.starts().iter().any(|(h, _)| h == "b"),
         "b took over from a healthy leader:\n{}",

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::hidden_sibling;
 use crate::cache::{Cache, CacheError};
 use crate::format::{tree_id, Manifest};
 use crate::generations::{self, GenerationError};
@@ -221,14 +222,7 @@ fn matches(dir: &Path, manifest: &Manifest) -> Result<bool, CheckoutError> {
 /// Moves a damaged checkout out of the way and deletes it (a concurrent checkout may have
 /// done so already).
 fn set_aside(dir: &Path) -> Result<(), CheckoutError> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let aside = dir.with_file_name(format!(
-        ".{name}.dagfs-damaged-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let aside = hidden_sibling(dir, "dagfs-damaged");
     match std::fs::rename(dir, &aside) {
         Ok(()) => std::fs::remove_dir_all(&aside).map_err(io(&aside)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -249,14 +243,7 @@ fn build(
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(
-        ".{name}.dagfs-tmp-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let tmp = hidden_sibling(dir, "dagfs-tmp");
     let result = fill(cache, manifest, &tmp, marker).and_then(|()| {
         match std::fs::rename(&tmp, dir) {
             Ok(()) => Ok(true),

@@ -7,7 +7,7 @@
 //! place, so a reader sees the old file or all of the new one, never part of it.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How a file is written.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +35,18 @@ impl Options {
         world_readable: false,
         temp_prefix: ".tmp",
     };
+}
+
+/// A fresh hidden name beside `path`, `.NAME.PURPOSE-<uuid>`, for a tree built there before
+/// a rename puts it in place, or moved there to be removed: readers skip dot names, and
+/// cleanups find leftovers by their PURPOSE.
+pub fn hidden_sibling(path: &Path, purpose: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique = uuid::Uuid::new_v4().simple();
+    path.with_file_name(format!(".{name}.{purpose}-{unique}"))
 }
 
 /// Replaces `path` with `bytes` atomically (see the module documentation), creating its

@@ -41,6 +41,7 @@ use std::sync::Mutex;
 use dagfs_fuse::tree::{new_file_mtime_ns, ns_of, time_of};
 
 use super::{MountError, Serving, ViewState};
+use crate::atomic::hidden_sibling;
 use crate::cache::Cache;
 use crate::config::LinkFiles;
 use crate::format::Manifest;
@@ -76,17 +77,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
 /// under a dot name, so a half-removed tree is never seen under its name and a restart
 /// finishes the job.
 fn remove_tree(dir: &Path) -> std::io::Result<()> {
-    let name = dir
+    let hidden = dir
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let aside = dir.with_file_name(format!(
-        ".{name}.removing-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let doomed = if name.starts_with('.') {
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    let doomed = if hidden {
         dir.to_path_buf()
     } else {
+        let aside = hidden_sibling(dir, "removing");
         std::fs::rename(dir, &aside)?;
         aside
     };
@@ -199,10 +196,7 @@ impl LinkTree {
             // Another tree under this number (the store was rebuilt), or never verified.
             remove_tree(&target).map_err(io(&target))?;
         }
-        let tmp = self.generations.join(format!(
-            ".{generation}.tmp-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let tmp = hidden_sibling(&target, "tmp");
         let result = self.fill(&tmp, manifest).and_then(|()| {
             std::fs::rename(&tmp, &target).map_err(io(&target))?;
             Ok(())
