@@ -501,6 +501,21 @@ impl<S: ContentSource> DagFs<S> {
         })
     }
 
+    /// The directory `ino` of a tree in use; `NotDir` for a file, `NotFound` for neither.
+    fn dir<'s>(
+        &self,
+        state: &'s State,
+        ino: Ino,
+    ) -> FsResult<(&'s Arc<Snapshot>, &'s tree::DirNode)> {
+        state.dir(ino).ok_or_else(|| {
+            if self.file(state, ino).is_some() {
+                FsError::NotDir
+            } else {
+                FsError::NotFound
+            }
+        })
+    }
+
     /// Looks up `name` in directory `parent`; the kernel takes a reference to the result.
     pub fn lookup(&self, view: &View<'_>, parent: Ino, name: &str) -> FsResult<Attr> {
         let state = &*view.state;
@@ -516,13 +531,7 @@ impl<S: ContentSource> DagFs<S> {
                 .and_then(|g| state.views.get(&g))
                 .map(|v| v.root),
             _ => {
-                let Some((tree, dir)) = state.dir(parent) else {
-                    return Err(if self.file(state, parent).is_some() {
-                        FsError::NotDir
-                    } else {
-                        FsError::NotFound
-                    });
-                };
+                let (tree, dir) = self.dir(state, parent)?;
                 dir.entry(name).and_then(|e| tree.attr(e.ino))
             }
         };
@@ -606,13 +615,7 @@ impl<S: ContentSource> DagFs<S> {
                 (None, (dot(ino)?, dot(DAGFS_DIR_INO)?, entries))
             }
             _ => {
-                let Some((tree, dir)) = state.dir(ino) else {
-                    return Err(if self.file(state, ino).is_some() {
-                        FsError::NotDir
-                    } else {
-                        FsError::NotFound
-                    });
-                };
+                let (tree, dir) = self.dir(state, ino)?;
                 let entries = dir
                     .entries
                     .iter()

@@ -90,6 +90,21 @@ pub struct Report {
     pub orphans: usize,
 }
 
+impl Report {
+    /// The report of files (a folder's or a mount's, all hashed) checked against `manifest`.
+    fn of_files(manifest: &Manifest, files: &[Entry], findings: Vec<Finding>) -> Report {
+        Report {
+            generation: manifest.generation,
+            tree_id: manifest.tree_id.to_string(),
+            generations_checked: vec![manifest.generation],
+            checked: files.len(),
+            bytes_hashed: files.iter().map(|e| e.size).sum(),
+            findings,
+            orphans: 0,
+        }
+    }
+}
+
 async fn target(store: &dyn Store, generation: Option<u64>) -> Result<Manifest, VerifyError> {
     let generation = generations::given_or_head(store, generation).await?;
     Ok(generations::load(store, generation).await?)
@@ -111,15 +126,7 @@ pub async fn verify_local(
     };
     let local: Vec<Entry> = files.iter().map(|f| f.entry.clone()).collect();
     let findings = tree_findings(&manifest.entries, &local, "the folder");
-    Ok(Report {
-        generation: manifest.generation,
-        tree_id: manifest.tree_id.to_string(),
-        generations_checked: vec![manifest.generation],
-        checked: local.len(),
-        bytes_hashed: local.iter().map(|e| e.size).sum(),
-        findings,
-        orphans: 0,
-    })
+    Ok(Report::of_files(&manifest, &local, findings))
 }
 
 /// The differences between the generation's entries and what a folder or mount (`place`)
@@ -199,15 +206,7 @@ pub async fn verify_mount(
             ),
         ));
     }
-    Ok(Report {
-        generation: expected.generation,
-        tree_id: expected.tree_id.to_string(),
-        generations_checked: vec![expected.generation],
-        checked: served.len(),
-        bytes_hashed: served.iter().map(|e| e.size).sum(),
-        findings,
-        orphans: 0,
-    })
+    Ok(Report::of_files(&expected, &served, findings))
 }
 
 fn finding(kind: FindingKind, path: &str, detail: &str) -> Finding {
