@@ -515,6 +515,17 @@ mod tests {
     use crate::store::{LocalStore, Overwrite};
     use crate::testutil::publish_files;
 
+    /// A store with one generation, `a.py` = "AAAA", fetched into a cache under the same
+    /// temporary directory.
+    async fn one_file_fetched() -> (tempfile::TempDir, LocalStore, Cache, Manifest) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
+        publish_files(&store, tmp.path(), &[("a.py", "AAAA")]).await;
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap().manifest;
+        (tmp, store, cache, g1)
+    }
+
     #[tokio::test]
     async fn fetches_verifies_serves_offline_and_evicts() {
         let tmp = tempfile::tempdir().unwrap();
@@ -659,11 +670,7 @@ mod tests {
     /// not taken for the object (the first check in a process hashes it).
     #[tokio::test]
     async fn a_right_sized_file_of_garbage_is_not_taken_for_the_object() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
-        publish_files(&store, tmp.path(), &[("a.py", "AAAA")]).await;
-        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
-        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap().manifest;
+        let (tmp, store, cache, g1) = one_file_fetched().await;
         let a = &g1.entries[0];
         std::fs::write(cache.object_path(&a.blake3), "\0\0\0\0").unwrap();
         let restarted = Cache::open(&tmp.path().join("cache")).unwrap();
@@ -682,11 +689,7 @@ mod tests {
     /// writer left an hour ago.
     #[tokio::test]
     async fn eviction_spares_files_being_written_and_removes_stale_ones() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(tmp.path().join("store")).await.unwrap();
-        publish_files(&store, tmp.path(), &[("a.py", "AAAA")]).await;
-        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
-        let g1 = cache.fetch_generation(&store, 1, 4).await.unwrap().manifest;
+        let (_tmp, _store, cache, g1) = one_file_fetched().await;
         let dir = cache.object_path(&g1.entries[0].blake3);
         let dir = dir.parent().unwrap();
         let fresh = dir.join(format!("{PART_PREFIX}being-written"));
