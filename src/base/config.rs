@@ -907,30 +907,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
-        let err = load("[store]\ntimout = \"1s\"\n", &[], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("timout"), "{err}");
-        let err = load("", &[("DAGFS_LOG_FORMAT", "xml")], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("log.format") && err.contains("xml"), "{err}");
-        let err = load("[store]\ntimeout = \"0s\"\n", &[], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("store.timeout"), "{err}");
-        let err = load("[sync]\nmax_delay = \"50ms\"\n", &[], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sync.max_delay"), "{err}");
-        let err = load("", &[("DAGFS_SYNC_METRICS", "localhost")], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sync.metrics"), "{err}");
-        let err = load("[log]\nlevel = \"loud[\"\n", &[], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("log.level"), "{err}");
+        // (file, environment, what the one-line error must name)
+        let cases: [(&str, &[(&str, &str)], &[&str]); 6] = [
+            ("[store]\ntimout = \"1s\"\n", &[], &["timout"]),
+            ("", &[("DAGFS_LOG_FORMAT", "xml")], &["log.format", "xml"]),
+            ("[store]\ntimeout = \"0s\"\n", &[], &["store.timeout"]),
+            ("[sync]\nmax_delay = \"50ms\"\n", &[], &["sync.max_delay"]),
+            (
+                "",
+                &[("DAGFS_SYNC_METRICS", "localhost")],
+                &["sync.metrics"],
+            ),
+            ("[log]\nlevel = \"loud[\"\n", &[], &["log.level"]),
+        ];
+        for (file, env, named) in cases {
+            let err = load(file, env, &[]).unwrap_err().to_string();
+            assert!(named.iter().all(|n| err.contains(n)), "{err}");
+        }
         assert!(matches!(
             load("", &[], &["timeout"]),
             Err(ConfigError::BadOverride(_))
