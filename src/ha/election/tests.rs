@@ -123,6 +123,27 @@ async fn elected_at(candidate: &mut Candidate<'_>, clock: &FakeClock, secs: u64)
     elect(candidate).await
 }
 
+/// `leader` renews `term` (without changing its settings); `store`'s faults so far are
+/// printed if not.
+async fn assert_renewed(leader: &mut Candidate<'_>, term: &mut Term, store: &FaultyStore) {
+    let renewal = leader.renew(term, None, None).await.unwrap();
+    assert_eq!(renewal, Renewal::Renewed, "faults: {:?}", store.fired());
+}
+
+/// Writes `bytes` at `key` behind the protocol's back, as an operator or another program
+/// might.
+async fn write_behind_the_back(store: &FaultyStore, key: &str, bytes: &'static [u8]) {
+    let bytes = Bytes::from_static(bytes);
+    store.put(key, bytes, Overwrite::Allow).await.unwrap();
+}
+
+/// `candidate` elected when it looks at `secs`, with an epoch above the `before` leader's:
+/// epochs never repeat.
+async fn succeeds_at(candidate: &mut Candidate<'_>, clock: &FakeClock, secs: u64, before: &Term) {
+    let term = elected_at(candidate, clock, secs).await;
+    assert!(term.epoch > before.epoch, "{term:?} after {before:?}");
+}
+
 async fn elect(candidate: &mut Candidate<'_>) -> Term {
     match candidate.standby_step(true).await.unwrap() {
         Standing::Elected(term) => term,
@@ -150,8 +171,7 @@ async fn seqs(store: &dyn Store) -> Vec<u64> {
 async fn first_candidate_waits_then_leads_and_standby_waits_for_silence() {
     let bed = Bed::new().await;
     let (store, coordinator, clock) = bed.parts();
-    let mut a = candidate(&coordinator, "a", TIMING, &clock);
-    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    let [mut a, mut b] = ["a", "b"].map(|id| candidate(&coordinator, id, TIMING, &clock));
 
     // Even an empty register is taken over only after a full wait: a leader may be renewing
     // right now into a directory an operator just emptied.
@@ -232,10 +252,7 @@ async fn a_stale_claim_of_a_deleted_name_loses() {
     let claimed = coordinator.claim(stale.version, 2, &beat).await.unwrap();
     assert_eq!(claimed, Claimed::Lost(None));
     assert!(!seqs(store).await.contains(&2), "the orphan is removed");
-    assert_eq!(
-        a.renew(&mut term, None, None).await.unwrap(),
-        Renewal::Renewed
-    );
+    assert_renewed(&mut a, &mut term, store).await;
 }
 
 /// Bug 1, the operator's way: `failover/beats` emptied under a running leader. Nobody may
@@ -245,8 +262,7 @@ async fn a_stale_claim_of_a_deleted_name_loses() {
 async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
     let bed = Bed::new().await;
     let (store, coordinator, clock) = bed.parts();
-    let mut a = candidate(&coordinator, "a", TIMING, &clock);
-    let mut b = candidate(&coordinator, "b", TIMING, &clock);
+    let [mut a, mut b] = ["a", "b"].map(|id| candidate(&coordinator, id, TIMING, &clock));
     a.standby_step(true).await.unwrap();
     let mut term = elected_at(&mut a, &clock, 5).await;
     for t in 6..10 {
@@ -265,8 +281,7 @@ async fn an_emptied_chain_deposes_the_leader_and_nobody_takes_over_early() {
     // Removing it changed the directory: b's wait starts again from its next look.
     assert!(following_at(&mut b, &clock, 14).await);
     assert!(following_at(&mut b, &clock, 18).await);
-    let b_term = elected_at(&mut b, &clock, 19).await;
-    assert!(b_term.epoch > term.epoch, "epochs never repeat: {b_term:?}");
+    succeeds_at(&mut b, &clock, 19, &term).await;
 }
 
 /// Bug 2: settings differ across hosts (a rolling change). The standby waits for the
@@ -306,12 +321,7 @@ async fn a_renewal_whose_reply_was_lost_carries_on() {
     );
     assert!(is_following(&mut b).await);
     clock.set(7);
-    assert_eq!(
-        a.renew(&mut term, None, None).await.unwrap(),
-        Renewal::Renewed,
-        "faults: {:?}",
-        store.fired()
-    );
+    assert_renewed(&mut a, &mut term, store).await;
     assert_eq!(
         (term.version.seq, term.lease_until),
         (3, Clock(Duration::from_secs(10)))
@@ -356,10 +366,7 @@ async fn a_failed_read_back_or_verification_is_an_error_not_a_deposition() {
         assert_eq!(seqs(store).await, [1, 2], "{what} failed: beat 2 stays");
         store.clear();
     }
-    assert_eq!(
-        a.renew(&mut term, None, None).await.unwrap(),
-        Renewal::Renewed
-    );
+    assert_renewed(&mut a, &mut term, store).await;
     assert_eq!(term.version.seq, 3);
 }
 
@@ -394,12 +401,7 @@ async fn a_renewal_cut_off_mid_write_leaves_no_empty_beat() {
         Err(CoordinatorError::TimedOut { .. })
     ));
     clock.set(7);
-    assert_eq!(
-        a.renew(&mut term, None, None).await.unwrap(),
-        Renewal::Renewed,
-        "faults: {:?}",
-        store.fired()
-    );
+    assert_renewed(&mut a, &mut term, store).await;
     assert!(is_following(&mut b).await);
     let seen = b.seen().unwrap();
     assert_eq!(
@@ -417,10 +419,7 @@ async fn an_unreadable_beat_holds_standbys_for_the_widest_lease_and_deposes_its_
     let bed = Bed::new().await;
     let (store, coordinator, clock) = bed.parts();
     let (mut a, mut term, mut b) = leader_and_follower(&coordinator, SLOW, &clock).await;
-    store
-        .put(&beat_key(1), Bytes::new(), Overwrite::Allow)
-        .await
-        .unwrap();
+    write_behind_the_back(store, &beat_key(1), b"").await;
     assert!(following_at(&mut b, &clock, 46).await);
     assert_eq!(b.seen().unwrap().beat, None);
     // b's own takeover_after (5 s) is over; a's lease + grace (40 s) + b's margin is not.
@@ -451,19 +450,11 @@ async fn epochs_never_repeat_over_unreadable_beats() {
         a.renew(&mut term, None, None).await.unwrap();
     }
     for seq in seqs(store).await {
-        store
-            .put(
-                &beat_key(seq),
-                Bytes::from_static(b"{\"epo"),
-                Overwrite::Allow,
-            )
-            .await
-            .unwrap();
+        write_behind_the_back(store, &beat_key(seq), b"{\"epo").await;
     }
     let mut b = candidate(&coordinator, "b", TIMING, &clock);
     assert!(is_following(&mut b).await);
-    let b_term = elected_at(&mut b, &clock, 20).await;
-    assert!(b_term.epoch > term.epoch, "{b_term:?} after {term:?}");
+    succeeds_at(&mut b, &clock, 20, &term).await;
 }
 
 /// Issue 14, bug 9: a beat name read from the store is a number an adversary chooses; the
@@ -472,23 +463,13 @@ async fn epochs_never_repeat_over_unreadable_beats() {
 async fn a_beat_named_with_the_largest_number_is_ignored() {
     let bed = Bed::new().await;
     let (store, coordinator, clock) = bed.parts();
-    store
-        .put(
-            &format!("{BEATS_DIR}/{}", u64::MAX),
-            Bytes::from_static(b"{}"),
-            Overwrite::Deny,
-        )
-        .await
-        .unwrap();
+    write_behind_the_back(store, &format!("{BEATS_DIR}/{}", u64::MAX), b"{}").await;
     let mut a = candidate(&coordinator, "a", TIMING, &clock);
     assert!(is_following(&mut a).await);
     let mut term = elected_at(&mut a, &clock, 5).await;
     assert_eq!(term.epoch, 1);
     clock.set(6);
-    assert_eq!(
-        a.renew(&mut term, None, None).await.unwrap(),
-        Renewal::Renewed
-    );
+    assert_renewed(&mut a, &mut term, store).await;
 }
 
 /// The lease row of the database coordinator, in memory: each statement on its own, as the
