@@ -4,6 +4,7 @@
 //! systemd unit must carry one of the two (a hand-written unit drifts from the packaged one),
 //! and the failover table's DDL shown in the docs must be the one dagfs runs.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 const DOCS: [&str; 4] = [
@@ -128,5 +129,47 @@ fn the_failover_table_in_the_docs_is_the_one_dagfs_creates() {
     assert!(
         shown >= 2,
         "the DDL is shown in OPERATIONS.md and DESIGN.md"
+    );
+}
+
+/// The metrics OPERATIONS.md names are the ones sync, mount and failover register, and the
+/// other way round: a metric renamed, dropped or added in one place only fails here.
+#[test]
+fn operations_names_every_metric_the_daemons_export() {
+    let mut registry = dagfs::metrics::Registry::default();
+    dagfs::sync::SyncMetrics::register(&mut registry);
+    dagfs::mount::metrics::MountMetrics::register(&mut registry);
+    dagfs::failover::FailoverMetrics::register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    // `# HELP NAME ...`: counters without their `_total`, the way their samples add it.
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let operations = std::fs::read_to_string(root().join("docs/OPERATIONS.md")).unwrap();
+    let documented: BTreeSet<String> = operations
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| {
+            ["dagfs_sync_", "dagfs_mount_", "dagfs_failover_"]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .filter(|w| *w != "dagfs_failover_lease") // the lease table, not a metric
+        .map(|w| w.trim_end_matches("_total").to_string())
+        .collect();
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in OPERATIONS.md: {undocumented:?}"
+    );
+    // A labelled family (`errors{kind}`) is written only once it has a series.
+    let unexported: Vec<_> = documented.difference(&exported).collect();
+    assert_eq!(
+        unexported,
+        ["dagfs_mount_errors", "dagfs_sync_errors"],
+        "documented but not registered"
     );
 }

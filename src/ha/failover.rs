@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{FailoverConfig, FailoverMode};
 use crate::election::{Beat, Candidate, Clock, Coordinator, Identity, Renewal, Standing, Term};
 use crate::generations;
-use crate::metrics::{Health, Registry};
+use crate::metrics::{register_metrics, Health, Registry};
 use crate::mount::state::{MountState, StateDir};
 use crate::running::{Floor, RunningRecord};
 use crate::runtime::{now_ms, ClaimError, StateFile};
@@ -186,41 +186,18 @@ impl FailoverMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> FailoverMetrics {
         let metrics = FailoverMetrics::default();
-        let r = registry.sub_registry_with_prefix("dagfs_failover");
-        r.register(
-            "leader",
-            "1 while this controller holds leadership (or runs --all-active)",
-            metrics.leader.clone(),
-        );
-        r.register(
-            "running",
-            "1 while the supervised commands run",
-            metrics.running.clone(),
-        );
-        r.register(
-            "epoch",
-            "Fencing epoch of this controller's leadership (0 when standby)",
-            metrics.epoch.clone(),
-        );
-        r.register(
-            "generation",
-            "Generation the commands were started on",
-            metrics.generation.clone(),
-        );
-        r.register(
-            "cooling_down",
-            "1 while stepped down after repeated failures",
-            metrics.cooling_down.clone(),
-        );
-        r.register(
+        register_metrics!(registry, "dagfs_failover",
+            "leader", "1 while this controller holds leadership (or runs --all-active)"
+                => metrics.leader;
+            "running", "1 while the supervised commands run" => metrics.running;
+            "epoch", "Fencing epoch of this controller's leadership (0 when standby)"
+                => metrics.epoch;
+            "generation", "Generation the commands were started on" => metrics.generation;
+            "cooling_down", "1 while stepped down after repeated failures" => metrics.cooling_down;
             "leader_heartbeat_age_seconds",
-            "Seconds since a standby saw the leader's heartbeat change (its own clock)",
-            metrics.heartbeat_age.clone(),
-        );
-        r.register(
-            "restarts",
-            "Restarts of the supervised commands",
-            metrics.restarts.clone(),
+                "Seconds since a standby saw the leader's heartbeat change (its own clock)"
+                => metrics.heartbeat_age;
+            "restarts", "Restarts of the supervised commands" => metrics.restarts;
         );
         metrics
     }

@@ -32,6 +32,19 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Registers metrics under `prefix` in `registry`, one `"name", "help" => metric` a line; the
+/// registry keeps a clone, which shares the series.
+///
+/// A macro rather than a function over a list: the metrics differ in type, and
+/// prometheus-client registers only concrete ones (a boxed `dyn Metric` is not one).
+macro_rules! register_metrics {
+    ($registry:expr, $prefix:literal, $($name:literal, $help:literal => $metric:expr;)+) => {{
+        let registry = $registry.sub_registry_with_prefix($prefix);
+        $(registry.register($name, $help, $metric.clone());)+
+    }};
+}
+pub(crate) use register_metrics;
+
 /// OpenMetrics text format, as `prometheus_client::encoding::text` writes it.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::format::Entry;
 use crate::generations::{self, GenerationError};
-use crate::metrics::{Health, KindLabels, Registry};
+use crate::metrics::{register_metrics, Health, KindLabels, Registry};
 use crate::publish::{self, Desired, Outcome, PublishError, PublishOptions};
 use crate::runtime::now_ms;
 use crate::scan::{self, HashCache, ScanOptions, ScannedFile};
@@ -116,41 +116,20 @@ impl SyncMetrics {
             pending: Gauge::default(),
             generation: Gauge::default(),
         };
-        let sync = registry.sub_registry_with_prefix("dagfs_sync");
-        sync.register(
-            "generations_published",
-            "Generations this daemon committed",
-            metrics.generations.clone(),
-        );
-        sync.register(
-            "objects_uploaded",
-            "Objects uploaded (content the store did not have)",
-            metrics.objects.clone(),
-        );
-        sync.register(
-            "bytes_uploaded",
-            "Bytes of objects uploaded",
-            metrics.bytes.clone(),
-        );
-        sync.register(
+        register_metrics!(registry, "dagfs_sync",
+            "generations_published", "Generations this daemon committed" => metrics.generations;
+            "objects_uploaded", "Objects uploaded (content the store did not have)"
+                => metrics.objects;
+            "bytes_uploaded", "Bytes of objects uploaded" => metrics.bytes;
             "publish_duration_seconds",
-            "Time from the start of a publish attempt to its commit (successful attempts)",
-            metrics.publish_seconds.clone(),
-        );
-        sync.register(
-            "errors",
-            "Failed publish attempts and scans, by kind",
-            metrics.errors.clone(),
-        );
-        sync.register(
+                "Time from the start of a publish attempt to its commit (successful attempts)"
+                => metrics.publish_seconds;
+            "errors", "Failed publish attempts and scans, by kind" => metrics.errors;
             "pending_changes",
-            "Paths that differ between the folder and the store as of the last scan",
-            metrics.pending.clone(),
-        );
-        sync.register(
-            "generation",
-            "Head generation after the last successful publish",
-            metrics.generation.clone(),
+                "Paths that differ between the folder and the store as of the last scan"
+                => metrics.pending;
+            "generation", "Head generation after the last successful publish"
+                => metrics.generation;
         );
         metrics
     }

@@ -5,7 +5,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::metrics::{KindLabels, Registry};
+use crate::metrics::{register_metrics, KindLabels, Registry};
 
 /// What the mount reports. Clones share the same series.
 #[derive(Clone, Debug)]
@@ -45,51 +45,20 @@ impl MountMetrics {
             cache_reads: Counter::default(),
             cache_misses: Counter::default(),
         };
-        let mount = registry.sub_registry_with_prefix("dagfs_mount");
-        mount.register(
-            "generation",
-            "Generation served",
-            metrics.generation.clone(),
-        );
-        mount.register(
-            "head_generation",
-            "Head generation seen by the last successful poll",
-            metrics.head.clone(),
-        );
-        mount.register(
-            "generation_lag",
-            "Head minus the generation served",
-            metrics.lag.clone(),
-        );
-        mount.register(
+        register_metrics!(registry, "dagfs_mount",
+            "generation", "Generation served" => metrics.generation;
+            "head_generation", "Head generation seen by the last successful poll" => metrics.head;
+            "generation_lag", "Head minus the generation served" => metrics.lag;
             "online",
-            "1 when the last poll succeeded: the store answered and the mount serves its head",
-            metrics.online.clone(),
-        );
-        mount.register(
-            "switches",
-            "Switches to a new generation",
-            metrics.switches.clone(),
-        );
-        mount.register(
-            "switch_duration_seconds",
-            "From noticing a new head to serving it (fetch and switch)",
-            metrics.switch_seconds.clone(),
-        );
-        mount.register(
-            "errors",
-            "Failed polls and fetches, by kind",
-            metrics.errors.clone(),
-        );
-        mount.register(
-            "cache_reads",
-            "File reads served from the local cache",
-            metrics.cache_reads.clone(),
-        );
-        mount.register(
-            "cache_misses",
-            "Reads whose object was missing from the cache and fetched again",
-            metrics.cache_misses.clone(),
+                "1 when the last poll succeeded: the store answered and the mount serves its head"
+                => metrics.online;
+            "switches", "Switches to a new generation" => metrics.switches;
+            "switch_duration_seconds", "From noticing a new head to serving it (fetch and switch)"
+                => metrics.switch_seconds;
+            "errors", "Failed polls and fetches, by kind" => metrics.errors;
+            "cache_reads", "File reads served from the local cache" => metrics.cache_reads;
+            "cache_misses", "Reads whose object was missing from the cache and fetched again"
+                => metrics.cache_misses;
         );
         metrics
     }
