@@ -684,13 +684,8 @@ fn worker_initialize(
          except DagfsBundleError as e:\n    print('ERROR', e)\n",
         dagfs = env!("CARGO_BIN_EXE_dagfs"),
     );
-    let out = Command::new(bin.join("python"))
+    let out = bundle_python(bin, cluster, versions.as_ref(), "3s")
         .args(["-c", &script])
-        .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", versions)
-        .env("AIRFLOW_HOME", versions.join("home"))
-        .env("DAGFS_STORE_TIMEOUT", "3s")
-        .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
-        .env("DAGFS_STORE_USER", superuser())
         .env("XDG_CACHE_HOME", versions.join("cache"))
         .output()
         .unwrap();
@@ -770,15 +765,12 @@ fn worker_disk_stays_bounded_over_fifty_generations_without_a_mount() {
     }
     let storage = tmp.path().join("bundles");
     let stdout = run_stdout(
-        Command::new(bin.join("python"))
+        bundle_python(&bin, cluster, &storage, "3s")
+            // Outside the storage whose size the script measures.
+            .env("AIRFLOW_HOME", tmp.path().join("home"))
             .arg(repo().join("tests/airflow/worker_versions.py"))
             .args([&url, env!("CARGO_BIN_EXE_dagfs"), &KEEP.to_string()])
-            .args((1..=GENERATIONS).map(|g| g.to_string()))
-            .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", &storage)
-            .env("AIRFLOW_HOME", tmp.path().join("home"))
-            .env("DAGFS_STORE_TIMEOUT", "3s")
-            .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
-            .env("DAGFS_STORE_USER", superuser()),
+            .args((1..=GENERATIONS).map(|g| g.to_string())),
     );
     let rows: Vec<(u64, u64, usize)> = stdout
         .lines()
@@ -810,6 +802,19 @@ fn worker_disk_stays_bounded_over_fifty_generations_without_a_mount() {
     );
 }
 
+/// The venv's Python (at `bin`) as a DAG processor host: bundles under `storage`,
+/// `AIRFLOW_HOME` in it, dagfs reaching the cluster with store timeout `timeout`.
+fn bundle_python(bin: &Path, cluster: &MiniDfs, storage: &Path, timeout: &str) -> Command {
+    let mut command = Command::new(bin.join("python"));
+    command
+        .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", storage)
+        .env("AIRFLOW_HOME", storage.join("home"))
+        .env("DAGFS_STORE_TIMEOUT", timeout)
+        .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
+        .env("DAGFS_STORE_USER", superuser());
+    command
+}
+
 /// A DAG processor's `refresh()` without a mount, in the venv's Python (one process, as the
 /// processor keeps one bundle): (seconds it took, the version it chose); its log is printed.
 fn checkout_refresh(bin: &Path, cluster: &MiniDfs, url: &str, storage: &Path) -> (f64, String) {
@@ -821,14 +826,9 @@ fn checkout_refresh(bin: &Path, cluster: &MiniDfs, url: &str, storage: &Path) ->
          print(time.monotonic() - t, b.get_current_version().version)\n",
         dagfs = env!("CARGO_BIN_EXE_dagfs"),
     );
-    let out = Command::new(bin.join("python"))
+    // dagfs itself would wait longer for the store: the bundle's own bound must hold.
+    let out = bundle_python(bin, cluster, storage.as_ref(), "60s")
         .args(["-c", &script])
-        .env("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH", storage)
-        .env("AIRFLOW_HOME", storage.join("home"))
-        // dagfs itself would wait longer for the store: the bundle's own bound must hold.
-        .env("DAGFS_STORE_TIMEOUT", "60s")
-        .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
-        .env("DAGFS_STORE_USER", superuser())
         .output()
         .unwrap();
     let (stdout, stderr) = (
