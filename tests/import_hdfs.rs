@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,9 +31,7 @@ async fn open(cluster: &MiniDfs, url: &str) -> Box<dyn Store> {
 
 /// `dagfs ARGS` against `cluster` as `user`, configured through the environment.
 fn dagfs(cluster: &MiniDfs, user: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dagfs"))
-        .args(args)
-        .env_remove("DAGFS_CONFIG")
+    support::dagfs_command(args)
         .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
         .env("DAGFS_STORE_USER", user)
         .env("DAGFS_STORE_TIMEOUT", "20s")

@@ -36,10 +36,8 @@ struct Env {
 
 impl Env {
     fn dagfs(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+        let mut command = support::dagfs_command(args);
         command
-            .args(args)
-            .env_remove("DAGFS_CONFIG")
             .env("DAGFS_RUNTIME_DIR", &self.runtime)
             .env("XDG_CACHE_HOME", self.runtime.join("cache"))
             .stdin(Stdio::null());

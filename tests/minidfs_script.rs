@@ -113,10 +113,8 @@ async fn start_use_and_stop_leaves_no_java_behind() {
 /// `dagfs ARGS` with the environment a person gets from `start`'s `export` lines, nothing
 /// from this machine's configuration, and a private, empty ticket cache.
 fn dagfs_with_exports(started: &str, scratch: &Path, args: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+    let mut command = support::dagfs_command(args);
     command
-        .args(args)
-        .env_remove("DAGFS_CONFIG")
         .env_remove("HADOOP_CONF_DIR")
         .env_remove("KRB5_CONFIG")
         .env_remove("DAGFS_STORE_USER")

@@ -73,10 +73,8 @@ impl SyncDaemon {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+        let mut command = support::dagfs_command(args);
         command
-            .args(args)
-            .env_remove("DAGFS_CONFIG")
             .env("DAGFS_STORE_HADOOP_CONF_DIR", &self.conf_dir)
             .env("DAGFS_STORE_USER", superuser())
             .env("DAGFS_STORE_TIMEOUT", "5s")

@@ -99,6 +99,14 @@ pub async fn read_object(store: &dyn Store, digest: &dagfs::format::Digest) -> b
     objects.read(store, digest).await.unwrap()
 }
 
+/// This build's `dagfs` with `args`, reading no configuration file (`DAGFS_CONFIG` unset):
+/// each test passes its settings in the environment.
+pub fn dagfs_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dagfs"));
+    command.args(args).env_remove("DAGFS_CONFIG");
+    command
+}
+
 /// The last `lines` lines of the file at `path` (empty when it cannot be read).
 pub fn tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -13,10 +13,8 @@ use super::run;
 
 /// `dagfs ARGS` against `cluster`, with state files in `runtime`.
 pub fn dagfs(cluster: &MiniDfs, runtime: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+    let mut command = super::dagfs_command(args);
     command
-        .args(args)
-        .env_remove("DAGFS_CONFIG")
         .env("DAGFS_STORE_HADOOP_CONF_DIR", cluster.conf_dir())
         .env("DAGFS_STORE_USER", superuser())
         .env("DAGFS_STORE_TIMEOUT", "3s")

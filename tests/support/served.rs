@@ -58,10 +58,8 @@ impl Bed {
         let mut command = match self.cluster {
             Some(cluster) => super::mount::dagfs(cluster, &runtime, args),
             None => {
-                let mut command = Command::new(env!("CARGO_BIN_EXE_dagfs"));
+                let mut command = super::dagfs_command(args);
                 command
-                    .args(args)
-                    .env_remove("DAGFS_CONFIG")
                     .env("DAGFS_RUNTIME_DIR", &runtime)
                     .env("XDG_CACHE_HOME", runtime.join("xdg-cache"));
                 command
