@@ -684,7 +684,7 @@ fn worker_initialize(
          except DagfsBundleError as e:\n    print('ERROR', e)\n",
         dagfs = env!("CARGO_BIN_EXE_dagfs"),
     );
-    let out = bundle_python(bin, cluster, versions.as_ref(), "3s")
+    let out = bundle_python(bin, cluster, versions, "3s")
         .args(["-c", &script])
         .env("XDG_CACHE_HOME", versions.join("cache"))
         .output()
@@ -827,7 +827,7 @@ fn checkout_refresh(bin: &Path, cluster: &MiniDfs, url: &str, storage: &Path) ->
         dagfs = env!("CARGO_BIN_EXE_dagfs"),
     );
     // dagfs itself would wait longer for the store: the bundle's own bound must hold.
-    let out = bundle_python(bin, cluster, storage.as_ref(), "60s")
+    let out = bundle_python(bin, cluster, storage, "60s")
         .args(["-c", &script])
         .output()
         .unwrap();

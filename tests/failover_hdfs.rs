@@ -801,8 +801,11 @@ fn bench_takeover_time_and_idle_rpc_rate() {
     }
 }
 
+/// Settings given to the controllers, as environment variables.
+type Settings = &'static [(&'static str, &'static str)];
+
 /// The timings the benchmarks run at: label, settings, kill -9 rounds, rate window.
-const BENCH_TIMINGS: [(&str, &[(&str, &str)], usize, Duration); 2] = [
+const BENCH_TIMINGS: [(&str, Settings, usize, Duration); 2] = [
     ("1s", &[], 3, Duration::from_secs(20)),
     ("10s", &DEFAULT_TIMING, 2, Duration::from_secs(60)),
 ];

@@ -908,7 +908,8 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
         // (file, environment, what the one-line error must name)
-        let cases: [(&str, &[(&str, &str)], &[&str]); 6] = [
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: [Case; 6] = [
             ("[store]\ntimout = \"1s\"\n", &[], &["timout"]),
             ("", &[("DAGFS_LOG_FORMAT", "xml")], &["log.format", "xml"]),
             ("[store]\ntimeout = \"0s\"\n", &[], &["store.timeout"]),

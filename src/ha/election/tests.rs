@@ -79,9 +79,14 @@ impl Bed {
         }
     }
 
-    /// The store (its faults under the test's control), a coordinator on it, the clock.
-    fn parts(&self) -> (&FaultyStore, StoreCoordinator<'_>, &FakeClock) {
-        (&self.store, StoreCoordinator::new(&self.store), &self.clock)
+    /// The store (its faults under the test's control), a coordinator on it, the clock (a
+    /// handle on the bed's).
+    fn parts(&self) -> (&FaultyStore, StoreCoordinator<'_>, FakeClock) {
+        (
+            &self.store,
+            StoreCoordinator::new(&self.store),
+            self.clock.clone(),
+        )
     }
 }
 
