@@ -401,10 +401,7 @@ async fn bad_input_is_one_line_a_failure_exit_and_nothing_published() {
     let root = cluster.unique_root("import-bad");
     let owner = open(cluster, &root).await;
     for key in ["dags/a.py", "locked/b.py"] {
-        owner
-            .put(key, Bytes::from_static(b"x = 1\n"), Overwrite::Deny)
-            .await
-            .unwrap();
+        support::put_new(&*owner, key, b"x = 1\n").await;
     }
     owner.mkdirs("store").await.unwrap();
     cluster

@@ -131,10 +131,7 @@ async fn check_put_then_read(store: DynStore) {
 }
 
 async fn check_put_deny(store: DynStore) {
-    store
-        .put("k", Bytes::from_static(b"one"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "k", b"one").await;
     let err = store
         .put("k", Bytes::from_static(b"two"), Overwrite::Deny)
         .await
@@ -257,14 +254,8 @@ async fn check_put_atomic_for_readers(store: DynStore) {
 }
 
 async fn check_rename(store: DynStore) {
-    store
-        .put("a", Bytes::from_static(b"A"), Overwrite::Deny)
-        .await
-        .unwrap();
-    store
-        .put("b", Bytes::from_static(b"B"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "a", b"A").await;
+    support::put_new(&*store, "b", b"B").await;
 
     assert_eq!(
         kind(store.rename("a", "b", Overwrite::Deny).await),
@@ -288,10 +279,7 @@ async fn check_rename(store: DynStore) {
     assert_eq!(store.read("b").await.unwrap(), "A");
 
     store.mkdirs("d1/sub").await.unwrap();
-    store
-        .put("d1/sub/f", Bytes::from_static(b"F"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "d1/sub/f", b"F").await;
     store.rename("d1", "d2", Overwrite::Deny).await.unwrap();
     assert_eq!(store.read("d2/sub/f").await.unwrap(), "F");
     assert_eq!(kind(store.stat("d1").await), ErrorKind::NotFound);
@@ -324,14 +312,8 @@ async fn check_read_range(store: DynStore) {
 async fn check_metadata_ops(store: DynStore) {
     store.mkdirs("x/y/z").await.unwrap();
     store.mkdirs("x/y/z").await.unwrap(); // idempotent
-    store
-        .put("x/f1", Bytes::from_static(b"1"), Overwrite::Deny)
-        .await
-        .unwrap();
-    store
-        .put("x/f2", Bytes::from_static(b"22"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "x/f1", b"1").await;
+    support::put_new(&*store, "x/f2", b"22").await;
     assert_eq!(
         kind(store.mkdirs("x/f1").await),
         ErrorKind::AlreadyExists,

@@ -46,10 +46,7 @@ async fn namenode_stop_is_bounded_and_restart_recovers() {
     let store = dagfs::store::open(&url, &cluster.options(None, timeout))
         .await
         .unwrap();
-    store
-        .put("a.py", Bytes::from_static(b"a"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "a.py", b"a").await;
 
     // Calls in flight while the NameNode goes away: each must end within the bound, as a
     // success (before the stop) or as Unavailable/Timeout (after it). The worker keeps
@@ -118,10 +115,7 @@ async fn namenode_stop_is_bounded_and_restart_recovers() {
     });
     let data = until_ok(Duration::from_secs(60), async || store.read("a.py").await).await;
     assert_eq!(data, "a");
-    store
-        .put("after.py", Bytes::from_static(b"b"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "after.py", b"b").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,20 +211,14 @@ async fn ha_nameservice_follows_a_namenode_failover() {
     let store = dagfs::store::open("hdfs://dagfs-ha/airflow/dags", &options)
         .await
         .unwrap();
-    store
-        .put("one.py", Bytes::from_static(b"1"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "one.py", b"1").await;
 
     tokio::task::block_in_place(|| {
         cluster.transition_to_standby(0);
         cluster.transition_to_active(1);
     });
     assert_eq!(store.read("one.py").await.unwrap(), "1");
-    store
-        .put("two.py", Bytes::from_static(b"2"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*store, "two.py", b"2").await;
     let names = support::list_keys(&*store, "").await;
     assert!(
         names.contains(&"one.py".into()) && names.contains(&"two.py".into()),

@@ -64,10 +64,7 @@ async fn hdfs_permission_denied() {
     let owner = dagfs::store::open(&url, &cluster.options(None, timeout))
         .await
         .unwrap();
-    owner
-        .put("locked/secret", Bytes::from_static(b"s"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&*owner, "locked/secret", b"s").await;
 
     cluster
         .set_permission(&format!("{url}/locked"), 0o555)
@@ -87,10 +84,7 @@ async fn local_permission_denied() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let owner = LocalStore::open(root.clone()).await.unwrap();
-    owner
-        .put("locked/secret", Bytes::from_static(b"s"), Overwrite::Deny)
-        .await
-        .unwrap();
+    support::put_new(&owner, "locked/secret", b"s").await;
     chmod(dir.path(), 0o755);
     chmod(&root, 0o755);
     chmod(&root.join("locked"), 0o555);

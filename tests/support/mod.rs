@@ -31,6 +31,13 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((response.status().as_u16(), body))
 }
 
+/// Writes a new object `key` holding `bytes` into `store`; fails the test on any error.
+pub async fn put_new(store: &dyn Store, key: &str, bytes: &'static [u8]) {
+    let data = bytes::Bytes::from_static(bytes);
+    let written = store.put(key, data, dagfs::store::Overwrite::Deny).await;
+    written.unwrap_or_else(|e| panic!("put {key}: {e}"));
+}
+
 /// `GET /metrics` from `addr`, parsed with a Prometheus text parser: samples by metric name.
 pub fn scrape_metrics(addr: &str) -> std::collections::BTreeMap<String, f64> {
     let (code, body) = http_get(addr, "/metrics").expect("GET /metrics");
