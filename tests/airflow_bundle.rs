@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::airflow::{repo, venv_bin};
+use support::airflow::{repo, sorted_ids, venv_bin};
 use support::minidfs::{superuser, MiniDfs, MiniDfsOptions};
 use support::mount::{push, Mount};
 use support::{free_port, outage, run_stdout};
@@ -466,14 +466,7 @@ fn runs_execute_the_generation_they_were_created_from_even_offline() {
     let tasks = |run: &str| -> Vec<String> {
         let states =
             env.airflow_json(&["tasks", "states-for-dag-run", "pinned", run, "-o", "json"]);
-        let mut ids: Vec<String> = states
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["task_id"].as_str().unwrap().to_string())
-            .collect();
-        ids.sort();
-        ids
+        sorted_ids(&states, "task_id")
     };
     assert_eq!(
         tasks("run_a"),

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use support::airflow::{airflow_command, dag_ids, import_errors, json_of, make_dags, venv_bin_of};
+use support::airflow::{
+    airflow_command, import_errors, json_of, make_dags, sorted_ids, venv_bin_of,
+};
 use support::minidfs::superuser;
 use support::mount::{push, Folders, Mount};
 use support::run_stdout;
@@ -121,7 +123,7 @@ fn parsed_2_10(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<String
         ("AIRFLOW__CORE__DAG_IGNORE_FILE_SYNTAX", "glob".into()),
     ];
     let listed = airflow_json(bin, home, &vars, &["dags", "list", "-o", "json"]);
-    let ids = dag_ids(&listed);
+    let ids = sorted_ids(&listed, "dag_id");
     let errors = airflow_json(
         bin,
         home,

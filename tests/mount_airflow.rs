@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use support::airflow::{airflow_command, dag_ids, import_errors, json_of, make_dags, venv_bin};
+use support::airflow::{airflow_command, import_errors, json_of, make_dags, sorted_ids, venv_bin};
 use support::mount::{push, Folders, Mount};
 use support::run;
 
@@ -45,7 +45,7 @@ fn parsed(bin: &Path, home: &Path, dags: &Path) -> (Vec<String>, Vec<(String, St
             "dag_id",
         ],
     );
-    let ids = dag_ids(&listed);
+    let ids = sorted_ids(&listed, "dag_id");
     let errors = airflow_json(
         bin,
         home,

@@ -435,12 +435,19 @@ pub enum Pool {
 }
 
 /// Runs one statement on a [`Pool`] of either dialect: `on_pool!(pool, |p, sql = (PG, MY)|
-/// body)` evaluates `body` with `p` the dialect's pool and `sql` its text of the statement.
+/// body)` evaluates `body` with `p` the dialect's pool and `sql` its text of the statement;
+/// `on_pool!(pool, |p| body)` is for a text both dialects share.
 ///
 /// A macro rather than a generic function: sqlx's query types differ per driver, and the
 /// bounds a generic binder needs (`Encode + Type` for every bound value, per driver) would be
 /// longer than the two match arms it replaces.
 macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            $crate::metadb::Pool::Postgres($p) => $body,
+            $crate::metadb::Pool::MySql($p) => $body,
+        }
+    };
     ($pool:expr, |$p:ident, $sql:ident = ($pg:expr, $my:expr)| $body:expr) => {
         match $pool {
             $crate::metadb::Pool::Postgres($p) => {

@@ -96,8 +96,8 @@ impl DatabaseRecord {
              updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, \
              PRIMARY KEY (store_key, candidate))"
         );
-        let created = on_pool!(&record.db.pool, |pool, ddl = (&ddl, &ddl)| {
-            sqlx::query(ddl).execute(pool).await.map(drop)
+        let created = on_pool!(&record.db.pool, |pool| {
+            sqlx::query(&ddl).execute(pool).await.map(drop)
         });
         match created {
             Ok(()) => Ok(record),

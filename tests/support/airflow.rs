@@ -83,13 +83,14 @@ pub fn json_of(command: &mut Command) -> serde_json::Value {
     json
 }
 
-/// The DAG ids of `airflow dags list -o json` output, sorted.
-pub fn dag_ids(listed: &serde_json::Value) -> Vec<String> {
-    let mut ids: Vec<String> = listed
+/// The `field` of every row of an `airflow ... -o json` listing, sorted: `dag_id` of
+/// `dags list`, `task_id` of `tasks states-for-dag-run`.
+pub fn sorted_ids(rows: &serde_json::Value, field: &str) -> Vec<String> {
+    let mut ids: Vec<String> = rows
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["dag_id"].as_str().unwrap().to_string())
+        .map(|row| row[field].as_str().unwrap().to_string())
         .collect();
     ids.sort();
     ids

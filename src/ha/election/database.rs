@@ -198,8 +198,8 @@ impl SqlLeaseTable {
         if table.select_row().await.is_ok() {
             return Ok(table);
         }
-        let created = on_pool!(&table.db.pool, |pool, ddl = (LEASE_TABLE_DDL, LEASE_TABLE_DDL)| {
-            sqlx::query(ddl).execute(pool).await.map(drop)
+        let created = on_pool!(&table.db.pool, |pool| {
+            sqlx::query(LEASE_TABLE_DDL).execute(pool).await.map(drop)
         });
         // Concurrent creators: PostgreSQL's CREATE TABLE IF NOT EXISTS can still fail
         // with a unique violation on its catalog when another creator wins; what counts is
